@@ -1,0 +1,41 @@
+"""Codecs: how one chunk of raw element bits becomes one blob, and back.
+
+A codec sees only a 1-D numpy array of unsigned integers holding the raw bits of the
+elements (uint8/uint16/uint32/uint64 for 1/2/4/8-byte dtypes), never files or tensors.
+It is looked up by the id recorded in the manifest; a reader refuses unknown ids.
+Adding a codec is adding a module here and one line in ``_REGISTRY``.
+"""
+
+from __future__ import annotations
+
+from deltaformat.codec.base import Codec
+from deltaformat.codec.bytegroup import BytegroupZstd
+from deltaformat.errors import FormatError
+
+_REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(),)}
+
+DEFAULT_DELTA_CODEC = BytegroupZstd.id
+DEFAULT_VALUES_CODEC = BytegroupZstd.id
+
+
+def get_codec(codec_id: str) -> Codec:
+    """Return the codec registered under ``codec_id``; unknown ids are a clear error."""
+    try:
+        return _REGISTRY[codec_id]
+    except KeyError:
+        known = ", ".join(sorted(_REGISTRY))
+        raise FormatError(
+            f"unknown codec {codec_id!r}: this paramdelta knows {known}; upgrade paramdelta to read this artifact"
+        ) from None
+
+
+def register_codec(codec: Codec) -> None:
+    """Make ``codec`` available under its id (used by new codec modules)."""
+    _REGISTRY[codec.id] = codec
+
+
+def codec_ids() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+__all__ = ["Codec", "get_codec", "register_codec", "codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
