@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from deltaformat.codec.base import Codec
 from deltaformat.codec.bytegroup import BytegroupZstd
+from deltaformat.codec.rankzstd import RankZstd
 from deltaformat.errors import FormatError
 
-_REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(),)}
+_REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(), RankZstd())}
 
 DEFAULT_DELTA_CODEC = BytegroupZstd.id
 DEFAULT_VALUES_CODEC = BytegroupZstd.id

@@ -1,0 +1,329 @@
+"""apply: new base + Σ αᵢ Δᵢ → a ready-to-load model folder, streaming, pre-flight first."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deltaformat._parallel import ordered_map
+from deltaformat._version import __version__
+from deltaformat.arith import combine
+from deltaformat.artifact import Artifact, open_artifact
+from deltaformat.digests import chunk_hash, tensor_digest
+from deltaformat.dtypes import DELTA_DTYPES, ITEMSIZE, bits_to_torch, torch_to_bits
+from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
+from deltaformat.extract import chunk_ranges
+from deltaformat.fsutil import atomic_folder
+from deltaformat.manifest import Manifest, Patch, Stream, TensorEntry
+from deltaformat.models import ModelSource, TensorRef, open_model
+from deltaformat.patch import decode_patch
+from deltaformat.progress import progress
+from deltaformat.writer import ShardedWriter, parse_size
+
+# config.json keys taken from the post model: the tokens it was trained to use.
+POST_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
+PROVENANCE_FILE = "paramdelta.json"
+MAX_LISTED = 8
+
+
+@dataclass
+class _Term:
+    """One artifact's contribution to one output tensor."""
+
+    artifact: Artifact
+    alpha: float
+    entry: TensorEntry
+
+
+@dataclass
+class _OutTensor:
+    name: str
+    dtype: str
+    shape: list[int]
+    base: TensorRef | None
+    terms: list[_Term]
+    values: tuple[Artifact, Stream, int] | None = None  # (artifact, stream, first output element)
+    patch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+    expect: str | None = None  # post digest the output must have (original base, alpha 1)
+    expect_base: str | None = None
+
+    @property
+    def numel(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass
+class ApplyResult:
+    """What apply wrote and what it could prove."""
+
+    out: Path
+    tensors: int
+    parameters: int
+    verified_exact: bool
+    config_changes: dict[str, tuple] = field(default_factory=dict)
+
+
+def open_any(ref: str | os.PathLike | Artifact, *, quiet: bool = False) -> Artifact:
+    """An artifact from a folder, or from the registry (``NS/NAME[:VERSION|@sha256:...]``, pulled into the cache)."""
+    if isinstance(ref, Artifact):
+        return ref
+    if Path(ref).exists():
+        return open_artifact(ref)
+    from deltaformat.client import fetch_artifact
+
+    return fetch_artifact(str(ref), quiet=quiet)
+
+
+def apply(
+    artifacts: Sequence[str | os.PathLike | Artifact],
+    base: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    alphas: Sequence[float] | None = None,
+    shard_size: int | str = "5GB",
+    force: bool = False,
+    quiet: bool = False,
+    device: str = "cpu",
+    workers: int | None = None,
+) -> ApplyResult:
+    """Write ``base + Σ alphas[i] * Δ[i]`` as a model folder at ``out``.
+
+    Each artifact is a folder or a registry reference. The new base is pre-flighted
+    against every manifest (names, shapes, dtypes) before any blob is decoded. On the
+    original base with one artifact at alpha 1, every output tensor is checked against
+    the post model's digest: the result is the post model, bit for bit.
+    """
+    arts = [open_any(a, quiet=quiet) for a in artifacts]
+    if not arts:
+        raise ValueError("apply needs at least one artifact")
+    alphas = list(alphas) if alphas is not None else [1.0] * len(arts)
+    if len(alphas) != len(arts):
+        raise ValueError(f"{len(alphas)} alphas for {len(arts)} artifacts: give one alpha per artifact")
+    model = open_model(base)
+    for art in arts:
+        preflight(art.manifest, model, art.location)
+        missing = art.missing_blobs()
+        if missing:
+            raise FormatError(f"{art.location}: {len(missing)} blob(s) missing, first {missing[0]}; pull the artifact again")
+    plan = plan_outputs(arts, alphas, model)
+    shard_bytes = parse_size(shard_size)
+    total = sum(t.numel for t in plan)
+    with atomic_folder(out, force=force) as tmp:
+        writer = ShardedWriter(tmp, [(t.name, t.dtype, t.shape) for t in plan], shard_bytes)
+        try:
+            verified = compute(plan, writer, device, workers, quiet)
+            writer.close()
+        finally:
+            writer.abort()
+        changes = _write_side_files(tmp, arts, model, plan)
+        _write_provenance(tmp, arts, alphas, model)
+    return ApplyResult(Path(out), len(plan), total, verified, changes)
+
+
+def preflight(manifest: Manifest, model: ModelSource, location: str = "the artifact") -> None:
+    """Fail with a list of mismatches unless ``model`` has the tensors the delta was taken on."""
+    problems = []
+    expected = {t.name: t.base for t in manifest.tensors if t.base is not None}
+    for name, info in expected.items():
+        ref = model.tensors.get(name)
+        if ref is None:
+            problems.append(f"{name}: missing")
+        elif list(ref.shape) != info.shape or ref.dtype != info.dtype:
+            problems.append(f"{name}: expected {info.dtype}{info.shape}, found {ref.dtype}{list(ref.shape)}")
+    problems += [f"{n}: not in the delta's base" for n in model.tensors if n not in expected]
+    if problems:
+        shown = "; ".join(problems[:MAX_LISTED])
+        more = f"; and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+        raise IncompatibleBaseError(
+            f"base {model.id} does not fit {location} (extracted from {manifest.base.id}): "
+            f"{len(problems)} tensor mismatch(es): {shown}{more}"
+        )
+
+
+def plan_outputs(arts: list[Artifact], alphas: list[float], model: ModelSource) -> list[_OutTensor]:
+    """Decide every output tensor: its dtype, shape and which stored streams make it."""
+    by_name: dict[str, list[_Term]] = {}
+    for art, alpha in zip(arts, alphas):
+        for e in art.manifest.tensors:
+            by_name.setdefault(e.name, []).append(_Term(art, alpha, e))
+    order = list(model.tensors) + [n for n in by_name if n not in model.tensors]
+    single_exact = len(arts) == 1 and alphas[0] == 1.0
+    plan = []
+    for name in order:
+        terms = by_name[name]
+        kinds = {t.entry.kind for t in terms}
+        if "removed" in kinds:
+            if kinds != {"removed"}:
+                raise IncompatibleBaseError(f"tensor {name!r}: removed by one artifact but kept by another")
+            continue
+        if "added" in kinds:
+            if len(terms) > 1:
+                raise IncompatibleBaseError(f"tensor {name!r}: added by {len(terms)} artifacts; only one may add it")
+            e = terms[0].entry
+            plan.append(_OutTensor(name, e.post.dtype, e.post.shape, None, [], (terms[0].artifact, e.values, 0),
+                                   expect=e.post.digest))
+            continue
+        ref = model.tensors[name]
+        out = _OutTensor(name, ref.dtype, list(ref.shape), ref, [t for t in terms if t.entry.kind != "unchanged"])
+        resized = [t for t in terms if t.entry.kind == "resized"]
+        if len(resized) > 1:
+            raise IncompatibleBaseError(f"tensor {name!r}: resized by several artifacts; combining resizes is not defined")
+        if resized:
+            e = resized[0].entry
+            out.shape = list(e.post.shape)
+            if e.values is not None:
+                out.values = (resized[0].artifact, e.values, min(e.base.numel, e.post.numel))
+        e = terms[0].entry
+        if single_exact and e.post.dtype == ref.dtype:
+            out.expect, out.expect_base = e.post.digest, e.base.digest
+            if e.patch is not None:
+                out.patch = _load_patch(terms[0].artifact, e)
+        plan.append(out)
+    return plan
+
+
+def _load_patch(art: Artifact, e: TensorEntry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    p: Patch = e.patch
+    data = art.read_blob(p.digest, p.size, f"tensor {e.name!r} patch")
+    return decode_patch(data, p.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
+
+
+def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, workers: int | None, quiet: bool, desc: str = "apply") -> bool:
+    """Compute every output chunk (written by ``writer`` when given); True when each
+    tensor was proven equal to the post model (original base, one artifact, alpha 1)."""
+    total = sum(t.numel for t in plan)
+    jobs = [(t, s, c) for t in plan for s, c in chunk_ranges(t.numel)]
+    hashes: dict[str, tuple[list[bytes], list[bytes]]] = {t.name: ([], []) for t in plan}
+
+    def run(job: tuple[_OutTensor, int, int]) -> tuple[str, bytes | None, bytes, int]:
+        t, s, c = job
+        base_hash, bits = _chunk(t, s, c, device)
+        if writer is not None:
+            writer.write(t.name, s, bits)
+        return t.name, base_hash, chunk_hash(bits), c
+
+    with progress(total, desc, quiet) as bar:
+        for name, bh, oh, c in ordered_map(run, jobs, workers):
+            if bh is not None:
+                hashes[name][0].append(bh)
+            hashes[name][1].append(oh)
+            bar.update(c)
+    verified = bool(plan)
+    for t in plan:
+        if t.expect is None:
+            verified = False
+            continue
+        base_hashes, out_hashes = hashes[t.name]
+        on_original = t.expect_base is None or (base_hashes and tensor_digest(base_hashes) == t.expect_base)
+        if not on_original:
+            verified = False
+        elif tensor_digest(out_hashes) != t.expect:
+            raise VerificationError(f"tensor {t.name!r}: the output differs from the post model although the base is the original one")
+    return verified
+
+
+def _chunk(t: _OutTensor, start: int, count: int, device: str) -> tuple[bytes | None, np.ndarray]:
+    """Compute output elements [start, start+count) of ``t``; also return the base chunk's hash."""
+    if t.base is None:
+        art, stream, _ = t.values
+        return None, _stream_range(art, stream, start, count, t.name)
+    n_base = max(0, min(count, min(t.base.numel, t.numel) - start))
+    parts = []
+    base_hash = chunk_hash(b"") if t.base.numel == 0 else None
+    if n_base:
+        base_bits = t.base.read(start, n_base)
+        # The base chunk's hash is whole only when the output does not shrink the tensor.
+        base_hash = chunk_hash(base_bits) if t.base.numel <= t.numel else None
+        if not t.terms:
+            parts.append(base_bits)
+        else:
+            deltas = [(term.alpha, _delta_range(term, start, n_base)) for term in term_list(t)]
+            out = combine(base_bits, t.base.dtype, deltas, t.dtype, device) if deltas else base_bits
+            if t.patch is not None:
+                out = _patch_chunk(out, base_bits, t.patch, start)
+            parts.append(out)
+    if n_base < count:
+        art, stream, first = t.values
+        vals = _stream_range(art, stream, start + n_base - first, count - n_base, t.name)
+        if stream.dtype != t.dtype:
+            vals = torch_to_bits(bits_to_torch(vals, stream.dtype).to(DELTA_DTYPES[t.dtype]))
+        parts.append(vals)
+    return base_hash, parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def term_list(t: _OutTensor) -> list[_Term]:
+    return [term for term in t.terms if term.entry.delta is not None]
+
+
+def _delta_range(term: _Term, start: int, count: int) -> np.ndarray:
+    """Δ for elements [start, start+count); zero beyond the rows this delta covers."""
+    stream = term.entry.delta
+    n = max(0, min(count, stream.numel - start))
+    d = _stream_range(term.artifact, stream, start, n, term.entry.name) if n else np.empty(0, np.uint32)
+    return d if n == count else np.concatenate([d, np.zeros(count - n, np.uint32)])
+
+
+def _stream_range(art: Artifact, stream: Stream, start: int, count: int, name: str) -> np.ndarray:
+    """Decode elements [start, start+count) of a stream (one chunk when aligned, else several)."""
+    C = stream.chunk_elements
+    first, last = start // C, (start + count - 1) // C if count else start // C
+    if count == 0:
+        return np.empty(0, np.dtype(f"u{ITEMSIZE[stream.dtype]}"))
+    pieces = [art.decode_chunk(stream, i, f"tensor {name!r}") for i in range(first, last + 1)]
+    joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+    off = start - first * C
+    return joined[off : off + count]
+
+
+def _patch_chunk(out: np.ndarray, base_bits: np.ndarray, patch, start: int) -> np.ndarray:
+    idx, pb, pp = patch
+    lo, hi = np.searchsorted(idx, [start, start + base_bits.size])
+    if lo == hi:
+        return out
+    local = (idx[lo:hi] - np.uint64(start)).astype(np.int64)
+    hit = base_bits[local] == pb[lo:hi]
+    out = out.copy() if not out.flags.writeable else out
+    out[local[hit]] = pp[lo:hi][hit]
+    return out
+
+
+def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, plan: list[_OutTensor]) -> dict[str, tuple]:
+    """config.json from the new base with the post model's token ids; the post model's tokenizer files."""
+    first = arts[0]
+    m = first.manifest
+    config = dict(model.config)
+    for key in POST_CONFIG_KEYS:
+        if key in m.post_config:
+            config[key] = m.post_config[key]
+    rows = {t.shape[0] for t in plan if t.values is not None and t.base is not None}
+    if len(rows) == 1 and "vocab_size" in config:
+        config["vocab_size"] = rows.pop()
+    if config:
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    for f in m.files:
+        dest = folder / f.path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(first.read_blob(f.digest, f.size, f"file {f.path!r}"))
+    keys = set(m.base_config) | set(m.post_config) | set(model.config)
+    return {
+        k: (m.base_config.get(k), m.post_config.get(k), model.config.get(k))
+        for k in sorted(keys)
+        if not (m.base_config.get(k) == m.post_config.get(k) == model.config.get(k))
+    }
+
+
+def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], model: ModelSource) -> None:
+    record = {
+        "tool": {"name": "paramdelta", "version": __version__},
+        "base": {"id": model.id, "source": model.source, "revision": model.revision, "commit": model.commit},
+        "deltas": [
+            {"location": a.location, "manifest_digest": a.digest, "name": a.manifest.name, "version": a.manifest.version, "alpha": al}
+            for a, al in zip(arts, alphas)
+        ],
+    }
+    (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")

@@ -1,0 +1,352 @@
+"""Codec ``rank-zstd-v1``: a table of the most frequent values, one rank byte per element.
+
+Why: an exact fp32 Δ = fp32(post) - fp32(base) of bf16 checkpoints takes few distinct
+values (about 9,000 in a 4 Mi-element chunk of the stand-in) with a very skewed
+distribution. Coding every element by its rank in a table of the 255 most frequent
+values leaves one byte per element whose order-0 statistics zstd's Huffman literal
+coder captures almost exactly; the rare rest (about 1.5 % of the stand-in's elements
+at relative Δ 0.009) are escapes whose raw bits go to byte planes. Where one value
+dominates (a sparse fine-tune: most Δ are 0) a bitmap of "not the top value" replaces
+its byte, which Huffman cannot code in under 1 bit and zstd would otherwise code as
+spurious matches of runs. Where ranks do not pay (random bits, every value distinct,
+raw weights) the chunk falls back to plain byte planes.
+
+Speed: the table comes from a histogram of the element's top 16 bits (``np.bincount``
+over a subsample), so no sort of the chunk is needed; encode and decode are a few
+numpy passes (lookup-table gathers, ``flatnonzero``) and zstd calls, all of which
+release the GIL, so chunks can be coded in parallel threads.
+
+Blob layout (version 1; a different layout gets a different codec id). All integers
+are unsigned little-endian; ``W`` is the element width in bytes (the decoder gets it,
+with ``numel``, from the caller); "element bits" are the ``W``-byte little-endian
+encoding of an element. A *zstd stream of n bytes* is a u32 ``L`` followed by ``L``
+bytes holding exactly one zstd frame that declares content size ``n`` in its header and
+decompresses to exactly ``n`` bytes, with nothing after the frame inside the ``L``
+bytes. A *plane set of n elements* is ``W`` zstd streams of n bytes each, stream k
+holding byte k (k = 0 is the least significant) of each of the n elements, in order.
+
+Byte 0 is the mode ``m``; what follows depends on it:
+
+* ``m = 0`` (raw): ``numel * W`` bytes, the element bits in order.
+* ``m = 1`` (planes): a plane set of ``numel`` elements (the ``bytegroup-zstd`` payload).
+* ``m = 2`` (table), only for ``numel >= 1``:
+
+  - u8 ``K``, 1 <= K <= 255: the table size;
+  - ``K * W`` bytes: table entries ``T[0..K-1]``, each as element bits;
+  - u32 ``E``: the number of escapes, ``E <= numel``;
+  - a zstd stream of ``numel`` bytes: the symbols ``s_i``, one per element in order.
+    ``s_i < K`` means element i is ``T[s_i]``; ``s_i >= K`` means element i is an
+    escape (the encoder writes 255). The number of symbols ``>= K`` must equal ``E``;
+  - only if ``E > 0``: a plane set of ``E`` elements: the escaped elements, in order.
+
+* ``m = 3`` (table with a bitmap for the top value), only for ``numel >= 1``:
+
+  - u8 ``K``, table ``T`` and u32 ``E`` as for ``m = 2``;
+  - u32 ``M``: the number of elements that are not ``T[0]`` (``E <= M <= numel``);
+  - a zstd stream of ``ceil(numel / 8)`` bytes: a bitmap, bit ``i % 8`` (LSB first) of
+    byte ``i // 8`` is 1 when element i is not ``T[0]``; exactly ``M`` bits are 1 and
+    the padding bits after bit ``numel - 1`` are 0;
+  - only if ``M > 0``: a zstd stream of ``M`` bytes: the symbols of the elements whose
+    bit is 1, in order, read as for ``m = 2`` (exactly ``E`` of them are ``>= K``);
+  - only if ``E > 0``: a plane set of ``E`` elements: the escaped elements, in order.
+
+Nothing may follow the last field. The decoder allocates at most a small constant
+times ``numel * W`` bytes whatever the blob says: every declared size is checked
+against ``numel`` before anything is decompressed.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import threading
+
+import numpy as np
+import zstandard
+
+from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Codec
+from deltaformat.errors import CorruptBlobError
+
+_U32 = struct.Struct("<I")
+_ESC = 255
+MODE_RAW, MODE_PLANES, MODE_TABLE, MODE_TABLE_FLAGS = 0, 1, 2, 3
+
+# Tuning (measured on the stand-in, see bench/codec_bench.py).
+_HIST_SAMPLE = 1 << 20  # histogram from about this many elements (every s-th one)
+_PLANES_IF_ESCAPES_ABOVE = 0.45  # estimated escape fraction above which planes win
+_FLAGS_IF_TOP_ABOVE = 0.30  # top value share above which its bitmap beats its Huffman code
+_TRY_ALL_BELOW = 4096  # small chunks: encode every mode and keep the smallest
+_LITTLE = sys.byteorder == "little"
+
+_local = threading.local()
+
+
+def _cctx_planes() -> zstandard.ZstdCompressor:
+    c = getattr(_local, "planes", None)
+    if c is None:
+        c = _local.planes = zstandard.ZstdCompressor(level=1, write_content_size=True)
+    return c
+
+
+def _cctx_symbols() -> zstandard.ZstdCompressor:
+    # Rank bytes are memoryless: a match is almost always a loss against Huffman
+    # literals. A tiny hash table and the longest minimum match make zstd find few.
+    c = getattr(_local, "symbols", None)
+    if c is None:
+        params = zstandard.ZstdCompressionParameters.from_level(1, hash_log=6, min_match=7, write_content_size=True)
+        c = _local.symbols = zstandard.ZstdCompressor(compression_params=params)
+    return c
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    d = getattr(_local, "dctx", None)
+    if d is None:
+        d = _local.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def _le(bits: np.ndarray) -> np.ndarray:
+    """``bits`` as a contiguous little-endian array (a no-op on the usual input)."""
+    dt = bits.dtype
+    if dt.byteorder == ">" or (dt.byteorder == "=" and not _LITTLE):
+        bits = bits.astype(dt.newbyteorder("<"))
+    return np.ascontiguousarray(bits)
+
+
+def _put_stream(out: bytearray, payload, cctx: zstandard.ZstdCompressor) -> None:
+    frame = cctx.compress(payload)
+    out += _U32.pack(len(frame))
+    out += frame
+
+
+def _put_planes(out: bytearray, values_le: np.ndarray) -> None:
+    w = values_le.dtype.itemsize
+    cctx = _cctx_planes()
+    if w == 1:
+        _put_stream(out, values_le.data, cctx)
+        return
+    planes = values_le.view(np.uint8).reshape(-1, w)
+    for k in range(w):
+        _put_stream(out, np.ascontiguousarray(planes[:, k]).data, cctx)
+
+
+class _Reader:
+    """Bounds-checked cursor over a blob; every failure is a CorruptBlobError."""
+
+    def __init__(self, data, codec_id: str):
+        self.view = memoryview(data).cast("B")
+        self.pos = 0
+        self.cid = codec_id
+
+    def fail(self, msg: str):
+        raise CorruptBlobError(f"{self.cid}: {msg}")
+
+    def take(self, n: int, what: str) -> memoryview:
+        end = self.pos + n
+        if end > len(self.view):
+            self.fail(f"truncated in {what} (needs {n} bytes at offset {self.pos}, blob has {len(self.view)})")
+        chunk = self.view[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def u8(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def u32(self, what: str) -> int:
+        return _U32.unpack(self.take(4, what))[0]
+
+    def stream(self, n: int, what: str) -> np.ndarray:
+        """One zstd stream that must decompress to exactly ``n`` (>= 1) bytes."""
+        length = self.u32(f"{what} length")
+        frame = self.take(length, what)
+        try:
+            params = zstandard.get_frame_parameters(frame)
+        except zstandard.ZstdError as exc:
+            self.fail(f"{what}: not a zstd frame ({exc})")
+        if params.content_size != n:
+            self.fail(f"{what} declares {params.content_size} bytes, expected {n}")
+        try:
+            raw = _dctx().decompress(frame, max_output_size=n, allow_extra_data=False)
+        except zstandard.ZstdError as exc:
+            self.fail(f"{what}: {exc}")
+        if len(raw) != n:
+            self.fail(f"{what} decoded to {len(raw)} bytes, expected {n}")
+        return np.frombuffer(raw, dtype=np.uint8)
+
+    def planes(self, n: int, w: int, what: str) -> np.ndarray:
+        if w == 1:
+            return self.stream(n, f"{what} plane 0")
+        out = np.empty((n, w), dtype=np.uint8)
+        for k in range(w):
+            out[:, k] = self.stream(n, f"{what} plane {k}")
+        return out.reshape(-1).view(f"<u{w}")
+
+    def end(self) -> None:
+        if self.pos != len(self.view):
+            self.fail(f"{len(self.view) - self.pos} trailing bytes after the last field")
+
+
+class RankZstd(Codec):
+    id = "rank-zstd-v1"
+
+    # ---------------------------------------------------------------- encode
+    def encode(self, bits: np.ndarray) -> bytes:
+        bits = _le(np.asarray(bits).reshape(-1))
+        w = bits.dtype.itemsize
+        if bits.dtype.kind != "u" or w not in UINT_FOR_ITEMSIZE:
+            raise TypeError(f"{self.id}: expects unsigned integer element bits, got {bits.dtype}")
+        n = bits.size
+        if n == 0:
+            return bytes([MODE_RAW])
+        if n < _TRY_ALL_BELOW:
+            cands = [self._encode_raw(bits), self._encode_planes(bits)]
+            table = self._plan(bits, sample=False)
+            cands.append(self._encode_table(bits, table, flags=False))
+            cands.append(self._encode_table(bits, table, flags=True))
+            return min(cands, key=len)
+        table = self._plan(bits, sample=True)
+        if table is None:
+            return self._encode_planes(bits)
+        return self._encode_table(bits, table[0], flags=table[1])
+
+    @staticmethod
+    def _heads(bits: np.ndarray) -> tuple[np.ndarray, int]:
+        """The top 16 bits of each element (all bits of 1-byte elements), and the shift."""
+        w = bits.dtype.itemsize
+        if w <= 2:
+            return bits, 0
+        if w == 4 and _LITTLE:  # the high half-word of element i is u16 number 2i+1
+            return bits.view(np.uint16)[1::2], 16
+        shift = 8 * w - 16
+        return (bits >> bits.dtype.type(shift)).astype(np.uint16), shift
+
+    def _plan(self, bits: np.ndarray, sample: bool):
+        """Pick the table (as element values) and the mode from a histogram of heads.
+
+        Returns ``(table, flags)``, or ``None`` when byte planes are expected to win
+        (only when sampling; small chunks try every mode).
+        """
+        w = bits.dtype.itemsize
+        heads, shift = self._heads(bits)
+        step = max(1, bits.size // _HIST_SAMPLE) if sample else 1
+        hs = heads[::step]
+        hist = np.bincount(hs, minlength=1 << min(16, 8 * w))
+        k = min(_ESC, int(np.count_nonzero(hist)))
+        top = np.argsort(-hist, kind="stable")[:k]  # most frequent first, ties: smaller head first
+        dtype = bits.dtype
+        table = top.astype(dtype) << dtype.type(shift) if shift else top.astype(dtype)
+        if not sample:
+            return table
+        covered = int(hist[top].sum())
+        if shift:  # an element whose low bits are not 0 is an escape even if its head is in the table
+            covered -= int(np.count_nonzero(bits[::step] & dtype.type((1 << shift) - 1)))
+        share_escaped = 1.0 - covered / hs.size
+        if share_escaped > _PLANES_IF_ESCAPES_ABOVE:
+            return None
+        return table, bool(hist[top[0]] / hs.size > _FLAGS_IF_TOP_ABOVE)
+
+    def _encode_raw(self, bits: np.ndarray) -> bytes:
+        return bytes([MODE_RAW]) + bits.tobytes()
+
+    def _encode_planes(self, bits: np.ndarray) -> bytes:
+        out = bytearray([MODE_PLANES])
+        _put_planes(out, bits)
+        return bytes(out)
+
+    def _symbols(self, bits: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """Rank byte per element: index in ``table`` or 255 (escape)."""
+        w = bits.dtype.itemsize
+        heads, shift = self._heads(bits)
+        lut = np.full(1 << min(16, 8 * w), _ESC, dtype=np.uint8)
+        lut[(table >> bits.dtype.type(shift)).astype(np.intp) if shift else table.astype(np.intp)] = np.arange(
+            table.size, dtype=np.uint8
+        )
+        sym = np.take(lut, heads)
+        if w == 4 and _LITTLE:
+            np.putmask(sym, bits.view(np.uint16)[0::2] != 0, _ESC)
+        elif shift:
+            np.putmask(sym, (bits & bits.dtype.type((1 << shift) - 1)) != 0, _ESC)
+        return sym
+
+    def _encode_table(self, bits: np.ndarray, table: np.ndarray, flags: bool) -> bytes:
+        sym = self._symbols(bits, table)
+        esc = np.flatnonzero(sym == _ESC)
+        out = bytearray([MODE_TABLE_FLAGS if flags else MODE_TABLE, table.size])
+        out += table.tobytes()
+        out += _U32.pack(esc.size)
+        if flags:
+            rest = sym != 0
+            m = int(np.count_nonzero(rest))
+            out += _U32.pack(m)
+            _put_stream(out, np.packbits(rest, bitorder="little").data, _cctx_planes())
+            if m:
+                _put_stream(out, sym[rest].data, _cctx_symbols())
+        else:
+            _put_stream(out, sym.data, _cctx_symbols())
+        if esc.size:
+            _put_planes(out, bits[esc])
+        return bytes(out)
+
+    # ---------------------------------------------------------------- decode
+    def decode(self, data: bytes, numel: int, itemsize: int) -> np.ndarray:
+        if itemsize not in UINT_FOR_ITEMSIZE:
+            raise CorruptBlobError(f"{self.id}: unsupported element width {itemsize}")
+        if numel < 0:
+            raise CorruptBlobError(f"{self.id}: negative element count {numel}")
+        r = _Reader(data, self.id)
+        mode = r.u8("mode byte")
+        le = f"<u{itemsize}"
+        if mode == MODE_RAW:
+            raw = r.take(numel * itemsize, "raw elements")
+            r.end()
+            out = np.frombuffer(raw, dtype=le).copy()
+        elif mode == MODE_PLANES:
+            out = r.planes(numel, itemsize, "planes") if numel else np.empty(0, dtype=le)
+            r.end()
+        elif mode in (MODE_TABLE, MODE_TABLE_FLAGS):
+            if numel == 0:
+                r.fail(f"mode {mode} needs at least one element")
+            out = self._decode_table(r, mode, numel, itemsize)
+        else:
+            r.fail(f"unknown mode {mode}")
+        return out.astype(UINT_FOR_ITEMSIZE[itemsize], copy=False)
+
+    def _decode_table(self, r: _Reader, mode: int, numel: int, w: int) -> np.ndarray:
+        k = r.u8("table size")
+        if k == 0:
+            r.fail("empty table")
+        table = np.frombuffer(r.take(k * w, "table"), dtype=f"<u{w}")
+        esc_count = r.u32("escape count")
+        if esc_count > numel:
+            r.fail(f"{esc_count} escapes for {numel} elements")
+        lut = np.zeros(256, dtype=UINT_FOR_ITEMSIZE[w])
+        lut[:k] = table
+        if mode == MODE_TABLE:
+            sym = r.stream(numel, "symbols")
+            out = np.take(lut, sym)
+            esc_pos = np.flatnonzero(sym >= k)
+        else:
+            m = r.u32("count of elements other than the top value")
+            if not esc_count <= m <= numel:
+                r.fail(f"{m} elements other than the top value, {esc_count} escapes, {numel} elements")
+            nbytes = (numel + 7) // 8
+            bitmap = r.stream(nbytes, "bitmap")
+            if numel % 8 and bitmap[-1] >> (numel % 8):
+                r.fail("bitmap padding bits are not 0")
+            rest = np.unpackbits(bitmap, count=numel, bitorder="little").view(bool)
+            if int(np.count_nonzero(rest)) != m:
+                r.fail(f"bitmap has {np.count_nonzero(rest)} bits set, header says {m}")
+            out = np.full(numel, table[0], dtype=UINT_FOR_ITEMSIZE[w])
+            if m:
+                sym = r.stream(m, "symbols")
+                pos = np.flatnonzero(rest)
+                out[pos] = np.take(lut, sym)
+                esc_pos = pos[np.flatnonzero(sym >= k)]
+            else:
+                esc_pos = np.empty(0, dtype=np.intp)
+        if esc_pos.size != esc_count:
+            r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
+        if esc_count:
+            out[esc_pos] = r.planes(esc_count, w, "escapes")
+        r.end()
+        return out

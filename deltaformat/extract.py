@@ -1,0 +1,229 @@
+"""extract: base + post → artifact, streaming chunk by chunk on every core."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from deltaformat._version import __version__
+from deltaformat._parallel import ordered_map
+from deltaformat.arith import combine, difference
+from deltaformat.artifact import ArtifactWriter
+from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, get_codec
+from deltaformat.digests import chunk_hash, fingerprint, tensor_digest
+from deltaformat.dtypes import DELTA_DTYPES
+from deltaformat.errors import ModelError
+from deltaformat.fsutil import atomic_folder
+from deltaformat.manifest import (
+    CHUNK_ELEMENTS, Architecture, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
+    TensorEntry, TensorInfo, ToolInfo,
+)
+from deltaformat.models import ModelSource, TensorRef, open_model
+from deltaformat.patch import encode_patch
+from deltaformat.progress import progress
+
+
+def chunk_ranges(numel: int, size: int = CHUNK_ELEMENTS) -> list[tuple[int, int]]:
+    """(start, count) of each chunk; a 0-element array has one empty chunk (for digests)."""
+    if numel == 0:
+        return [(0, 0)]
+    return [(s, min(size, numel - s)) for s in range(0, numel, size)]
+
+
+@dataclass
+class _PairResult:
+    base_hash: bytes
+    post_hash: bytes
+    equal: bool
+    chunk: Chunk | None = None
+    delta_hash: bytes = b""
+    patch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+
+@dataclass
+class _Acc:
+    """What the chunk jobs of one tensor produced, in order."""
+
+    pairs: list[_PairResult] = field(default_factory=list)
+    base_hashes: list[bytes] = field(default_factory=list)
+    post_hashes: list[bytes] = field(default_factory=list)
+    values: list[tuple[Chunk, bytes]] = field(default_factory=list)
+
+
+def extract(
+    base: str | os.PathLike,
+    post: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    description: str | None = None,
+    license: str | None = None,
+    force: bool = False,
+    quiet: bool = False,
+    delta_codec: str = DEFAULT_DELTA_CODEC,
+    values_codec: str = DEFAULT_VALUES_CODEC,
+    workers: int | None = None,
+) -> Manifest:
+    """Extract the delta post − base into an artifact folder at ``out``.
+
+    ``base`` and ``post`` are model folders or Hub ids (``org/name[@revision]``). The
+    artifact is lossless: applying it to ``base`` with alpha 1 gives ``post`` bit for bit,
+    which is checked for every element while extracting. Returns the manifest written.
+    """
+    base_m, post_m = open_model(base), open_model(post)
+    plan = _plan(base_m, post_m)
+    total = sum(p.numel if p else b.numel for _, b, p in plan)
+    with atomic_folder(out, force=force) as tmp:
+        writer = ArtifactWriter(tmp)
+        dcodec, vcodec = get_codec(delta_codec), get_codec(values_codec)
+        accs = {n: _Acc() for n, _, _ in plan}
+        jobs = [job for n, b, p in plan for job in _jobs(n, b, p, writer, dcodec, vcodec)]
+        with progress(total, "extract", quiet) as bar:
+            for tensor, kind, result, nbytes in ordered_map(lambda j: j(), jobs, workers):
+                _collect(accs[tensor], kind, result)
+                bar.update(nbytes)
+        entries = [_finish(n, b, p, accs[n], writer, delta_codec, values_codec) for n, b, p in plan]
+        manifest = Manifest(
+            name=name, version=version, description=description, license=license,
+            created_at=datetime.now(timezone.utc).replace(microsecond=0),
+            tool=ToolInfo(version=__version__),
+            base=_model_ref(base_m, entries, "base"), post=_model_ref(post_m, entries, "post"),
+            codec=CodecInfo(delta=delta_codec, values=values_codec),
+            tensors=entries, files=_carry(post_m, writer),
+            base_config=base_m.config, post_config=post_m.config,
+        )
+        writer.finish(manifest)
+    return manifest
+
+
+def _plan(base: ModelSource, post: ModelSource) -> list[tuple[str, TensorRef | None, TensorRef | None]]:
+    """Every tensor of either model, base order first, then tensors only in post."""
+    names = list(base.tensors) + [n for n in post.tensors if n not in base.tensors]
+    plan = []
+    for n in names:
+        b, p = base.tensors.get(n), post.tensors.get(n)
+        if b and p and b.shape != p.shape and (len(b.shape) != len(p.shape) or b.shape[1:] != p.shape[1:]):
+            raise ModelError(f"tensor {n!r}: base shape {list(b.shape)} and post shape {list(p.shape)} differ beyond the first dimension")
+        if b and p and (b.dtype in DELTA_DTYPES) != (p.dtype in DELTA_DTYPES):
+            raise ModelError(f"tensor {n!r}: base dtype {b.dtype} and post dtype {p.dtype} cannot be subtracted")
+        plan.append((n, b, p))
+    return plan
+
+
+def _jobs(name: str, b: TensorRef | None, p: TensorRef | None, writer: ArtifactWriter, dcodec, vcodec) -> list[Callable]:
+    jobs: list[Callable] = []
+    if b is not None and p is not None:
+        shared = min(b.numel, p.numel)
+        if b.shape == p.shape:
+            for s, c in chunk_ranges(shared):
+                jobs.append(lambda s=s, c=c: (name, "pair", _pair_job(b, p, s, c, writer, dcodec), c))
+            return jobs
+        # Resized: hash each side whole, take Δ on the shared rows, store the new rows.
+        jobs += [lambda s=s, c=c: (name, "base_hash", chunk_hash(b.read(s, c)), 0) for s, c in chunk_ranges(b.numel)]
+        jobs += [lambda s=s, c=c: (name, "post_hash", chunk_hash(p.read(s, c)), 0) for s, c in chunk_ranges(p.numel)]
+        if shared:
+            jobs += [lambda s=s, c=c: (name, "pair", _pair_job(b, p, s, c, writer, dcodec), c) for s, c in chunk_ranges(shared)]
+        if p.numel > shared:
+            jobs += [lambda s=s, c=c: (name, "values", _values_job(p, shared + s, c, writer, vcodec), c)
+                     for s, c in chunk_ranges(p.numel - shared)]
+        return jobs
+    if b is not None:
+        return [lambda s=s, c=c: (name, "base_hash", chunk_hash(b.read(s, c)), c) for s, c in chunk_ranges(b.numel)]
+    return [lambda s=s, c=c: (name, "values", _values_job(p, s, c, writer, vcodec), c) for s, c in chunk_ranges(p.numel)]
+
+
+def _pair_job(b: TensorRef, p: TensorRef, start: int, count: int, writer: ArtifactWriter, dcodec) -> _PairResult:
+    bb, pb = b.read(start, count), p.read(start, count)
+    res = _PairResult(chunk_hash(bb), chunk_hash(pb), b.dtype == p.dtype and np.array_equal(bb, pb))
+    if b.dtype not in DELTA_DTYPES:
+        return res  # integer/bool tensors: compared, never subtracted
+    d = difference(bb, b.dtype, pb, p.dtype)
+    res.chunk = writer.put_blob(dcodec.encode(d))
+    res.delta_hash = chunk_hash(d)
+    bad = np.flatnonzero(combine(bb, b.dtype, [(1.0, d)], p.dtype) != pb)
+    if bad.size:
+        res.patch = (bad.astype(np.uint64) + np.uint64(start), bb[bad], pb[bad])
+    return res
+
+
+def _values_job(p: TensorRef, start: int, count: int, writer: ArtifactWriter, vcodec) -> tuple[Chunk, bytes]:
+    bits = p.read(start, count)
+    return writer.put_blob(vcodec.encode(bits)), chunk_hash(bits)
+
+
+def _collect(acc: _Acc, kind: str, result) -> None:
+    {"pair": acc.pairs, "base_hash": acc.base_hashes, "post_hash": acc.post_hashes, "values": acc.values}[kind].append(result)
+
+
+def _finish(name: str, b: TensorRef | None, p: TensorRef | None, acc: _Acc, writer: ArtifactWriter, dcodec: str, vcodec: str) -> TensorEntry:
+    """Turn one tensor's chunk results into its manifest entry."""
+    resized = b is not None and p is not None and b.shape != p.shape
+    base_hashes = acc.base_hashes if (resized or p is None) else [r.base_hash for r in acc.pairs]
+    post_hashes = acc.post_hashes if resized else [r.post_hash for r in acc.pairs] if b is not None else [h for _, h in acc.values]
+    base = TensorInfo(shape=list(b.shape), dtype=b.dtype, digest=tensor_digest(base_hashes)) if b else None
+    post = TensorInfo(shape=list(p.shape), dtype=p.dtype, digest=tensor_digest(post_hashes)) if p else None
+    if b is None:
+        return TensorEntry(name=name, kind="added", post=post, values=_stream(vcodec, p.dtype, p.numel, acc.values))
+    if p is None:
+        return TensorEntry(name=name, kind="removed", base=base)
+    if not resized and all(r.equal for r in acc.pairs):
+        return TensorEntry(name=name, kind="unchanged", base=base, post=post)
+    if b.dtype not in DELTA_DTYPES:
+        raise ModelError(f"tensor {name!r}: {b.dtype} tensors differ between base and post; only floating-point tensors carry a delta")
+    shared = min(b.numel, p.numel)
+    delta = _stream(dcodec, "F32", shared, [(r.chunk, r.delta_hash) for r in acc.pairs]) if shared else None
+    values = _stream(vcodec, p.dtype, p.numel - shared, acc.values) if p.numel > shared else None
+    return TensorEntry(name=name, kind="resized" if resized else "changed", base=base, post=post,
+                       delta=delta, values=values, patch=_patch(acc.pairs, writer))
+
+
+def _stream(codec: str, dtype: str, numel: int, chunks: list[tuple[Chunk, bytes]]) -> Stream:
+    hashes = [h for _, h in chunks] or [chunk_hash(b"")]
+    return Stream(codec=codec, dtype=dtype, numel=numel, chunk_elements=CHUNK_ELEMENTS,
+                  chunks=[c for c, _ in chunks], digest=tensor_digest(hashes))
+
+
+def _patch(pairs: list[_PairResult], writer: ArtifactWriter) -> Patch | None:
+    parts = [r.patch for r in pairs if r.patch is not None]
+    if not parts:
+        return None
+    idx, b, p = (np.concatenate([part[i] for part in parts]) for i in range(3))
+    chunk = writer.put_blob(encode_patch(idx, b, p))
+    return Patch(digest=chunk.digest, size=chunk.size, count=int(idx.size))
+
+
+def _model_ref(m: ModelSource, entries: list[TensorEntry], side: str) -> ModelRef:
+    infos = [(e.name, getattr(e, side)) for e in entries if getattr(e, side) is not None]
+    cfg = m.config
+    return ModelRef(
+        id=m.id, source=m.source, revision=m.revision, commit=m.commit,
+        fingerprint=fingerprint((n, i.shape, i.dtype, i.digest) for n, i in infos),
+        num_tensors=len(infos), num_parameters=sum(i.numel for _, i in infos),
+        architecture=Architecture(
+            model_type=cfg.get("model_type"), architectures=list(cfg.get("architectures") or []),
+            hidden_size=_int(cfg, "hidden_size"), num_hidden_layers=_int(cfg, "num_hidden_layers"),
+            vocab_size=_int(cfg, "vocab_size"), torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "") or None,
+        ),
+    )
+
+
+def _int(cfg: dict, key: str) -> int | None:
+    v = cfg.get(key)
+    return v if isinstance(v, int) else None
+
+
+def _carry(post: ModelSource, writer: ArtifactWriter) -> list[CarriedFile]:
+    files = []
+    for rel in post.carried_files():
+        data = (post.path / rel).read_bytes()
+        chunk = writer.put_blob(data)
+        files.append(CarriedFile(path=rel, digest=chunk.digest, size=chunk.size))
+    return files
+
+
+__all__ = ["extract", "chunk_ranges"]

@@ -1,0 +1,286 @@
+"""The manifest of a delta artifact: the single source of truth for format v1.
+
+These pydantic models define ``manifest.json``; spec/manifest.schema.json is generated
+from them (``python -m deltaformat.schema``), and the registry's API shares them.
+Every model forbids unknown fields: a reader that meets a field it does not know is
+reading a format it does not understand, and must say so rather than guess.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from deltaformat.errors import FormatError
+
+FORMAT_VERSION = 1
+MANIFEST_MEDIA_TYPE = "application/vnd.paramdelta.manifest.v1+json"
+ARTIFACT_TYPE = "application/vnd.paramdelta.delta.v1"
+CHUNK_ELEMENTS = 1 << 22
+MAX_TENSOR_ELEMENTS = 1 << 40
+MAX_DIMS = 8
+
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 lowercase hex>")]
+DType = Literal["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2"]
+TensorKind = Literal["changed", "unchanged", "added", "removed", "resized"]
+
+_SAFE_PATH = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9._\-/]+$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class TensorInfo(_Strict):
+    """One side (base or post) of a tensor: its shape, dtype and content digest."""
+
+    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_DIMS)
+    dtype: DType
+    digest: Digest = Field(description="Chunked sha256 of the raw little-endian bytes (spec: Tensor digests)")
+
+    @field_validator("shape")
+    @classmethod
+    def _bounded(cls, shape: list[int]) -> list[int]:
+        numel = 1
+        for d in shape:
+            numel *= d
+        if numel > MAX_TENSOR_ELEMENTS:
+            raise ValueError(f"shape {shape} has {numel} elements, over the limit of {MAX_TENSOR_ELEMENTS}")
+        return shape
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class Chunk(_Strict):
+    """One encoded chunk of a stream, stored as one content-addressed blob."""
+
+    digest: Digest
+    size: int = Field(ge=0, description="Encoded size in bytes")
+
+
+class Stream(_Strict):
+    """A flat array of elements, split into chunks of ``chunk_elements`` and encoded by ``codec``."""
+
+    codec: str
+    dtype: DType = Field(description="dtype of the decoded elements")
+    numel: int = Field(ge=0, le=MAX_TENSOR_ELEMENTS)
+    chunk_elements: int = Field(ge=1, le=1 << 30)
+    chunks: list[Chunk]
+    digest: Digest = Field(description="Chunked sha256 of the decoded elements' raw bytes")
+
+    @model_validator(mode="after")
+    def _chunk_count(self) -> "Stream":
+        expected = -(-self.numel // self.chunk_elements)
+        if len(self.chunks) != expected:
+            raise ValueError(f"{len(self.chunks)} chunks for {self.numel} elements of {self.chunk_elements} per chunk; expected {expected}")
+        return self
+
+
+class Patch(_Strict):
+    """Elements where fp32 arithmetic cannot reproduce post from base (spec: Exactness).
+
+    Applied only with a single artifact at alpha 1, and only where the base element is
+    bitwise equal to ``base`` recorded here: that makes apply on the original base exact.
+    """
+
+    digest: Digest
+    size: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+
+class TensorEntry(_Strict):
+    name: str = Field(min_length=1, max_length=1024)
+    kind: TensorKind
+    base: TensorInfo | None = None
+    post: TensorInfo | None = None
+    delta: Stream | None = Field(None, description="fp32 Δ over the elements base and post share")
+    values: Stream | None = Field(None, description="post values stored in full: the whole tensor (added) or the new rows (resized)")
+    patch: Patch | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TensorEntry":
+        need = {
+            "changed": (True, True, True, False),
+            "unchanged": (True, True, False, False),
+            "added": (False, True, False, True),
+            "removed": (True, False, False, False),
+            "resized": (True, True, None, None),
+        }[self.kind]
+        for field, want in zip(("base", "post", "delta", "values"), need):
+            have = getattr(self, field) is not None
+            if want is not None and have != want:
+                raise ValueError(f"tensor {self.name!r} of kind {self.kind!r} must {'have' if want else 'not have'} {field!r}")
+        if self.kind in ("changed", "unchanged") and self.base.shape != self.post.shape:
+            raise ValueError(f"tensor {self.name!r}: base and post shapes differ but kind is {self.kind!r}")
+        if self.kind == "resized" and self.base.shape[1:] != self.post.shape[1:]:
+            raise ValueError(f"tensor {self.name!r}: only the first dimension may be resized")
+        if self.delta is not None and self.delta.dtype != "F32":
+            raise ValueError(f"tensor {self.name!r}: delta streams are F32")
+        if self.patch is not None and self.kind not in ("changed", "resized"):
+            raise ValueError(f"tensor {self.name!r}: only changed or resized tensors carry a patch")
+        return self
+
+
+class CarriedFile(_Strict):
+    """A file of the post model carried in the artifact (tokenizer, chat template...)."""
+
+    path: str = Field(max_length=255)
+    digest: Digest
+    size: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _safe(cls, path: str) -> str:
+        if not _SAFE_PATH.match(path) or path.startswith("./"):
+            raise ValueError(f"unsafe carried file path {path!r}: relative paths of [A-Za-z0-9._-/] only, no '..'")
+        return path
+
+
+class Architecture(_Strict):
+    """A summary of config.json, enough to find compatible bases without the weights."""
+
+    model_type: str | None = None
+    architectures: list[str] = []
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    vocab_size: int | None = None
+    torch_dtype: str | None = None
+
+
+class ModelRef(_Strict):
+    """Names a model exactly: where it came from and what it contained."""
+
+    id: str = Field(description="Hub id (org/name) or the local folder's name")
+    source: Literal["hub", "local"]
+    revision: str | None = Field(None, description="Revision asked for (branch, tag or commit)")
+    commit: str | None = Field(None, description="Resolved Hub commit sha, when known")
+    fingerprint: Digest = Field(description="sha256 over the sorted (name, shape, dtype, digest) of every tensor")
+    num_tensors: int = Field(ge=0)
+    num_parameters: int = Field(ge=0)
+    architecture: Architecture = Architecture()
+
+
+class CodecInfo(_Strict):
+    delta: str
+    values: str
+
+
+class ToolInfo(_Strict):
+    name: str = "paramdelta"
+    version: str
+
+
+class Manifest(_Strict):
+    format_version: Literal[1] = FORMAT_VERSION
+    media_type: Literal["application/vnd.paramdelta.manifest.v1+json"] = MANIFEST_MEDIA_TYPE
+    name: str | None = Field(None, pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)+$", description="NS/NAME")
+    version: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+    description: str | None = Field(None, max_length=10000)
+    license: str | None = Field(None, max_length=200)
+    created_at: datetime
+    tool: ToolInfo
+    base: ModelRef
+    post: ModelRef
+    chunk_elements: int = Field(CHUNK_ELEMENTS, ge=1, le=1 << 30)
+    codec: CodecInfo
+    tensors: list[TensorEntry]
+    files: list[CarriedFile] = []
+    base_config: dict[str, Any] = Field(default_factory=dict, description="The base model's config.json")
+    post_config: dict[str, Any] = Field(default_factory=dict, description="The post model's config.json, for reference and for apply")
+    annotations: dict[str, str] = {}
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Manifest":
+        for label, names in (("tensor", [t.name for t in self.tensors]), ("file", [f.path for f in self.files])):
+            seen: set[str] = set()
+            for n in names:
+                if n in seen:
+                    raise ValueError(f"duplicate {label} {n!r}")
+                seen.add(n)
+        return self
+
+    # -- helpers -----------------------------------------------------------------
+    def blob_digests(self) -> list[str]:
+        """Every blob the artifact needs, each once, in manifest order."""
+        out: dict[str, int] = {}
+        for t in self.tensors:
+            for s in (t.delta, t.values):
+                if s is not None:
+                    for c in s.chunks:
+                        out.setdefault(c.digest, c.size)
+            if t.patch is not None:
+                out.setdefault(t.patch.digest, t.patch.size)
+        for f in self.files:
+            out.setdefault(f.digest, f.size)
+        return list(out)
+
+    def blob_sizes(self) -> dict[str, int]:
+        sizes: dict[str, int] = {}
+        for t in self.tensors:
+            for s in (t.delta, t.values):
+                if s is not None:
+                    for c in s.chunks:
+                        sizes[c.digest] = c.size
+            if t.patch is not None:
+                sizes[t.patch.digest] = t.patch.size
+        for f in self.files:
+            sizes[f.digest] = f.size
+        return sizes
+
+    def stored_bytes(self) -> int:
+        return sum(self.blob_sizes().values())
+
+    def summary(self) -> dict[str, Any]:
+        kinds: dict[str, int] = {}
+        for t in self.tensors:
+            kinds[t.kind] = kinds.get(t.kind, 0) + 1
+        params = sum(t.post.numel for t in self.tensors if t.post is not None)
+        stored = self.stored_bytes()
+        return {
+            "tensors": len(self.tensors),
+            "kinds": kinds,
+            "post_parameters": params,
+            "stored_bytes": stored,
+            "bytes_per_parameter": (stored / params) if params else None,
+            "patched_elements": sum(t.patch.count for t in self.tensors if t.patch is not None),
+            "files": [f.path for f in self.files],
+        }
+
+
+def parse_manifest(data: bytes) -> Manifest:
+    """Parse manifest bytes, rejecting other format versions with a message that says so."""
+    import json
+
+    try:
+        raw = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"manifest.json is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise FormatError("manifest.json must hold a JSON object")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"manifest format_version is {version!r}; this paramdelta reads format_version {FORMAT_VERSION} only"
+        )
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise FormatError(f"manifest field {where}: {first['msg']}{more}") from None
+
+
+def dump_manifest(manifest: Manifest) -> bytes:
+    """Serialise a manifest deterministically (sorted keys, 1-space indent, trailing newline)."""
+    import json
+
+    return (json.dumps(manifest.model_dump(mode="json"), sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()

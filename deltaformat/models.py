@@ -1,0 +1,217 @@
+"""Reading models: local Hugging Face folders and Hub ids, tensor by tensor.
+
+Tensors are read with positional reads into buffers we own (not mmap), so the memory a
+process holds is exactly the chunks in flight, whatever the model size. Pickled
+weights are refused: unpickling runs arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from deltaformat.dtypes import ITEMSIZE, uint_dtype
+from deltaformat.errors import ModelError
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+# Files of a post model that make the output usable as the post model was: tokenizer,
+# chat template, generation settings. config.json is kept inline in the manifest instead.
+CARRIED_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
+    "generation_config.json", "preprocessor_config.json",
+)
+CARRIED_DIRS = ("additional_chat_templates",)
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(@(?P<rev>[A-Za-z0-9._/-]+))?$")
+
+
+@dataclass(frozen=True)
+class TensorRef:
+    """A tensor inside a safetensors file: where its bytes are, read on demand."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    path: Path
+    offset: int  # absolute file offset of the first byte
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+    @property
+    def itemsize(self) -> int:
+        return ITEMSIZE[self.dtype]
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Read elements [start, start+count) as raw bits (numpy unsigned ints)."""
+        out = np.empty(count, dtype=uint_dtype(self.dtype))
+        buf = memoryview(out).cast("B")
+        pos = self.offset + start * self.itemsize
+        with open(self.path, "rb", buffering=0) as f:
+            done = 0
+            while done < len(buf):
+                n = os.preadv(f.fileno(), [buf[done:]], pos + done)
+                if n == 0:
+                    raise ModelError(f"{self.path.name}: tensor {self.name!r} is truncated (file ends early)")
+                done += n
+        return out
+
+
+@dataclass
+class ModelSource:
+    """A model opened for reading: its identity, tensors and side files."""
+
+    id: str
+    source: str  # "local" | "hub"
+    path: Path
+    revision: str | None = None
+    commit: str | None = None
+    tensors: dict[str, TensorRef] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+    def carried_files(self) -> list[str]:
+        """Relative paths of the side files present (tokenizer, chat template, ...)."""
+        found = [f for f in CARRIED_FILES if (self.path / f).is_file()]
+        for d in CARRIED_DIRS:
+            if (self.path / d).is_dir():
+                found += sorted(str(p.relative_to(self.path)) for p in (self.path / d).rglob("*") if p.is_file())
+        return found
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+
+def open_model(spec: str | os.PathLike) -> ModelSource:
+    """Open a local model folder, or a Hub id ``org/name[@revision]`` via huggingface_hub.
+
+    Hub ids resolve through huggingface_hub's cache (so HF_HUB_OFFLINE=1 works from it);
+    only safetensors, JSON and tokenizer files are fetched, and the resolved commit is kept.
+    """
+    path = Path(spec)
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"{spec}: a model must be a folder holding config.json and *.safetensors")
+        model = ModelSource(id=path.resolve().name, source="local", path=path)
+    else:
+        match = _HUB_ID.match(str(spec))
+        if not match:
+            raise ModelError(f"{spec}: no such folder, and not a Hub id of the form org/name[@revision]")
+        model = _open_hub(match["repo"], match["rev"])
+    model.config = _read_config(model.path)
+    model.tensors = _index_tensors(model.path)
+    return model
+
+
+def _open_hub(repo: str, revision: str | None) -> ModelSource:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    patterns = ["*.safetensors", "*.json", "*.jinja", "*.txt", "*.model", "additional_chat_templates/*"]
+    try:
+        folder = snapshot_download(repo, revision=revision, allow_patterns=patterns)
+    except LocalEntryNotFoundError as exc:
+        raise ModelError(f"{repo}: not in the Hugging Face cache and the Hub cannot be reached ({exc})") from None
+    except RepositoryNotFoundError:
+        raise ModelError(f"{repo}: no such repository on the Hub (or it is private: log in with `hf auth login`)") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise ModelError(f"{repo}: download failed: {exc}") from None
+    path = Path(folder)
+    return ModelSource(id=repo, source="hub", path=path, revision=revision, commit=path.name)
+
+
+def _read_config(folder: Path) -> dict:
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return {}
+    try:
+        data = json.loads(cfg.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{cfg}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"{cfg}: must hold a JSON object")
+    return data
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / INDEX_FILE
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{index}: not a safetensors index ({exc})") from None
+        names = sorted(set(weight_map.values()))
+        for n in names:
+            if "/" in n or n.startswith(".") or not (folder / n).is_file():
+                raise ModelError(f"{index}: names shard {n!r}, which is missing or not a plain file name")
+        return [folder / n for n in names]
+    if (folder / SINGLE_FILE).is_file():
+        return [folder / SINGLE_FILE]
+    found = sorted(folder.glob("*.safetensors"))
+    if found:
+        return found
+    pickled = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickled:
+        raise ModelError(
+            f"{folder}: holds only pickled weights ({', '.join(pickled[:3])}); paramdelta never unpickles "
+            "(loading a pickle runs arbitrary code). Convert a checkpoint you trust to safetensors first, e.g. "
+            "`AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT)` in transformers."
+        )
+    raise ModelError(f"{folder}: no model.safetensors, no {INDEX_FILE} and no *.safetensors files")
+
+
+def _index_tensors(folder: Path) -> dict[str, TensorRef]:
+    tensors: dict[str, TensorRef] = {}
+    for path in _weight_files(folder):
+        for ref in read_safetensors_header(path):
+            if ref.name in tensors:
+                raise ModelError(f"{folder}: tensor {ref.name!r} appears in both {tensors[ref.name].path.name} and {path.name}")
+            tensors[ref.name] = ref
+    return tensors
+
+
+def read_safetensors_header(path: Path) -> list[TensorRef]:
+    """Parse and validate a safetensors header; return its tensors in file order."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ModelError(f"{path.name}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES or 8 + n > size:
+            raise ModelError(f"{path.name}: safetensors header length {n} is invalid for a file of {size} bytes")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path.name}: safetensors header is not valid JSON ({exc})") from None
+    start = 8 + n
+    refs = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dtype, shape, (b, e) = info["dtype"], tuple(int(d) for d in info["shape"]), info["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise ModelError(f"{path.name}: tensor {name!r} has a malformed header entry") from None
+        if dtype not in ITEMSIZE:
+            raise ModelError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
+        ref = TensorRef(name, dtype, shape, path, start + b)
+        if any(d < 0 for d in shape) or e - b != ref.numel * ref.itemsize or start + e > size:
+            raise ModelError(f"{path.name}: tensor {name!r} has data offsets that do not match its shape {list(shape)} and dtype {dtype}")
+        refs.append(ref)
+    return sorted(refs, key=lambda r: r.offset)

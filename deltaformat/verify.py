@@ -1,0 +1,83 @@
+"""verify and inspect: prove an artifact intact, and optionally the round trip on its base."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from deltaformat._parallel import ordered_map
+from deltaformat.apply import compute, open_any, plan_outputs, preflight
+from deltaformat.artifact import Artifact
+from deltaformat.digests import chunk_hash, tensor_digest
+from deltaformat.dtypes import ITEMSIZE
+from deltaformat.errors import CorruptBlobError, VerificationError
+from deltaformat.manifest import Stream
+from deltaformat.models import open_model
+from deltaformat.patch import decode_patch
+from deltaformat.progress import progress
+
+
+@dataclass
+class VerifyReport:
+    artifact: str
+    manifest_digest: str
+    blobs: int
+    stored_bytes: int
+    round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
+
+
+def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | None = None, quiet: bool = False, workers: int | None = None) -> VerifyReport:
+    """Check every blob, decoded stream, patch and carried file against the manifest.
+
+    With ``base``, also recompute base + Δ for every tensor and check it equals the post
+    model's digests: the proof that apply on that base gives the post model back.
+    """
+    art = open_any(artifact, quiet=quiet)
+    m = art.manifest
+    streams = [(e.name, s) for e in m.tensors for s in (e.delta, e.values) if s is not None]
+    jobs = [(name, s, i) for name, s in streams for i in range(len(s.chunks))]
+    hashes: dict[int, list[bytes]] = {id(s): [] for _, s in streams}
+    with progress(sum(s.numel for _, s in streams), "verify", quiet) as bar:
+        for s, h, n in ordered_map(lambda j: _decode_job(art, *j), jobs, workers):
+            hashes[id(s)].append(h)
+            bar.update(n)
+    for name, s in streams:
+        if tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
+            raise CorruptBlobError(f"tensor {name!r}: decoded stream does not match its recorded digest")
+    for e in m.tensors:
+        if e.patch is not None:
+            data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
+            decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
+    for f in m.files:
+        art.read_blob(f.digest, f.size, f"file {f.path!r}")
+    round_trip = False
+    if base is not None:
+        model = open_model(base)
+        preflight(m, model, art.location)
+        if not compute(plan_outputs([art], [1.0], model), None, "cpu", workers, quiet, "round trip"):
+            raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}, {m.base.fingerprint}); the round trip cannot be proven on it")
+        round_trip = True
+    return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), round_trip)
+
+
+def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
+    bits = art.decode_chunk(s, i, f"tensor {name!r}")
+    return s, chunk_hash(bits), bits.size
+
+
+def inspect(artifact: str | os.PathLike | Artifact) -> dict[str, Any]:
+    """A summary of an artifact: names, models, sizes, tensor kinds, codecs, files."""
+    art = open_any(artifact)
+    m = art.manifest
+    return {
+        "location": art.location,
+        "manifest_digest": art.digest,
+        "name": m.name, "version": m.version, "description": m.description, "license": m.license,
+        "format_version": m.format_version, "created_at": m.created_at.isoformat(), "tool": m.tool.model_dump(),
+        "base": m.base.model_dump(mode="json"), "post": m.post.model_dump(mode="json"),
+        "codec": m.codec.model_dump(), **m.summary(),
+    }
+
+
+__all__ = ["verify", "inspect", "VerifyReport"]

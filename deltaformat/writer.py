@@ -1,0 +1,104 @@
+"""Sharded safetensors writer with a header planned up front.
+
+All shapes and dtypes of the output are known before any value is computed, so each
+shard's header is written first and every chunk is then written at its final offset
+(``os.pwrite``) by whichever thread computed it: no shard is ever held in memory.
+The files follow the safetensors format exactly and load with safetensors/transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deltaformat.dtypes import ITEMSIZE
+from deltaformat.models import INDEX_FILE, SINGLE_FILE
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Parse "5GB", "500MiB" or a byte count."""
+    if isinstance(size, int):
+        return size
+    m = _SIZE.match(size)
+    if not m:
+        raise ValueError(f"invalid size {size!r}: use a byte count or a number with KB, MB, GB, KiB, MiB or GiB")
+    return int(float(m[1]) * _UNITS[(m[2] or "b").lower()])
+
+
+@dataclass(frozen=True)
+class Slot:
+    file: Path
+    offset: int  # absolute offset of the tensor's first byte
+    itemsize: int
+
+
+class ShardedWriter:
+    """Plans shards for ``tensors`` (name, dtype, shape) and accepts chunks in any order."""
+
+    def __init__(self, folder: Path, tensors: list[tuple[str, str, list[int]]], shard_size: int):
+        self.folder = folder
+        groups: list[list[tuple[str, str, list[int]]]] = [[]]
+        used = 0
+        for name, dtype, shape in tensors:
+            nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+            if groups[-1] and used + nbytes > shard_size:
+                groups.append([])
+                used = 0
+            groups[-1].append((name, dtype, shape))
+            used += nbytes
+        n = len(groups)
+        self.files = [folder / (SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors") for i in range(n)]
+        self.slots: dict[str, Slot] = {}
+        self._fds: dict[Path, int] = {}
+        for path, group in zip(self.files, groups):
+            self._write_header(path, group)
+
+    def _write_header(self, path: Path, group: list[tuple[str, str, list[int]]]) -> None:
+        header: dict = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for name, dtype, shape in group:
+            nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+        start = 8 + len(raw)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.pwrite(fd, struct.pack("<Q", len(raw)) + raw, 0)
+        os.ftruncate(fd, start + offset)
+        self._fds[path] = fd
+        for name, dtype, _ in group:
+            self.slots[name] = Slot(path, start + header[name]["data_offsets"][0], ITEMSIZE[dtype])
+
+    def write(self, name: str, start: int, bits: np.ndarray) -> None:
+        """Write elements starting at element ``start`` of tensor ``name``."""
+        slot = self.slots[name]
+        data = memoryview(np.ascontiguousarray(bits)).cast("B")
+        fd, pos, done = self._fds[slot.file], slot.offset + start * slot.itemsize, 0
+        while done < len(data):
+            done += os.pwrite(fd, data[done:], pos + done)
+
+    def close(self) -> None:
+        """Flush and close every shard, then write the index when there are several."""
+        for fd in self._fds.values():
+            os.fsync(fd)
+            os.close(fd)
+        self._fds.clear()
+        if len(self.files) > 1:
+            total = sum(p.stat().st_size for p in self.files)
+            index = {"metadata": {"total_size": total}, "weight_map": {n: s.file.name for n, s in self.slots.items()}}
+            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+    def abort(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
