@@ -253,6 +253,8 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str) -> tuple[bytes | 
         if stream.dtype != t.dtype:
             vals = torch_to_bits(bits_to_torch(vals, stream.dtype).to(DELTA_DTYPES[t.dtype]))
         parts.append(vals)
+    if not parts:  # a 0-element tensor
+        return base_hash, np.empty(0, np.dtype(f"u{ITEMSIZE[t.dtype]}"))
     return base_hash, parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 

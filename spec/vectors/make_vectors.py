@@ -1,0 +1,71 @@
+"""Regenerate the test vectors: ``python spec/vectors/make_vectors.py``.
+
+Each vector is a folder with base/ and post/ (tiny safetensors models), artifact/ (what
+paramdelta extract writes for them) and expected.json (the digests an independent
+reader must reproduce). Inputs are deterministic; only created_at varies between runs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+import deltaformat
+from deltaformat.digests import chunk_hash, tensor_digest
+
+HERE = Path(__file__).resolve().parent
+
+
+def _vectors() -> dict[str, tuple[dict, dict]]:
+    g = torch.Generator().manual_seed(2504)
+    w = (torch.randn(8, 6, generator=g) * 0.02).bfloat16()
+    post_w = (w.float() + torch.randn(8, 6, generator=g) * 0.0002).bfloat16()
+    post_w[0, 0], w[0, 0] = -3e-8, 2.0**-7  # fp32 Δ rounds here: needs the patch
+    emb = (torch.randn(5, 4, generator=g) * 0.02).to(torch.float16)
+    post_emb = torch.cat([(emb.float() + 0.001).half(), (torch.randn(2, 4, generator=g) * 0.02).half()])
+    norm = torch.ones(6, dtype=torch.float32)
+    basic = (
+        {"w": w, "emb": emb, "norm": norm, "old": torch.zeros(3, dtype=torch.bfloat16), "ids": torch.arange(4)},
+        {"w": post_w, "emb": post_emb, "norm": norm * 1.5, "new": torch.full((2, 2), 0.5, dtype=torch.bfloat16), "ids": torch.arange(4)},
+    )
+    empty = ({"e": torch.zeros(0, 4, dtype=torch.bfloat16)}, {"e": torch.zeros(0, 4, dtype=torch.bfloat16)})
+    return {"v1-basic": basic, "v1-empty": empty}
+
+
+def _write(folder: Path, tensors: dict) -> None:
+    folder.mkdir(parents=True)
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    (folder / "config.json").write_text('{"model_type": "vector"}\n')
+
+
+def _digest(t: torch.Tensor) -> str:
+    raw = t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b""
+    return tensor_digest([chunk_hash(raw)])
+
+
+def main() -> int:
+    for name, (base, post) in _vectors().items():
+        root = HERE / name
+        shutil.rmtree(root, ignore_errors=True)
+        _write(root / "base", base)
+        _write(root / "post", post)
+        m = deltaformat.extract(root / "base", root / "post", root / "artifact", quiet=True, workers=1)
+        expected = {
+            "kinds": {t.name: t.kind for t in m.tensors},
+            "post_digests": {k: _digest(v) for k, v in post.items()},
+            "base_fingerprint": m.base.fingerprint,
+            "post_fingerprint": m.post.fingerprint,
+            "patched_elements": sum(t.patch.count for t in m.tensors if t.patch),
+        }
+        (root / "expected.json").write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
+        print(f"wrote {root}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
