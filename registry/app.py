@@ -1,0 +1,117 @@
+"""The registry application: ``create_app(settings)`` and ``serve(settings)``.
+
+Errors raised by the services are rendered here, once: the OCI error envelope for
+/v2 and /api, an HTML page for people.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from deltaformat._version import __version__
+from registry.auth import credential
+from registry.errors import ClientGone, RegistryError, Unauthorized
+from registry.routers import api, oci, pages
+from registry.schemas import Health
+from registry.service import Registry
+from registry.settings import Settings
+
+log = logging.getLogger("paramdelta.registry")
+_MACHINE_PREFIXES = ("/v2", "/api", "/auth", "/healthz")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A registry app over the database and blob store ``settings`` name (opened now, migrated if needed)."""
+    settings = settings or Settings()
+    reg = Registry.open(settings)
+    reg.uploads.purge_expired()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        reg.close()
+
+    app = FastAPI(title="paramdelta registry", version=__version__, lifespan=lifespan,
+                  description="Publish, find and pull ParamΔ delta artifacts. OCI Distribution under /v2, native API under /api/v1.")
+    app.state.registry = reg
+    app.include_router(oci.router)
+    app.include_router(api.router)
+    app.include_router(pages.router)
+    _add_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> Health:
+        return Health(version=__version__)
+
+    @app.get("/auth/token", tags=["auth"], summary="Token endpoint for docker-style clients: trades a valid token for itself")
+    def token(request: Request) -> JSONResponse:
+        authorization = request.headers.get("authorization")
+        if reg.auth.authenticate(authorization, str(request.base_url)).anonymous:
+            raise Unauthorized("send a registry token as the password (Basic) or as a Bearer token")
+        value = credential(authorization)
+        return JSONResponse({"token": value, "access_token": value, "expires_in": 3600})
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the registry with uvicorn until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    log.info("paramdelta registry %s: data %s, database %s, blobs %s", __version__, settings.data,
+             _redact(settings.resolved_database_url()), settings.resolved_blob_store())
+    log.info("browse http://%s:%d/  (API docs at /docs)", settings.host, settings.port)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
+                timeout_keep_alive=30, server_header=False)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    def for_people(request: Request) -> bool:
+        return not request.url.path.startswith(_MACHINE_PREFIXES) and "text/html" in request.headers.get("accept", "")
+
+    @app.exception_handler(RegistryError)
+    async def registry_error(request: Request, exc: RegistryError) -> Response:
+        if for_people(request):
+            return pages.render_error(request, exc.status, exc.message)
+        return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return JSONResponse({"errors": [{"code": "INVALID_REQUEST", "message": f"{where}: {first['msg']}", "detail": None}]},
+                            status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "NOT_FOUND", 405: "UNSUPPORTED"}.get(exc.status_code, "UNSUPPORTED")
+        if for_people(request):
+            return pages.render_error(request, exc.status_code, str(exc.detail))
+        return JSONResponse({"errors": [{"code": code, "message": str(exc.detail), "detail": None}]},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        log.info("%s %s: client went away mid-body; the bytes received are kept", request.method, request.url.path)
+        return Response(status_code=400)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"errors": [{"code": "UNKNOWN", "message": f"internal error: {type(exc).__name__}", "detail": None}]},
+                            status_code=500)

@@ -1,0 +1,184 @@
+"""Bearer tokens with scopes, stored hashed, and the FastAPI dependencies that check them.
+
+A token has one scope over one namespace (or "*"):
+
+    pull   read repositories in the namespace
+    push   read, push and delete there
+    admin  everything, everywhere
+
+Tokens are random (256 bits), so a plain sha256 is a sound way to store them; the
+token itself is printed once by ``paramdelta token create`` and never logged (logs
+name a token by its name and id). Anonymous pull is on unless
+PARAMDELTA_ANONYMOUS_PULL=0; push and delete always need a token.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from fastapi import Request
+from sqlalchemy import select
+
+from deltaformat.oci import NAME_RE
+from registry.db import Database, utcnow
+from registry.db.models import Token
+from registry.errors import Denied, InvalidRequest, NameInvalid, Unauthorized
+
+SCOPES = ("pull", "push", "admin")
+ACTIONS = ("pull", "push", "delete")
+TOKEN_PREFIX = "pdt_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a token (by name and id, never its secret) or anonymous."""
+
+    token_id: int | None = None
+    name: str | None = None
+    scope: str | None = None
+    namespace: str | None = None
+
+    @property
+    def anonymous(self) -> bool:
+        return self.token_id is None
+
+    def can(self, action: str, namespace: str) -> bool:
+        """Whether this principal's token allows ``action`` (pull, push, delete) in ``namespace``."""
+        if self.scope == "admin":
+            return True
+        if self.scope is None or self.namespace not in ("*", namespace):
+            return False
+        return action == "pull" or self.scope == "push"
+
+    def __str__(self) -> str:
+        return "anonymous" if self.anonymous else f"token {self.name!r} (#{self.token_id}, {self.scope} on {self.namespace})"
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_token(db: Database, namespace: str, scope: str, name: str | None = None) -> str:
+    """Store a new token's hash and return the token (the only time it is seen)."""
+    if scope not in SCOPES:
+        raise ValueError(f"scope {scope!r}: choose one of {', '.join(SCOPES)}")
+    if scope == "admin":
+        namespace = "*"
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    with db.session() as s:
+        s.add(Token(name=name or f"{scope}:{namespace}", token_hash=hash_token(token), scope=scope, namespace=namespace))
+    return token
+
+
+def list_tokens(db: Database) -> list[Token]:
+    with db.session() as s:
+        return list(s.scalars(select(Token).order_by(Token.id)))
+
+
+def revoke_token(db: Database, token_id: int) -> bool:
+    """Revoke a token by id; False when there is no such live token."""
+    with db.session() as s:
+        tok = s.get(Token, token_id)
+        if tok is None or tok.revoked_at is not None:
+            return False
+        tok.revoked_at = utcnow()
+        return True
+
+
+class Authenticator:
+    """Turns an Authorization header into a Principal and checks it against an action."""
+
+    def __init__(self, db: Database, *, anonymous_pull: bool, public_url: str | None):
+        self.db = db
+        self.anonymous_pull = anonymous_pull
+        self.public_url = public_url
+
+    def authenticate(self, authorization: str | None, base_url: str | None = None) -> Principal:
+        """The principal for a header; a token that is unknown or revoked is 401, never anonymous."""
+        token = credential(authorization)
+        if token is None:
+            return Principal()
+        with self.db.session() as s:
+            row = s.scalar(select(Token).where(Token.token_hash == hash_token(token)))
+        if row is None or row.revoked_at is not None:
+            raise Unauthorized("the token is unknown or revoked", headers=self._challenge(base_url, None))
+        return Principal(row.id, row.name, row.scope, row.namespace)
+
+    def authorize(self, principal: Principal, action: str, name: str | None, base_url: str) -> None:
+        """401 when a token is needed and none was given; 403 when the token's scope does not cover this."""
+        namespace = name.split("/", 1)[0] if name else None
+        if action == "pull" and self.anonymous_pull:
+            return
+        if principal.anonymous:
+            what = f"{action} on {name}" if name else action
+            raise Unauthorized(f"authentication required: {what} needs a bearer token",
+                               headers=self._challenge(base_url, name, action))
+        if namespace is None:  # registry-wide reads (search): any valid token may list
+            if action == "pull":
+                return
+            if principal.scope != "admin":
+                raise Denied(f"{principal} may not {action} registry-wide; an admin token is needed")
+            return
+        if not principal.can(action, namespace):
+            raise Denied(f"{principal} may not {action} in namespace {namespace!r}")
+
+    def visible_namespaces(self, principal: Principal) -> set[str] | None:
+        """Namespaces whose deltas this principal may list; None means all."""
+        if self.anonymous_pull or principal.scope == "admin" or principal.namespace == "*":
+            return None
+        return set() if principal.anonymous else {principal.namespace}
+
+    def _challenge(self, base_url: str | None, name: str | None, action: str = "pull") -> dict[str, str]:
+        base = (self.public_url or base_url or "").rstrip("/")
+        scope = f',scope="repository:{name}:{"pull,push" if action != "pull" else "pull"}"' if name else ""
+        return {"WWW-Authenticate": f'Bearer realm="{base}/auth/token",service="paramdelta"{scope}'}
+
+
+def credential(authorization: str | None) -> str | None:
+    """The token in ``Bearer T`` or ``Basic base64(user:T)`` (what docker-style clients send)."""
+    if not authorization:
+        return None
+    kind, _, value = authorization.partition(" ")
+    if kind.lower() == "bearer" and value.strip():
+        return value.strip()
+    if kind.lower() == "basic":
+        try:
+            return base64.b64decode(value).decode().partition(":")[2] or None
+        except (ValueError, UnicodeDecodeError):
+            raise InvalidRequest("malformed Basic authorization header") from None
+    raise Unauthorized(f"unsupported authorization scheme {kind!r}; send 'Bearer <token>'")
+
+
+# -- FastAPI dependencies ------------------------------------------------------------
+
+
+def current_principal(request: Request) -> Principal:
+    """The caller, authenticated once per request."""
+    return request.app.state.registry.auth.authenticate(request.headers.get("authorization"), str(request.base_url))
+
+
+def allow(action: str):
+    """A dependency that authorizes ``action`` on the ``name`` path parameter and returns the principal."""
+    if action not in ACTIONS:
+        raise ValueError(action)
+
+    def dependency(request: Request, name: str) -> Principal:
+        if not NAME_RE.match(name):
+            raise NameInvalid(f"repository name {name!r} must be NS/NAME in lowercase letters, digits and . _ -")
+        auth: Authenticator = request.app.state.registry.auth
+        principal = current_principal(request)
+        auth.authorize(principal, action, name, str(request.base_url))
+        return principal
+
+    return dependency
+
+
+def allow_listing(request: Request) -> Principal:
+    """A dependency for registry-wide reads (search, lists)."""
+    auth: Authenticator = request.app.state.registry.auth
+    principal = current_principal(request)
+    auth.authorize(principal, "pull", None, str(request.base_url))
+    return principal

@@ -1,0 +1,97 @@
+"""Reading blobs: existence, ranged reads, redirects to the store, cross-repository mounts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from registry.db import Database
+from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
+from registry.errors import BlobUnknown, DigestInvalid, RangeNotSatisfiable
+from registry.storage import BlobStore
+
+DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class BlobRead:
+    """What a GET of a blob answers: the whole blob or a range of it, streamed or redirected."""
+
+    digest: str
+    size: int
+    start: int
+    end: int  # inclusive
+    partial: bool
+    redirect: str | None
+    chunks: Iterator[bytes] | None
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def check_digest(digest: str) -> str:
+    """The digest if well-formed; only sha256 is supported."""
+    if not DIGEST_RE.match(digest):
+        raise DigestInvalid(f"digest {digest!r} is not sha256:<64 lowercase hex>")
+    return digest
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(start, end) inclusive for a single ``bytes=`` range, None for no (or a multi-) range; 416 if unsatisfiable."""
+    if not header or "," in header:
+        return None
+    m = _RANGE.match(header.strip())
+    if not m or (not m.group(1) and not m.group(2)):
+        raise RangeNotSatisfiable(f"malformed Range header {header!r}", headers={"Content-Range": f"bytes */{size}"})
+    if not m.group(1):  # suffix range: the last N bytes
+        n = int(m.group(2))
+        if n == 0:
+            raise RangeNotSatisfiable("empty suffix range", headers={"Content-Range": f"bytes */{size}"})
+        return max(0, size - n), size - 1
+    start = int(m.group(1))
+    end = min(int(m.group(2)), size - 1) if m.group(2) else size - 1
+    if start >= size or end < start:
+        raise RangeNotSatisfiable(f"range {header} is outside the blob's {size} bytes",
+                                  headers={"Content-Range": f"bytes */{size}"})
+    return start, end
+
+
+class Blobs:
+    """Blob reads, for GET/HEAD /v2/<name>/blobs/<digest>."""
+
+    def __init__(self, db: Database, store: BlobStore):
+        self.db = db
+        self.store = store
+
+    def size(self, name: str, digest: str) -> int:
+        """The size of a blob readable through repository ``name``, or BLOB_UNKNOWN."""
+        check_digest(digest)
+        with self.db.session() as s:
+            repo = get_repository(s, name)
+            size = linked_size(s, repo.id, digest)
+        if size is None or self.store.stat(digest) is None:
+            raise BlobUnknown(f"blob {digest} is not in {name}", detail={"digest": digest})
+        return size
+
+    def read(self, name: str, digest: str, range_header: str | None, *, body: bool = True) -> BlobRead:
+        """Open a blob (or a range of it) for a response; redirect when the store offers a URL."""
+        size = self.size(name, digest)
+        rng = parse_range(range_header, size) if size else None
+        start, end = rng or (0, size - 1)
+        redirect = self.store.redirect_url(digest, size) if body else None
+        chunks = self.store.open_range(digest, start, end) if body and not redirect and size else None
+        return BlobRead(digest, size, start, end, rng is not None, redirect, chunks)
+
+    def mount(self, name: str, digest: str, source: str) -> bool:
+        """Link a blob of ``source`` into ``name`` without uploading it; False when ``source`` lacks it."""
+        check_digest(digest)
+        with self.db.session() as s:
+            src = find_repository(s, source)
+            size = linked_size(s, src.id, digest) if src is not None else None
+            if size is None or self.store.stat(digest) is None:
+                return False
+            link_blob(s, ensure_repository(s, name), digest, size)
+        return True

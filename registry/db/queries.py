@@ -1,0 +1,75 @@
+"""Small queries shared by the services: repositories, blob links, version lookups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from registry.db.models import Base, Blob, Manifest, Repository, RepositoryBlob, Version, utcnow
+from registry.errors import NameUnknown
+
+_INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
+
+
+def insert_ignore(s: Session, model: type[Base], **values: Any) -> None:
+    """INSERT that does nothing when the row exists (race-free, unlike select-then-insert)."""
+    insert = _INSERTS.get(s.get_bind().dialect.name)
+    if insert is None:
+        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {s.get_bind().dialect.name}")
+    s.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def find_repository(s: Session, name: str) -> Repository | None:
+    return s.scalar(select(Repository).where(Repository.name == name))
+
+
+def get_repository(s: Session, name: str) -> Repository:
+    """The repository ``name``, or NAME_UNKNOWN."""
+    repo = find_repository(s, name)
+    if repo is None:
+        raise NameUnknown(f"repository {name} is not known to this registry")
+    return repo
+
+
+def ensure_repository(s: Session, name: str) -> Repository:
+    """The repository ``name``, created if needed."""
+    insert_ignore(s, Repository, name=name, namespace=name.split("/", 1)[0], created_at=utcnow(), updated_at=utcnow())
+    return get_repository(s, name)
+
+
+def link_blob(s: Session, repo: Repository, digest: str, size: int) -> None:
+    """Record a committed blob and make it readable through ``repo``."""
+    insert_ignore(s, Blob, digest=digest, size=size, created_at=utcnow())
+    insert_ignore(s, RepositoryBlob, repository_id=repo.id, digest=digest, created_at=utcnow())
+
+
+def linked_size(s: Session, repo_id: int, digest: str) -> int | None:
+    """The size of ``digest`` when it is linked into the repository, else None."""
+    return s.scalar(
+        select(Blob.size).join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+        .where(RepositoryBlob.repository_id == repo_id, Blob.digest == digest)
+    )
+
+
+def live_version(s: Session, repo_id: int, name: str) -> Version | None:
+    """A version that is not deleted; ``latest`` is the newest such version."""
+    q = select(Version).where(Version.repository_id == repo_id, Version.deleted_at.is_(None))
+    if name == "latest":
+        return s.scalar(q.order_by(Version.id.desc()).limit(1))
+    return s.scalar(q.where(Version.name == name))
+
+
+def live_manifest(s: Session, repo_id: int, digest: str) -> Manifest | None:
+    return s.scalar(select(Manifest).where(
+        Manifest.repository_id == repo_id, Manifest.digest == digest, Manifest.deleted_at.is_(None)))
+
+
+def latest_versions():  # noqa: ANN201 - a subquery
+    """Subquery (repository_id, version_id) of each repository's newest live version."""
+    return (
+        select(Version.repository_id, func.max(Version.id).label("version_id"))
+        .where(Version.deleted_at.is_(None)).group_by(Version.repository_id).subquery("latest")
+    )

@@ -1,0 +1,1 @@
+"""HTTP routers: oci (/v2), api (/api/v1), pages (/)."""

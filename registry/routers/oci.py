@@ -1,0 +1,135 @@
+"""/v2: the subset of the OCI Distribution Specification v1.1 that moves deltas.
+
+Blobs (HEAD/GET with Range), uploads (monolithic, chunked, resumable, mount),
+manifests (byte-exact, by version or digest) and tags/list. Each route translates
+HTTP to one service call and back.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from registry.auth import Principal, allow, allow_listing
+from registry.blobs import check_digest
+from registry.http import next_link, read_capped, registry
+from registry.service import Registry
+from registry.uploads import UploadStatus, range_headers
+
+router = APIRouter(prefix="/v2", tags=["OCI distribution (/v2)"])
+API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
+
+Reg = Annotated[Registry, Depends(registry)]
+Puller = Annotated[Principal, Depends(allow("pull"))]
+Pusher = Annotated[Principal, Depends(allow("push"))]
+Deleter = Annotated[Principal, Depends(allow("delete"))]
+
+
+@router.get("/", summary="API version check")
+def version_check(_: Annotated[Principal, Depends(allow_listing)]) -> JSONResponse:
+    return JSONResponse({}, headers=API_VERSION)
+
+
+# -- uploads (declared before /blobs/{digest} so that "uploads" is not read as a digest) --
+
+
+@router.post("/{name:path}/blobs/uploads", status_code=202, include_in_schema=False)
+@router.post("/{name:path}/blobs/uploads/", status_code=202, summary="Start an upload, upload a whole blob, or mount one")
+async def start_upload(name: str, request: Request, reg: Reg, principal: Pusher,
+                       digest: str | None = None, mount: str | None = None, from_: Annotated[str | None, Query(alias="from")] = None) -> Response:
+    if mount and from_:
+        reg.auth.authorize(principal, "pull", from_, str(request.base_url))
+        if await run_in_threadpool(reg.blobs.mount, name, mount, from_):
+            return _blob_created(name, mount)
+    if digest:
+        await reg.uploads.monolithic(name, digest, request.stream())
+        return _blob_created(name, digest)
+    return _upload_status(await run_in_threadpool(reg.uploads.start, name), 202)
+
+
+@router.patch("/{name:path}/blobs/uploads/{upload_id}", status_code=202, summary="Append a chunk")
+async def append_chunk(name: str, upload_id: str, request: Request, reg: Reg, _: Pusher) -> Response:
+    status = await reg.uploads.append(name, upload_id, request.stream(), request.headers.get("content-range"))
+    return _upload_status(status, 202)
+
+
+@router.put("/{name:path}/blobs/uploads/{upload_id}", status_code=201, summary="Finish an upload: verify ?digest= and commit")
+async def finish_upload(name: str, upload_id: str, digest: str, request: Request, reg: Reg, _: Pusher) -> Response:
+    await reg.uploads.finish(name, upload_id, digest, request.stream(), request.headers.get("content-range"))
+    return _blob_created(name, digest)
+
+
+@router.get("/{name:path}/blobs/uploads/{upload_id}", status_code=204, summary="Where an upload stands (resume offset)")
+def upload_status(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
+    return _upload_status(reg.uploads.status(name, upload_id), 204)
+
+
+@router.delete("/{name:path}/blobs/uploads/{upload_id}", status_code=204, summary="Cancel an upload")
+def cancel_upload(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
+    reg.uploads.cancel(name, upload_id)
+    return Response(status_code=204)
+
+
+# -- blobs ------------------------------------------------------------------------
+
+
+@router.api_route("/{name:path}/blobs/{digest}", methods=["GET", "HEAD"], summary="Get a blob (Range supported)")
+def get_blob(name: str, digest: str, request: Request, reg: Reg, _: Puller) -> Response:
+    blob = reg.blobs.read(name, digest, request.headers.get("range"), body=request.method == "GET")
+    headers = {"Docker-Content-Digest": blob.digest, "Accept-Ranges": "bytes", "Content-Length": str(blob.length)}
+    if blob.redirect:
+        # The digest and size travel on the redirect itself: the storage host may not send them.
+        return RedirectResponse(blob.redirect, status_code=307, headers={"Docker-Content-Digest": blob.digest,
+                                                                          "X-Blob-Size": str(blob.size)})
+    if blob.partial:
+        headers["Content-Range"] = f"bytes {blob.start}-{blob.end}/{blob.size}"
+    status = 206 if blob.partial else 200
+    if blob.chunks is None:
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
+    return StreamingResponse(blob.chunks, status_code=status, headers=headers, media_type="application/octet-stream")
+
+
+# -- manifests and tags ------------------------------------------------------------
+
+
+@router.api_route("/{name:path}/manifests/{reference}", methods=["GET", "HEAD"], summary="Get a manifest by version or digest")
+def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Puller) -> Response:
+    m = reg.manifests.get(name, reference)
+    headers = {"Docker-Content-Digest": m.digest, "Content-Length": str(len(m.content))}
+    return Response(m.content if request.method == "GET" else None, headers=headers, media_type=m.media_type)
+
+
+@router.put("/{name:path}/manifests/{reference}", status_code=201, summary="Publish a version (validated, immutable)")
+async def put_manifest(name: str, reference: str, request: Request, reg: Reg, principal: Pusher) -> Response:
+    data = await read_capped(request, reg.settings.max_manifest_bytes, "manifest")
+    published = await run_in_threadpool(reg.manifests.put, name, reference, request.headers.get("content-type"), data, principal)
+    return Response(status_code=201, headers={"Location": f"/v2/{name}/manifests/{published.digest}",
+                                              "Docker-Content-Digest": published.digest})
+
+
+@router.delete("/{name:path}/manifests/{reference}", status_code=202, summary="Delete a manifest (by digest) or a version")
+def delete_manifest(name: str, reference: str, reg: Reg, principal: Deleter) -> Response:
+    reg.manifests.delete(name, reference, principal)
+    return Response(status_code=202)
+
+
+@router.get("/{name:path}/tags/list", summary="List tags (versions and latest), paginated with n and last")
+def list_tags(name: str, reg: Reg, _: Puller, n: Annotated[int | None, Query(ge=0)] = None, last: str | None = None) -> JSONResponse:
+    tags, more = reg.catalog.tags(name, n, last)
+    headers = next_link(f"/v2/{name}/tags/list", {"n": n, "last": tags[-1]}) if more and tags else {}
+    return JSONResponse({"name": name, "tags": tags}, headers=headers)
+
+
+def _blob_created(name: str, digest: str) -> Response:
+    check_digest(digest)
+    return Response(status_code=201, headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _upload_status(status: UploadStatus, code: int) -> Response:
+    return Response(status_code=code, headers={
+        "Location": f"/v2/{status.name}/blobs/uploads/{status.id}", "Docker-Upload-UUID": status.id,
+        **range_headers(status.size),
+    })

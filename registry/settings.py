@@ -1,0 +1,67 @@
+"""Every PARAMDELTA_* environment variable, in one place.
+
+Server (read here, by ``Settings``; each is also a flag of ``paramdelta serve`` where noted):
+
+    PARAMDELTA_DATA               folder for the embedded default (SQLite file + blob folder)   --data
+                                  default: ~/.local/share/paramdelta/registry
+    PARAMDELTA_DATABASE_URL       SQLAlchemy URL of the metadata database                         --database-url
+                                  default: sqlite:///$PARAMDELTA_DATA/registry.db
+    PARAMDELTA_BLOB_STORE         where blobs live: a folder, or URL whose scheme picks a driver   --blob-store
+                                  (registry.storage.DRIVERS); default: $PARAMDELTA_DATA/blobs
+    PARAMDELTA_HOST / _PORT       address to listen on (default 127.0.0.1:8000)                    --host --port
+    PARAMDELTA_PUBLIC_URL         the URL users reach the registry at, for commands shown on pages
+                                  and WWW-Authenticate realms; default: taken from each request
+    PARAMDELTA_ANONYMOUS_PULL     1 (default): pulls need no token; 0: every request needs one      --no-anonymous-pull
+    PARAMDELTA_MAX_MANIFEST_BYTES cap on an OCI manifest and on a delta's manifest.json (16 MiB)
+    PARAMDELTA_MAX_BLOB_BYTES     cap on one blob (16 GiB)
+    PARAMDELTA_UPLOAD_TTL_SECONDS an upload session idle this long expires and is purged (24 h)
+    PARAMDELTA_LOG_LEVEL          debug, info (default), warning
+
+Client (read by deltaformat.client and deltaformat.cache; listed here so the list is whole):
+
+    PARAMDELTA_REGISTRY           registry URL when a reference names none and --registry is not given
+    PARAMDELTA_TOKEN              bearer token; sent only to PARAMDELTA_REGISTRY's origin
+    PARAMDELTA_CACHE              content-addressed download cache (default ~/.cache/paramdelta)
+    PARAMDELTA_OFFLINE            1: serve pulls from the cache and make no network call at all
+    PARAMDELTA_QUIET              1: no progress bars
+    PARAMDELTA_WORKERS            threads for encode/decode and parallel transfers
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1 << 20
+
+
+def default_data_dir() -> Path:
+    return Path.home() / ".local" / "share" / "paramdelta" / "registry"
+
+
+class Settings(BaseSettings):
+    """Server configuration; fields map to PARAMDELTA_<FIELD> (see the module docstring)."""
+
+    model_config = SettingsConfigDict(env_prefix="PARAMDELTA_", extra="ignore")
+
+    data: Path = Field(default_factory=default_data_dir)
+    database_url: str | None = None
+    blob_store: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    public_url: str | None = None
+    anonymous_pull: bool = True
+    max_manifest_bytes: int = Field(16 * MiB, ge=4 * MiB, description="OCI asks registries to accept at least 4 MB")
+    max_blob_bytes: int = Field(16 << 30, ge=1)
+    upload_ttl_seconds: int = Field(24 * 3600, ge=60)
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        """The metadata database URL, defaulting to a SQLite file in the data folder."""
+        return self.database_url or f"sqlite:///{self.data / 'registry.db'}"
+
+    def resolved_blob_store(self) -> str:
+        """The blob store location, defaulting to a folder in the data folder."""
+        return self.blob_store or str(self.data / "blobs")

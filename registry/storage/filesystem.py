@@ -1,0 +1,119 @@
+"""Blobs in a local folder: the embedded default.
+
+    ROOT/blobs/sha256/<2 hex>/<64 hex>    committed blobs, renamed into place whole
+    ROOT/uploads/<upload id>              bytes of an upload in progress
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWriter
+
+PREFIX = "sha256:"
+
+
+class FilesystemStore(BlobStore):
+    """A folder of blobs; uploads are files appended to, then renamed into place."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.blobs = self.root / "blobs" / "sha256"
+        self.uploads = self.root / "uploads"
+        self.blobs.mkdir(parents=True, exist_ok=True)
+        self.uploads.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        hex_ = digest.removeprefix(PREFIX)
+        return self.blobs / hex_[:2] / hex_
+
+    def stat(self, digest: str) -> int | None:
+        try:
+            return self.path(digest).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def open_range(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        f = open(self.path(digest), "rb")  # opened now, so a missing blob fails before streaming starts
+        return _read_range(f, start, end)
+
+    def delete(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def list(self) -> Iterator[tuple[str, int]]:
+        for sub in sorted(self.blobs.iterdir()):
+            for p in sorted(sub.iterdir()):
+                if len(p.name) == 64:
+                    yield PREFIX + p.name, p.stat().st_size
+
+    def begin_upload(self, upload_id: str) -> UploadState:
+        self._upload_path(upload_id).touch()
+        return UploadState(0, {})
+
+    def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
+        return _FileWriter(self._upload_path(upload_id), state)
+
+    def upload_digest(self, upload_id: str, state: UploadState) -> str:
+        h = hashlib.sha256()
+        with open(self._upload_path(upload_id), "rb") as f:
+            for chunk in _read_range(f, 0, state.size - 1):
+                h.update(chunk)
+        return PREFIX + h.hexdigest()
+
+    def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
+        src, dst = self._upload_path(upload_id), self.path(digest)
+        with open(src, "r+b") as f:
+            f.truncate(state.size)
+            os.fsync(f.fileno())
+        dst.parent.mkdir(exist_ok=True)
+        os.replace(src, dst)  # same content either way when the blob already exists
+
+    def abort_upload(self, upload_id: str, state: UploadState) -> None:
+        self._upload_path(upload_id).unlink(missing_ok=True)
+
+    def check(self) -> None:
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"blob folder {self.root} is not writable")
+
+    def _upload_path(self, upload_id: str) -> Path:
+        if not upload_id.replace("-", "").isalnum():
+            raise ValueError(f"bad upload id {upload_id!r}")
+        return self.uploads / upload_id
+
+
+class _FileWriter(UploadWriter):
+    def __init__(self, path: Path, state: UploadState):
+        self._f = open(path, "r+b")
+        self._f.truncate(state.size)  # drop bytes of a request that was cut off before it was recorded
+        self._f.seek(state.size)
+        self._size = state.size
+        self._driver_state = state.driver_state
+
+    def write(self, data: bytes) -> None:
+        self._f.write(data)
+        self._size += len(data)
+
+    def close(self) -> UploadState:
+        self._f.close()
+        return UploadState(self._size, self._driver_state)
+
+
+def _read_range(f, start: int, end: int | None) -> Iterator[bytes]:  # noqa: ANN001
+    with f:
+        f.seek(start)
+        left = None if end is None else end - start + 1
+        while left is None or left > 0:
+            data = f.read(READ_CHUNK if left is None else min(READ_CHUNK, left))
+            if not data:
+                return
+            if left is not None:
+                left -= len(data)
+            yield data
+
+
+def from_location(location: str, settings: object = None) -> FilesystemStore:  # noqa: ARG001
+    """The driver factory named in registry.storage.DRIVERS: a path or file:// URL."""
+    return FilesystemStore(location.removeprefix("file://"))
