@@ -15,7 +15,7 @@ from deltaformat.errors import FormatError
 
 _REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(), RankZstd())}
 
-DEFAULT_DELTA_CODEC = BytegroupZstd.id
+DEFAULT_DELTA_CODEC = RankZstd.id
 DEFAULT_VALUES_CODEC = BytegroupZstd.id
 
 

@@ -19,18 +19,20 @@ release the GIL, so chunks can be coded in parallel threads.
 Blob layout (version 1; a different layout gets a different codec id). All integers
 are unsigned little-endian; ``W`` is the element width in bytes (the decoder gets it,
 with ``numel``, from the caller); "element bits" are the ``W``-byte little-endian
-encoding of an element. A *zstd stream of n bytes* is a u32 ``L`` followed by ``L``
-bytes holding exactly one zstd frame that declares content size ``n`` in its header and
-decompresses to exactly ``n`` bytes, with nothing after the frame inside the ``L``
-bytes. A *plane set of n elements* is ``W`` zstd streams of n bytes each, stream k
-holding byte k (k = 0 is the least significant) of each of the n elements, in order.
+encoding of an element. A *zstd stream of n bytes* (n >= 1) is a u32 ``L`` followed by
+``L`` bytes holding exactly one zstd frame (RFC 8878) that declares content size ``n``
+in its header and decompresses to exactly ``n`` bytes, with nothing after the frame
+inside the ``L`` bytes. A *plane set of n elements* is ``W`` zstd streams of n bytes each, stream k
+holding byte k (k = 0 is the least significant) of each of the n elements, in order;
+a plane set of 0 elements is empty (no streams at all).
 
 Byte 0 is the mode ``m``; what follows depends on it:
 
 * ``m = 0`` (raw): ``numel * W`` bytes, the element bits in order.
 * ``m = 1`` (planes): a plane set of ``numel`` elements (the ``bytegroup-zstd`` payload).
-* ``m = 2`` (table), only for ``numel >= 1``:
+* ``m = 2`` (table), only for ``1 <= numel < 2**32``:
 
+  - u32 ``N``: the element count, must equal ``numel``;
   - u8 ``K``, 1 <= K <= 255: the table size;
   - ``K * W`` bytes: table entries ``T[0..K-1]``, each as element bits;
   - u32 ``E``: the number of escapes, ``E <= numel``;
@@ -39,20 +41,35 @@ Byte 0 is the mode ``m``; what follows depends on it:
     escape (the encoder writes 255). The number of symbols ``>= K`` must equal ``E``;
   - only if ``E > 0``: a plane set of ``E`` elements: the escaped elements, in order.
 
-* ``m = 3`` (table with a bitmap for the top value), only for ``numel >= 1``:
+* ``m = 3`` (table with a bitmap for the top value), only for ``1 <= numel < 2**32``:
 
-  - u8 ``K``, table ``T`` and u32 ``E`` as for ``m = 2``;
+  - u32 ``N``, u8 ``K``, table ``T`` and u32 ``E`` as for ``m = 2``;
   - u32 ``M``: the number of elements that are not ``T[0]`` (``E <= M <= numel``);
-  - a zstd stream of ``ceil(numel / 8)`` bytes: a bitmap, bit ``i % 8`` (LSB first) of
-    byte ``i // 8`` is 1 when element i is not ``T[0]``; exactly ``M`` bits are 1 and
-    the padding bits after bit ``numel - 1`` are 0;
+  - u32 ``B`` then ``B`` bytes: the bitmap, itself a complete ``rank-zstd-v1`` blob
+    (any mode, this layout applied recursively) of ``ceil(numel / 8)`` elements of
+    width 1. Bit ``i % 8`` (LSB first) of bitmap byte ``i // 8`` is 1 when element i
+    is not ``T[0]``; exactly ``M`` bits are 1 and the padding bits after bit
+    ``numel - 1`` are 0. A bitmap blob may use ``m = 3`` again, but at most 3 levels
+    deep (the top blob is level 0; a blob at level 3 must not use ``m = 3``);
   - only if ``M > 0``: a zstd stream of ``M`` bytes: the symbols of the elements whose
     bit is 1, in order, read as for ``m = 2`` (exactly ``E`` of them are ``>= K``);
   - only if ``E > 0``: a plane set of ``E`` elements: the escaped elements, in order.
 
-Nothing may follow the last field. The decoder allocates at most a small constant
-times ``numel * W`` bytes whatever the blob says: every declared size is checked
-against ``numel`` before anything is decompressed.
+Nothing may follow the last field. Table entries need not be distinct or sorted. The
+decoder allocates at most a small constant times ``numel * W`` bytes whatever the blob
+says: every declared size is checked against ``numel`` before anything is decompressed,
+and any violation of the above raises ``CorruptBlobError``.
+
+Encoder policy (not part of the format; any choice decodes): ``numel == 0`` -> m = 0;
+``numel < 4096`` -> every mode is tried and the smallest blob kept; otherwise a
+histogram of the top 16 bits ("heads") of about 2^20 evenly strided elements picks the
+K <= 255 most frequent heads (ties: smaller head first), whose values with all lower
+bits 0 form ``T`` in that order; an element is coded as ``T[s]`` only when it equals it
+exactly, else it is an escape. If the sample predicts more than 45 % escapes: m = 1;
+else if ``T[0]`` holds more than 30 % of the sample: m = 3 (at most 3 levels); else
+m = 2. Symbol streams use zstd level-1 parameters with hash log 6 and minimum match 7
+(few matches: rank bytes are memoryless); byte planes use plain level 1; a bitmap is
+encoded by this same policy.
 """
 
 from __future__ import annotations
@@ -76,6 +93,8 @@ _HIST_SAMPLE = 1 << 20  # histogram from about this many elements (every s-th on
 _PLANES_IF_ESCAPES_ABOVE = 0.45  # estimated escape fraction above which planes win
 _FLAGS_IF_TOP_ABOVE = 0.30  # top value share above which its bitmap beats its Huffman code
 _TRY_ALL_BELOW = 4096  # small chunks: encode every mode and keep the smallest
+_MAX_TABLE_NUMEL = 1 << 32
+_MAX_BITMAP_DEPTH = 3  # m = 3 blobs nest (through their bitmaps) at most this deep
 _LITTLE = sys.byteorder == "little"
 
 _local = threading.local()
@@ -121,6 +140,8 @@ def _put_stream(out: bytearray, payload, cctx: zstandard.ZstdCompressor) -> None
 
 def _put_planes(out: bytearray, values_le: np.ndarray) -> None:
     w = values_le.dtype.itemsize
+    if values_le.size == 0:
+        return
     cctx = _cctx_planes()
     if w == 1:
         _put_stream(out, values_le.data, cctx)
@@ -133,10 +154,11 @@ def _put_planes(out: bytearray, values_le: np.ndarray) -> None:
 class _Reader:
     """Bounds-checked cursor over a blob; every failure is a CorruptBlobError."""
 
-    def __init__(self, data, codec_id: str):
+    def __init__(self, data, codec_id: str, numel: int):
         self.view = memoryview(data).cast("B")
         self.pos = 0
         self.cid = codec_id
+        self.numel = numel
 
     def fail(self, msg: str):
         raise CorruptBlobError(f"{self.cid}: {msg}")
@@ -164,7 +186,9 @@ class _Reader:
         except zstandard.ZstdError as exc:
             self.fail(f"{what}: not a zstd frame ({exc})")
         if params.content_size != n:
-            self.fail(f"{what} declares {params.content_size} bytes, expected {n}")
+            if params.content_size >= zstandard.CONTENTSIZE_ERROR:
+                self.fail(f"{what}: the zstd frame does not declare its size (expected {n} bytes)")
+            self.fail(f"{what} declares {params.content_size} bytes, expected {n} (manifest says {self.numel} elements)")
         try:
             raw = _dctx().decompress(frame, max_output_size=n, allow_extra_data=False)
         except zstandard.ZstdError as exc:
@@ -174,6 +198,8 @@ class _Reader:
         return np.frombuffer(raw, dtype=np.uint8)
 
     def planes(self, n: int, w: int, what: str) -> np.ndarray:
+        if n == 0:
+            return np.empty(0, dtype=f"<u{w}")
         if w == 1:
             return self.stream(n, f"{what} plane 0")
         out = np.empty((n, w), dtype=np.uint8)
@@ -192,26 +218,31 @@ class RankZstd(Codec):
     # ---------------------------------------------------------------- encode
     def encode(self, bits: np.ndarray) -> bytes:
         bits = _le(np.asarray(bits).reshape(-1))
-        w = bits.dtype.itemsize
-        if bits.dtype.kind != "u" or w not in UINT_FOR_ITEMSIZE:
+        if bits.dtype.kind != "u" or bits.dtype.itemsize not in UINT_FOR_ITEMSIZE:
             raise TypeError(f"{self.id}: expects unsigned integer element bits, got {bits.dtype}")
+        return self._encode(bits, depth=0)
+
+    def _encode(self, bits: np.ndarray, depth: int) -> bytes:
         n = bits.size
         if n == 0:
             return bytes([MODE_RAW])
+        if n >= _MAX_TABLE_NUMEL:  # counts are u32
+            return self._encode_planes(bits)
+        flags_ok = depth < _MAX_BITMAP_DEPTH
         if n < _TRY_ALL_BELOW:
-            cands = [self._encode_raw(bits), self._encode_planes(bits)]
-            table = self._plan(bits, sample=False)
-            cands.append(self._encode_table(bits, table, flags=False))
-            cands.append(self._encode_table(bits, table, flags=True))
+            table, _ = self._plan(bits, sample=False)
+            cands = [self._encode_raw(bits), self._encode_planes(bits), self._encode_table(bits, table, False, depth)]
+            if flags_ok:
+                cands.append(self._encode_table(bits, table, True, depth))
             return min(cands, key=len)
-        table = self._plan(bits, sample=True)
+        table, flags = self._plan(bits, sample=True)
         if table is None:
             return self._encode_planes(bits)
-        return self._encode_table(bits, table[0], flags=table[1])
+        return self._encode_table(bits, table, flags and flags_ok, depth)
 
     @staticmethod
     def _heads(bits: np.ndarray) -> tuple[np.ndarray, int]:
-        """The top 16 bits of each element (all bits of 1-byte elements), and the shift."""
+        """The top 16 bits of each element (all bits of 1- and 2-byte elements), and the shift."""
         w = bits.dtype.itemsize
         if w <= 2:
             return bits, 0
@@ -220,11 +251,12 @@ class RankZstd(Codec):
         shift = 8 * w - 16
         return (bits >> bits.dtype.type(shift)).astype(np.uint16), shift
 
-    def _plan(self, bits: np.ndarray, sample: bool):
-        """Pick the table (as element values) and the mode from a histogram of heads.
+    def _plan(self, bits: np.ndarray, sample: bool) -> tuple[np.ndarray | None, bool]:
+        """Pick the table (as element values, most frequent first) and whether to flag its top value.
 
-        Returns ``(table, flags)``, or ``None`` when byte planes are expected to win
-        (only when sampling; small chunks try every mode).
+        The table holds the most frequent heads with their low bits 0, from a histogram
+        of the heads of every element (or of about _HIST_SAMPLE of them when ``sample``).
+        When sampling, returns ``(None, False)`` if byte planes are expected to win.
         """
         w = bits.dtype.itemsize
         heads, shift = self._heads(bits)
@@ -235,14 +267,11 @@ class RankZstd(Codec):
         top = np.argsort(-hist, kind="stable")[:k]  # most frequent first, ties: smaller head first
         dtype = bits.dtype
         table = top.astype(dtype) << dtype.type(shift) if shift else top.astype(dtype)
-        if not sample:
-            return table
         covered = int(hist[top].sum())
         if shift:  # an element whose low bits are not 0 is an escape even if its head is in the table
             covered -= int(np.count_nonzero(bits[::step] & dtype.type((1 << shift) - 1)))
-        share_escaped = 1.0 - covered / hs.size
-        if share_escaped > _PLANES_IF_ESCAPES_ABOVE:
-            return None
+        if sample and 1.0 - covered / hs.size > _PLANES_IF_ESCAPES_ABOVE:
+            return None, False
         return table, bool(hist[top[0]] / hs.size > _FLAGS_IF_TOP_ABOVE)
 
     def _encode_raw(self, bits: np.ndarray) -> bytes:
@@ -254,13 +283,11 @@ class RankZstd(Codec):
         return bytes(out)
 
     def _symbols(self, bits: np.ndarray, table: np.ndarray) -> np.ndarray:
-        """Rank byte per element: index in ``table`` or 255 (escape)."""
+        """Rank byte per element: its index in ``table``, or 255 (escape)."""
         w = bits.dtype.itemsize
         heads, shift = self._heads(bits)
         lut = np.full(1 << min(16, 8 * w), _ESC, dtype=np.uint8)
-        lut[(table >> bits.dtype.type(shift)).astype(np.intp) if shift else table.astype(np.intp)] = np.arange(
-            table.size, dtype=np.uint8
-        )
+        lut[(table >> bits.dtype.type(shift)).astype(np.intp)] = np.arange(table.size, dtype=np.uint8)
         sym = np.take(lut, heads)
         if w == 4 and _LITTLE:
             np.putmask(sym, bits.view(np.uint16)[0::2] != 0, _ESC)
@@ -268,19 +295,23 @@ class RankZstd(Codec):
             np.putmask(sym, (bits & bits.dtype.type((1 << shift) - 1)) != 0, _ESC)
         return sym
 
-    def _encode_table(self, bits: np.ndarray, table: np.ndarray, flags: bool) -> bytes:
+    def _encode_table(self, bits: np.ndarray, table: np.ndarray, flags: bool, depth: int = 0) -> bytes:
         sym = self._symbols(bits, table)
         esc = np.flatnonzero(sym == _ESC)
-        out = bytearray([MODE_TABLE_FLAGS if flags else MODE_TABLE, table.size])
+        out = bytearray([MODE_TABLE_FLAGS if flags else MODE_TABLE])
+        out += _U32.pack(bits.size)
+        out.append(table.size)
         out += table.tobytes()
         out += _U32.pack(esc.size)
         if flags:
             rest = sym != 0
             m = int(np.count_nonzero(rest))
             out += _U32.pack(m)
-            _put_stream(out, np.packbits(rest, bitorder="little").data, _cctx_planes())
+            bitmap = self._encode(np.packbits(rest, bitorder="little"), depth + 1)
+            out += _U32.pack(len(bitmap))
+            out += bitmap
             if m:
-                _put_stream(out, sym[rest].data, _cctx_symbols())
+                _put_stream(out, np.compress(rest, sym).data, _cctx_symbols())
         else:
             _put_stream(out, sym.data, _cctx_symbols())
         if esc.size:
@@ -293,32 +324,41 @@ class RankZstd(Codec):
             raise CorruptBlobError(f"{self.id}: unsupported element width {itemsize}")
         if numel < 0:
             raise CorruptBlobError(f"{self.id}: negative element count {numel}")
-        r = _Reader(data, self.id)
-        mode = r.u8("mode byte")
-        le = f"<u{itemsize}"
-        if mode == MODE_RAW:
-            raw = r.take(numel * itemsize, "raw elements")
-            r.end()
-            out = np.frombuffer(raw, dtype=le).copy()
-        elif mode == MODE_PLANES:
-            out = r.planes(numel, itemsize, "planes") if numel else np.empty(0, dtype=le)
-            r.end()
-        elif mode in (MODE_TABLE, MODE_TABLE_FLAGS):
-            if numel == 0:
-                r.fail(f"mode {mode} needs at least one element")
-            out = self._decode_table(r, mode, numel, itemsize)
-        else:
-            r.fail(f"unknown mode {mode}")
+        out = self._decode(data, numel, itemsize, depth=0)
         return out.astype(UINT_FOR_ITEMSIZE[itemsize], copy=False)
 
-    def _decode_table(self, r: _Reader, mode: int, numel: int, w: int) -> np.ndarray:
+    def _decode(self, data, numel: int, itemsize: int, depth: int) -> np.ndarray:
+        r = _Reader(data, self.id if depth == 0 else f"{self.id} (bitmap level {depth})", numel)
+        mode = r.u8("mode byte")
+        if mode == MODE_RAW:
+            if len(r.view) - 1 != numel * itemsize:
+                r.fail(f"raw payload is {len(r.view) - 1} bytes, manifest says {numel} elements of {itemsize} bytes")
+            raw = r.take(numel * itemsize, "raw elements")
+            r.end()
+            return np.frombuffer(raw, dtype=f"<u{itemsize}").copy()
+        if mode == MODE_PLANES:
+            out = r.planes(numel, itemsize, "planes")
+            r.end()
+            return out
+        if mode in (MODE_TABLE, MODE_TABLE_FLAGS):
+            if not 0 < numel < _MAX_TABLE_NUMEL:
+                r.fail(f"mode {mode} cannot hold {numel} elements")
+            if mode == MODE_TABLE_FLAGS and depth >= _MAX_BITMAP_DEPTH:
+                r.fail(f"bitmaps nested deeper than {_MAX_BITMAP_DEPTH} levels")
+            declared = r.u32("element count")
+            if declared != numel:
+                r.fail(f"blob holds {declared} elements, manifest says {numel}")
+            return self._decode_table(r, mode, numel, itemsize, depth)
+        r.fail(f"unknown mode {mode}")
+
+    def _decode_table(self, r: _Reader, mode: int, numel: int, w: int, depth: int) -> np.ndarray:
         k = r.u8("table size")
         if k == 0:
             r.fail("empty table")
         table = np.frombuffer(r.take(k * w, "table"), dtype=f"<u{w}")
         esc_count = r.u32("escape count")
         if esc_count > numel:
-            r.fail(f"{esc_count} escapes for {numel} elements")
+            r.fail(f"{esc_count} escapes, manifest says {numel} elements")
         lut = np.zeros(256, dtype=UINT_FOR_ITEMSIZE[w])
         lut[:k] = table
         if mode == MODE_TABLE:
@@ -330,12 +370,14 @@ class RankZstd(Codec):
             if not esc_count <= m <= numel:
                 r.fail(f"{m} elements other than the top value, {esc_count} escapes, {numel} elements")
             nbytes = (numel + 7) // 8
-            bitmap = r.stream(nbytes, "bitmap")
+            blob = r.take(r.u32("bitmap length"), "bitmap")
+            bitmap = self._decode(blob, nbytes, 1, depth + 1).view(np.uint8)
             if numel % 8 and bitmap[-1] >> (numel % 8):
                 r.fail("bitmap padding bits are not 0")
             rest = np.unpackbits(bitmap, count=numel, bitorder="little").view(bool)
-            if int(np.count_nonzero(rest)) != m:
-                r.fail(f"bitmap has {np.count_nonzero(rest)} bits set, header says {m}")
+            ones = int(np.count_nonzero(rest))
+            if ones != m:
+                r.fail(f"bitmap has {ones} bits set, header says {m}")
             out = np.full(numel, table[0], dtype=UINT_FOR_ITEMSIZE[w])
             if m:
                 sym = r.stream(m, "symbols")
