@@ -87,6 +87,43 @@ def _timed(fn, items, threads: int, repeats: int) -> tuple[float, float, list]:
     return best, best_cpu, out
 
 
+def gil_blocked_share(fn, reps: int = 5) -> float:
+    """Share of ``fn``'s run time during which another Python thread could not run.
+
+    A probe thread sleeps 0.2 ms in a loop and sums the wake-ups that came more than
+    1 ms late while ``fn`` runs repeatedly. Code that holds the GIL (pure Python, or C
+    that keeps it) blocks the probe for its whole duration (share near 1); numpy and
+    zstd calls that release it leave only the Python glue and OS scheduling noise. A
+    check that does not need an idle second core, unlike the 2-thread throughput.
+    """
+    import threading
+
+    stop, late = threading.Event(), []
+
+    def probe():
+        while not stop.is_set():
+            t = time.perf_counter()
+            time.sleep(0.0002)
+            late.append(time.perf_counter() - t - 0.0002)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(0.0002)
+    th = threading.Thread(target=probe)
+    th.start()
+    try:
+        time.sleep(0.02)
+        late.clear()
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        dur = time.perf_counter() - t
+    finally:
+        stop.set()
+        th.join()
+        sys.setswitchinterval(old)
+    return float(sum(x for x in late if x > 0.001) / dur)
+
+
 def bench_codec(codec: Codec, delta: np.ndarray, bound_bits: float, repeats: int = 3) -> dict:
     chunks = _chunks(delta)
     numel = delta.size
@@ -103,6 +140,8 @@ def bench_codec(codec: Codec, delta: np.ndarray, bound_bits: float, repeats: int
         if threads == 1:  # per core, from CPU time: robust to other load on a shared machine
             row["enc_mb_s_cpu"] = model_mb / cpu_enc
             row["dec_mb_s_cpu"] = model_mb / cpu_dec
+    row["gil_blocked_enc"] = gil_blocked_share(lambda: codec.encode(chunks[0]))
+    row["gil_blocked_dec"] = gil_blocked_share(lambda: codec.decode(blobs[0], chunks[0].size, 4))
     size = sum(len(b) for b in blobs)
     row["bytes"] = size
     row["bytes_per_param"] = size / numel
@@ -118,7 +157,9 @@ def run_codec_bench(numel: int = DEFAULT_NUMEL, rel: float = 0.009, unchanged: f
     (compressed size / bf16 post size), bound_bytes_per_param (order-0 entropy of Δ / 8),
     pct_of_bound (bound / achieved * 100), enc_mb_s_1t, dec_mb_s_1t, enc_mb_s_2t,
     dec_mb_s_2t (wall-clock MB/s of bf16 model bytes with 1 and 2 threads),
-    enc_mb_s_cpu, dec_mb_s_cpu (1 thread, MB/s per second of CPU time).
+    enc_mb_s_cpu, dec_mb_s_cpu (1 thread, MB/s per second of CPU time),
+    gil_blocked_enc, gil_blocked_dec (see ``gil_blocked_share``: near 0 when the heavy
+    parts release the GIL).
     """
     delta, _post = make_standin(numel, rel, unchanged)
     bound = order0_bits(delta)
@@ -133,15 +174,17 @@ def run_codec_bench(numel: int = DEFAULT_NUMEL, rel: float = 0.009, unchanged: f
 def format_rows(rows: list[dict]) -> str:
     head = (
         f"{'rel':>6} {'unch':>5} {'codec':<16} {'B/param':>8} {'vs bf16':>8} {'% bound':>8} "
-        f"{'enc 1t':>7} {'dec 1t':>7} {'enc 2t':>7} {'dec 2t':>7} {'enc cpu':>7} {'dec cpu':>7}  (MB/s of bf16 bytes)"
+        f"{'enc 1t':>7} {'dec 1t':>7} {'enc 2t':>7} {'dec 2t':>7} {'enc cpu':>7} {'dec cpu':>7}  {'GIL e/d':>9}"
     )
     lines = [head]
     for r in rows:
         lines.append(
             f"{r['rel']:>6} {r['unchanged']:>5} {r['codec']:<16} {r['bytes_per_param']:>8.4f} {r['ratio_vs_bf16']:>8.3f} "
             f"{r['pct_of_bound']:>7.1f}% {r['enc_mb_s_1t']:>7.0f} {r['dec_mb_s_1t']:>7.0f} "
-            f"{r['enc_mb_s_2t']:>7.0f} {r['dec_mb_s_2t']:>7.0f} {r['enc_mb_s_cpu']:>7.0f} {r['dec_mb_s_cpu']:>7.0f}"
+            f"{r['enc_mb_s_2t']:>7.0f} {r['dec_mb_s_2t']:>7.0f} {r['enc_mb_s_cpu']:>7.0f} {r['dec_mb_s_cpu']:>7.0f}  "
+            f"{r['gil_blocked_enc']:>4.2f}/{r['gil_blocked_dec']:<4.2f}"
         )
+    lines.append("(throughput in MB/s of bf16 model bytes; GIL e/d: share of encode/decode time another thread was blocked)")
     return "\n".join(lines)
 
 
@@ -155,9 +198,11 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for rel in (float(x) for x in args.rel.split(",")):
         new = run_codec_bench(args.numel, rel, args.unchanged, args.repeats)
-        print(format_rows(new).split("\n", 1)[1] if rows else format_rows(new), flush=True)
+        table = format_rows(new).split("\n")[:-1]
+        print("\n".join(table[1:] if rows else table), flush=True)
         print(f"{'':>13}order-0 bound of Δ: {new[0]['bound_bytes_per_param']:.4f} B/param", flush=True)
         rows += new
+    print(format_rows([]).split("\n")[-1])
 
 
 if __name__ == "__main__":

@@ -432,3 +432,17 @@ def test_decode_rejects_bad_arguments():
     for numel, w in ((10, 3), (10, 16), (-1, 4)):
         with pytest.raises(CorruptBlobError):
             codec.decode(blob, numel, w)
+
+
+@pytest.mark.parametrize("codec_id", CODECS)
+def test_threads_give_the_same_blobs(codec_id):
+    """Chunks are coded in parallel threads: results must not depend on it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    codec = get_codec(codec_id)
+    chunks = [_standin_delta(50_000, unchanged=u, seed=s) for s, u in enumerate((0.0, 0.6, 0.0, 0.95, 0.3, 0.0))]
+    serial = [codec.encode(c) for c in chunks]
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(codec.encode, chunks)) == serial
+        outs = list(pool.map(lambda b: codec.decode(b, 50_000, 4), serial))
+    assert all(np.array_equal(o, c) for o, c in zip(outs, chunks))
