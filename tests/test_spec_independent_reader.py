@@ -51,6 +51,66 @@ def decode_bytegroup(blob: bytes, n: int, width: int) -> np.ndarray:
     return np.stack(planes, axis=1).reshape(-1).view(UINT[width]) if n else np.empty(0, UINT[width])
 
 
+def zstd_stream(blob: bytes, pos: int, n: int) -> tuple[bytes, int]:
+    (length,) = struct.unpack_from("<I", blob, pos)
+    frame = blob[pos + 4 : pos + 4 + length]
+    assert zstandard.get_frame_parameters(frame).content_size == n
+    data = zstandard.ZstdDecompressor().decompress(frame)
+    assert len(data) == n
+    return data, pos + 4 + length
+
+
+def plane_set(blob: bytes, pos: int, n: int, width: int) -> tuple[np.ndarray, int]:
+    if n == 0:
+        return np.empty(0, UINT[width]), pos
+    planes = []
+    for _ in range(width):
+        data, pos = zstd_stream(blob, pos, n)
+        planes.append(np.frombuffer(data, np.uint8))
+    return np.stack(planes, axis=1).reshape(-1).view(UINT[width]), pos
+
+
+def decode_rank(blob: bytes, n: int, width: int, depth: int = 0) -> np.ndarray:
+    """rank-zstd-v1, per spec §5.2."""
+    mode, pos = blob[0], 1
+    if mode == 0:
+        assert len(blob) == 1 + n * width
+        return np.frombuffer(blob, UINT[width], n, 1)
+    if mode == 1:
+        out, pos = plane_set(blob, pos, n, width)
+        assert pos == len(blob)
+        return out
+    count, k = struct.unpack_from("<IB", blob, pos)
+    assert count == n and 1 <= k <= 255
+    pos += 5
+    table = np.frombuffer(blob, UINT[width], k, pos)
+    pos += k * width
+    (escapes,) = struct.unpack_from("<I", blob, pos)
+    pos += 4
+    if mode == 2:
+        where = np.arange(n)
+        sym_bytes, pos = zstd_stream(blob, pos, n)
+        out = np.empty(n, UINT[width])
+    else:
+        assert mode == 3 and depth < 3
+        marked, bitmap_len = struct.unpack_from("<II", blob, pos)
+        pos += 8
+        bitmap = decode_rank(blob[pos : pos + bitmap_len], -(-n // 8), 1, depth + 1)
+        pos += bitmap_len
+        flags = np.unpackbits(bitmap, bitorder="little")
+        assert not flags[n:].any() and int(flags.sum()) == marked
+        where = np.flatnonzero(flags[:n])
+        sym_bytes, pos = zstd_stream(blob, pos, marked) if marked else (b"", pos)
+        out = np.full(n, table[0], UINT[width])
+    sym = np.frombuffer(sym_bytes, np.uint8)
+    esc, pos = plane_set(blob, pos, escapes, width)
+    assert pos == len(blob) and int((sym >= k).sum()) == escapes
+    vals = table[np.minimum(sym, k - 1)]
+    vals[sym >= k] = esc
+    out[where] = vals
+    return out
+
+
 def to_f32(bits: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         return (bits.astype(np.uint32) << 16).view(np.float32)
@@ -69,12 +129,12 @@ def from_f32(x: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def read_stream(art: Path, s: dict) -> np.ndarray:
-    assert s["codec"] == "bytegroup-zstd", f"this reader knows bytegroup-zstd only, not {s['codec']}"
+    decode = {"bytegroup-zstd": decode_bytegroup, "rank-zstd-v1": decode_rank}[s["codec"]]
     width, out = WIDTH[s["dtype"]], []
     for i, c in enumerate(s["chunks"]):
         blob = (art / "blobs" / "sha256" / c["digest"][7:]).read_bytes()
         assert len(blob) == c["size"] and sha(blob) == c["digest"]
-        out.append(decode_bytegroup(blob, min(s["chunk_elements"], s["numel"] - i * s["chunk_elements"]), width))
+        out.append(decode(blob, min(s["chunk_elements"], s["numel"] - i * s["chunk_elements"]), width))
     bits = np.concatenate(out) if out else np.empty(0, UINT[width])
     assert tensor_digest(bits.tobytes(), width, s["chunk_elements"]) == s["digest"]
     return bits

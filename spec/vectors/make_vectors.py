@@ -21,7 +21,8 @@ from deltaformat.digests import chunk_hash, tensor_digest
 HERE = Path(__file__).resolve().parent
 
 
-def _vectors() -> dict[str, tuple[dict, dict]]:
+def _vectors() -> dict[str, tuple[dict, dict, str]]:
+    """name -> (base tensors, post tensors, delta codec id)."""
     g = torch.Generator().manual_seed(2504)
     w = (torch.randn(8, 6, generator=g) * 0.02).bfloat16()
     post_w = (w.float() + torch.randn(8, 6, generator=g) * 0.0002).bfloat16()
@@ -34,7 +35,15 @@ def _vectors() -> dict[str, tuple[dict, dict]]:
         {"w": post_w, "emb": post_emb, "norm": norm * 1.5, "new": torch.full((2, 2), 0.5, dtype=torch.bfloat16), "ids": torch.arange(4)},
     )
     empty = ({"e": torch.zeros(0, 4, dtype=torch.bfloat16)}, {"e": torch.zeros(0, 4, dtype=torch.bfloat16)})
-    return {"v1-basic": basic, "v1-empty": empty}
+    # rank-zstd-v1 in its table mode (dense small Δ) and bitmap mode (a sparse fine-tune).
+    dense = (torch.randn(96, 128, generator=g) * 0.02).bfloat16()
+    dense_post = (dense.float() + torch.randn(96, 128, generator=g) * 0.02 * 0.009).bfloat16()
+    sparse = (torch.randn(64, 128, generator=g) * 0.02).bfloat16()
+    sparse_post = sparse.clone()
+    rows = torch.arange(0, 64, 5)
+    sparse_post[rows] = (sparse[rows].float() + 0.0005).bfloat16()
+    rank = ({"dense": dense, "sparse": sparse}, {"dense": dense_post, "sparse": sparse_post})
+    return {"v1-basic": (*basic, "bytegroup-zstd"), "v1-empty": (*empty, "bytegroup-zstd"), "v1-rank": (*rank, "rank-zstd-v1")}
 
 
 def _write(folder: Path, tensors: dict) -> None:
@@ -49,12 +58,12 @@ def _digest(t: torch.Tensor) -> str:
 
 
 def main() -> int:
-    for name, (base, post) in _vectors().items():
+    for name, (base, post, codec) in _vectors().items():
         root = HERE / name
         shutil.rmtree(root, ignore_errors=True)
         _write(root / "base", base)
         _write(root / "post", post)
-        m = deltaformat.extract(root / "base", root / "post", root / "artifact", quiet=True, workers=1)
+        m = deltaformat.extract(root / "base", root / "post", root / "artifact", quiet=True, workers=1, delta_codec=codec)
         expected = {
             "kinds": {t.name: t.kind for t in m.tensors},
             "post_digests": {k: _digest(v) for k, v in post.items()},
