@@ -28,8 +28,15 @@ def _extract(a: argparse.Namespace) -> int:
 
 
 def _apply(a: argparse.Namespace) -> int:
-    from deltaformat import apply
+    from pathlib import Path
 
+    from deltaformat import apply
+    from deltaformat.client import preflight
+    from deltaformat.oci import is_reference
+
+    for ref in a.artifacts:  # registry versions: check the base from manifest.json before downloading blobs
+        if not Path(ref).exists() and is_reference(ref):
+            preflight(ref, a.base)
     r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
@@ -64,6 +71,103 @@ def _inspect(a: argparse.Namespace) -> int:
           + (f" ({bpp:.3f} B/param)" if bpp is not None else ""))
     print(f"  codec: {info['codec']}  files: {', '.join(info['files']) or '-'}")
     return 0
+
+
+def _push(a: argparse.Namespace) -> int:
+    from deltaformat.client import push
+
+    r = push(a.artifact, a.reference, registry=a.registry, token=a.token, quiet=a.quiet)
+    print(f"pushed {r.reference} {r.digest}: uploaded {r.uploaded} blob(s), {r.uploaded_bytes:,} bytes; "
+          f"{r.skipped} already in the registry")
+    return 0
+
+
+def _pull(a: argparse.Namespace) -> int:
+    from deltaformat.client import pull
+
+    r = pull(a.reference, a.out, registry=a.registry, token=a.token, quiet=a.quiet, force=a.force)
+    m = r.artifact.manifest
+    print(f"pulled {r.pinned} into {a.out}: {len(m.blob_digests())} blobs, {m.stored_bytes():,} bytes")
+    return 0
+
+
+def _search(a: argparse.Namespace) -> int:
+    from deltaformat import client
+
+    if a.compatible_with:
+        page = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
+        rows = [(f"{i['name']}:{i['version']}", i["match"], i["base_id"], i["post_id"], i["stored_bytes"]) for i in page["items"]]
+        header = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
+    else:
+        page = client.search(a.text, base=a.base, architecture=a.architecture, namespace=a.namespace, sort=a.sort,
+                             limit=a.limit, cursor=a.cursor, registry=a.registry, token=a.token)
+        rows = [(f"{i['name']}:{i['latest_version']}", i["base_id"], i["post_id"], i["stored_bytes"],
+                 (i["description"] or "")[:50]) for i in page["items"]]
+        header = ("DELTA", "BASE", "POST", "BYTES", "DESCRIPTION")
+    if a.json:
+        print(json.dumps(page, indent=2))
+        return 0
+    _table([header, *rows])
+    if page.get("next_cursor"):
+        print(f"more: --cursor {page['next_cursor']}", file=sys.stderr)
+    return 0
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from registry.app import serve
+
+    serve(_registry_settings(a, host=a.host, port=a.port, public_url=a.public_url,
+                             anonymous_pull=False if a.no_anonymous_pull else None))
+    return 0
+
+
+def _token_create(a: argparse.Namespace) -> int:
+    from registry.auth import create_token
+    from registry.db import Database
+
+    if a.scope != "admin" and not a.namespace:
+        raise ValueError(f"a {a.scope} token needs a NAMESPACE (or * for every namespace)")
+    settings = _registry_settings(a)
+    token = create_token(Database(settings.resolved_database_url()), a.namespace or "*", a.scope, a.name)
+    print(f"created a {a.scope} token for {'every namespace' if a.scope == 'admin' else a.namespace}; "
+          "it is shown once, store it now", file=sys.stderr)
+    print(token)
+    return 0
+
+
+def _token_list(a: argparse.Namespace) -> int:
+    from registry.auth import list_tokens
+    from registry.db import Database
+
+    tokens = list_tokens(Database(_registry_settings(a).resolved_database_url()))
+    _table([("ID", "NAME", "SCOPE", "NAMESPACE", "CREATED", "REVOKED"), *(
+        (t.id, t.name, t.scope, t.namespace, f"{t.created_at:%Y-%m-%d %H:%M}", f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "")
+        for t in tokens)])
+    return 0
+
+
+def _token_revoke(a: argparse.Namespace) -> int:
+    from registry.auth import revoke_token
+    from registry.db import Database
+
+    if not revoke_token(Database(_registry_settings(a).resolved_database_url()), a.id):
+        raise ValueError(f"no live token with id {a.id}")
+    print(f"revoked token {a.id}")
+    return 0
+
+
+def _registry_settings(a: argparse.Namespace, **extra: object):  # noqa: ANN202 - registry.settings.Settings
+    """Server settings: flags given on the command line over PARAMDELTA_* variables over defaults."""
+    from registry.settings import Settings
+
+    given = {"data": a.data, "database_url": a.database_url, "blob_store": getattr(a, "blob_store", None), **extra}
+    return Settings(**{k: v for k, v in given.items() if v is not None})
+
+
+def _table(rows: list[tuple]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,9 +206,60 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=_inspect)
 
-    for cmd in (x, ap, v, i):
+    pu = sub.add_parser("push", help="publish an artifact folder to a registry")
+    pu.add_argument("artifact", metavar="ARTIFACT_DIR")
+    pu.add_argument("reference", metavar="NS/NAME:VERSION", help="where to publish; [REGISTRY/]NS/NAME[:VERSION]")
+    pu.set_defaults(func=_push)
+
+    pl = sub.add_parser("pull", help="download a published version into an artifact folder")
+    pl.add_argument("reference", metavar="REF", help="[REGISTRY/]NS/NAME[:VERSION|@sha256:DIGEST]")
+    pl.add_argument("--out", required=True, help="artifact folder to write")
+    pl.set_defaults(func=_pull)
+
+    se = sub.add_parser("search", help="find deltas in a registry")
+    se.add_argument("text", nargs="?", help="free text: name, description, base or post model")
+    se.add_argument("--base", help="base model id (exact)")
+    se.add_argument("--architecture", help="model_type, e.g. llama")
+    se.add_argument("--namespace")
+    se.add_argument("--sort", default="updated", choices=("updated", "name", "size", "parameters"))
+    se.add_argument("--limit", type=int, default=20)
+    se.add_argument("--cursor", help="continue a previous listing")
+    se.add_argument("--compatible-with", metavar="MODEL", help="versions that fit this model (its id, or its tensor shapes)")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=_search)
+
+    for cmd in (pu, pl, se):
+        cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
+        cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
+
+    sv = sub.add_parser("serve", help="run a registry (SQLite + a blob folder by default)")
+    sv.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    sv.add_argument("--port", type=int, help="port (default 8000)")
+    sv.add_argument("--public-url", help="URL users reach the registry at (for the commands shown on pages)")
+    sv.add_argument("--no-anonymous-pull", action="store_true", help="every request needs a token")
+    sv.set_defaults(func=_serve)
+
+    tk = sub.add_parser("token", help="manage registry tokens (run where the registry's database is)")
+    tks = tk.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    tc = tks.add_parser("create", help="create a token and print it on stdout")
+    tc.add_argument("namespace", nargs="?", help="namespace the token acts in (omit for --scope admin)")
+    tc.add_argument("--scope", required=True, choices=("pull", "push", "admin"))
+    tc.add_argument("--name", help="a label shown in logs and lists (default: scope:namespace)")
+    tc.set_defaults(func=_token_create)
+    tl = tks.add_parser("list", help="list tokens (never their secrets)")
+    tl.set_defaults(func=_token_list)
+    tr = tks.add_parser("revoke", help="revoke a token by id")
+    tr.add_argument("id", type=int)
+    tr.set_defaults(func=_token_revoke)
+
+    for cmd in (sv, tc, tl, tr):
+        cmd.add_argument("--data", help="registry data folder (default: $PARAMDELTA_DATA or ~/.local/share/paramdelta/registry)")
+        cmd.add_argument("--database-url", help="SQLAlchemy URL (default: $PARAMDELTA_DATABASE_URL or SQLite in --data)")
+    sv.add_argument("--blob-store", help="blob folder or driver URL (default: $PARAMDELTA_BLOB_STORE or --data/blobs)")
+
+    for cmd in (x, ap, v, i, pu, pl):
         cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        if cmd in (x, ap):
+        if cmd in (x, ap, pl):
             cmd.add_argument("--force", action="store_true", help="replace an existing output")
     return p
 

@@ -211,8 +211,12 @@ def is_reference(ref: str) -> bool:
     return True
 
 
+def registry_url(location: str) -> str:
+    """A registry's base URL from a URL or a bare host[:port] (HTTP for loopback only, as Docker does)."""
+    return location.rstrip("/") if "://" in location else _url_for_host(location.strip("/"))
+
+
 def _url_for_host(host: str) -> str:
-    """Docker's convention: plain HTTP for loopback only, HTTPS elsewhere."""
     hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     loopback = hostname in ("localhost", "[::1]") or hostname.startswith("127.")
     return f"{'http' if loopback else 'https'}://{host}"

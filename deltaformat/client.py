@@ -1,0 +1,542 @@
+"""The registry client: push, pull, search. Resumable, parallel, every digest verified.
+
+    push   HEAD each blob and upload only what the registry lacks (in parallel; big
+           blobs in chunks, resumed from the registry's offset, even by a later run),
+           then PUT the OCI manifest under NS/NAME:VERSION.
+    pull   resolve the tag to a digest once; then everything by digest: the OCI
+           manifest, manifest.json, and the blobs the cache lacks, downloaded in
+           parallel into the cache with ranged, resumable requests and checked
+           against their digests before they count as cached.
+
+One httpx.Client per RegistryClient with explicit timeouts; one retry policy
+(``RegistryClient._retrying``: connection errors, 5xx and 429, with backoff and
+Retry-After) that every request goes through, streamed or not; redirects are
+followed by hand so the token is only ever sent to the registry's own origin.
+
+Which registry: the reference's host (``host:port/ns/name:v``), else ``registry=``
+(--registry), else PARAMDELTA_REGISTRY. Which token: ``token=`` (--token), else
+PARAMDELTA_TOKEN, but only toward PARAMDELTA_REGISTRY or a registry named by
+``registry=``: never to a host that merely appears in a reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from deltaformat._version import __version__
+from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, Artifact, blob_path, open_artifact
+from deltaformat.cache import Cache, offline
+from deltaformat.errors import CorruptBlobError, FormatError, OfflineError, RegistryError
+from deltaformat.fsutil import atomic_folder, write_file_atomic
+from deltaformat.manifest import Manifest, parse_manifest
+from deltaformat.oci import (
+    LATEST, OCI_IMAGE_MANIFEST, Descriptor, Reference, architecture_key, build_oci_manifest, check_layers,
+    parse_oci_manifest, parse_reference, registry_prefix, registry_url, sha256_digest,
+)
+from deltaformat.progress import progress
+
+log = logging.getLogger("paramdelta.client")
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+REDIRECTS = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+MAX_RETRY_AFTER = 60.0  # seconds: a longer Retry-After is capped, not obeyed blindly
+TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=300.0)
+CHUNK_BYTES = 32 << 20  # blobs up to this size go in one request; bigger ones in chunks of it
+READ_BYTES = 1 << 20
+TRANSFER_WORKERS = 8
+
+
+@dataclass
+class PushResult:
+    """What a push did: ``uploaded`` blobs were sent, ``skipped`` ones the registry already had."""
+
+    reference: str
+    digest: str
+    uploaded: int
+    skipped: int
+    uploaded_bytes: int
+    total_bytes: int
+
+
+@dataclass
+class PullResult:
+    """A pulled version: ``pinned`` names it by digest (REGISTRY/NS/NAME@sha256:...), ``artifact`` is the folder written."""
+
+    pinned: str
+    artifact: Artifact
+
+
+class _Retry(Exception):
+    """A retryable answer (5xx, 429), with the server's Retry-After in seconds when it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RegistryClient:
+    """A connection to one registry. Thread-safe: transfers share it from a thread pool."""
+
+    def __init__(self, url: str, token: str | None = None, *, retries: int = 6, backoff: float = 0.5,
+                 max_delay: float = 10.0, workers: int = TRANSFER_WORKERS, chunk_bytes: int = CHUNK_BYTES,
+                 timeout: httpx.Timeout = TIMEOUT, transport: httpx.BaseTransport | None = None,
+                 cache: Cache | None = None, sleep: Callable[[float], None] = time.sleep):
+        if offline():
+            raise OfflineError(f"PARAMDELTA_OFFLINE=1: not contacting {url}")
+        self.url = url.rstrip("/")
+        self.retries, self.backoff, self.max_delay, self.sleep = retries, backoff, max_delay, sleep
+        self.workers, self.chunk_bytes = workers, chunk_bytes
+        self.cache = cache or Cache()
+        self._token = token
+        self._origin = _origin(httpx.URL(self.url))
+        self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False,
+                                 limits=httpx.Limits(max_connections=workers + 4, max_keepalive_connections=workers + 4),
+                                 headers={"User-Agent": f"paramdelta/{__version__}"})
+
+    def __enter__(self) -> "RegistryClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
+    # -- the one retry policy ------------------------------------------------------------
+
+    def _retrying(self, what: str, attempt: Callable[[], T]) -> T:
+        """Run ``attempt`` until it succeeds, retrying connection errors, 5xx and 429 with backoff."""
+        for n in range(self.retries + 1):
+            try:
+                return attempt()
+            except _Retry as exc:
+                problem, wait = str(exc), exc.retry_after
+            except httpx.TransportError as exc:
+                problem, wait = f"{what}: {type(exc).__name__}: {exc}", None
+            if n == self.retries:
+                raise RegistryError(f"{problem} (gave up after {n + 1} attempts)")
+            if wait is None:  # exponential backoff with jitter, so parallel transfers do not retry in step
+                delay = min(self.max_delay, self.backoff * 2 ** n) * random.uniform(0.5, 1.0)
+            else:
+                delay = min(wait, MAX_RETRY_AFTER)
+            log.info("%s; retrying in %.1fs", problem, delay)
+            self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    # -- requests ------------------------------------------------------------------------
+
+    def _send(self, method: str, path_or_url: str, *, stream: bool = False, **kw: Any) -> httpx.Response:
+        """One request, redirects followed here: the token goes only to the registry's own origin."""
+        url = httpx.URL(self.url + path_or_url if path_or_url.startswith("/") else path_or_url)
+        headers = dict(kw.pop("headers", None) or {})
+        for _ in range(MAX_REDIRECTS + 1):
+            auth = {"Authorization": f"Bearer {self._token}"} if self._token and _origin(url) == self._origin else {}
+            resp = self.http.send(self.http.build_request(method, url, headers=headers | auth, **kw), stream=stream)
+            if resp.status_code not in REDIRECTS or "location" not in resp.headers:
+                return resp
+            resp.close()
+            url = resp.url.join(resp.headers["location"])
+            kw.pop("params", None)  # the Location is complete
+            if resp.status_code == 303:
+                method = "GET"
+                kw.pop("content", None)
+        raise RegistryError(f"{method} {path_or_url}: more than {MAX_REDIRECTS} redirects")
+
+    def _call(self, what: str, method: str, path: str, ok: tuple[int, ...] = (200,), **kw: Any) -> httpx.Response:
+        """A whole (non-streamed) request with retries; an error answer raises RegistryError."""
+        return self._retrying(what, lambda: self._check(self._send(method, path, **kw), what, ok))
+
+    def _check(self, resp: httpx.Response, what: str, ok: tuple[int, ...]) -> httpx.Response:
+        if resp.status_code in ok:
+            return resp
+        resp.read()
+        resp.close()
+        if resp.status_code in RETRY_STATUSES:
+            raise _Retry(f"{what}: HTTP {resp.status_code}", _retry_after(resp))
+        raise self._error(resp, what)
+
+    def _error(self, resp: httpx.Response, what: str) -> RegistryError:
+        try:
+            first = resp.json()["errors"][0]
+            code, message = first["code"], first["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            code, message = f"HTTP {resp.status_code}", resp.text[:200] or resp.reason_phrase
+        hint = ""
+        if resp.status_code == 401:
+            hint = " (the token was refused)" if self._token else " (pass --token or set PARAMDELTA_TOKEN)"
+        err = RegistryError(f"{what}: {code}: {message}{hint}")
+        err.status, err.code = resp.status_code, code  # type: ignore[attr-defined]
+        return err
+
+    # -- reading -----------------------------------------------------------------------
+
+    def resolve(self, name: str, reference: str) -> tuple[str, bytes]:
+        """(digest, bytes) of the OCI manifest a tag or digest names, the bytes checked against the digest."""
+        resp = self._call(f"manifest {name}:{reference}", "GET", f"/v2/{name}/manifests/{reference}",
+                          headers={"Accept": OCI_IMAGE_MANIFEST})
+        digest = sha256_digest(resp.content)
+        claimed = resp.headers.get("docker-content-digest")
+        expected = reference if reference.startswith("sha256:") else claimed
+        if expected and expected != digest:
+            raise CorruptBlobError(f"manifest {name}:{reference} from {self.url}: its bytes have digest {digest}, not {expected}")
+        return digest, resp.content
+
+    def manifest_json(self, name: str, reference: str) -> Manifest:
+        """A version's manifest.json alone: enough to pre-flight a base without downloading any blob."""
+        resp = self._call(f"manifest.json of {name}:{reference}", "GET", f"/api/v1/deltas/{name}/versions/{reference}/manifest")
+        claimed = resp.headers.get("docker-content-digest")
+        if claimed and sha256_digest(resp.content) != claimed:
+            raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
+        return parse_manifest(resp.content)
+
+    def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False) -> Artifact:
+        """Download what the cache lacks of the version ``digest`` and return it as an Artifact in the cache."""
+        oci = parse_oci_manifest(oci_bytes)
+        self.cache.put_manifest(digest, oci_bytes)
+        todo = [d for d in [oci.config, *oci.layers] if not self.cache.has_blob(d.digest, d.size)]
+        with progress(sum(d.size for d in todo), f"pull {name}", quiet, unit="B") as bar:
+            self._parallel(lambda d: self.download_blob(name, d, bar.update), todo)
+        return artifact_from_cache(self.cache, oci, f"{registry_prefix(self.url)}/{name}@{digest}")
+
+    def download_blob(self, name: str, blob: Descriptor, advance: Callable[[int], Any] = lambda n: None) -> Path:
+        """Download one blob into the cache, resuming a partial download; verify it; return its path."""
+        with self.cache.blob_lock(blob.digest):
+            if self.cache.has_blob(blob.digest, blob.size):
+                return self.cache.blob_path(blob.digest)
+            part = self.cache.part_path(blob.digest)
+            state = _PartialDownload.resume(part, blob.size)
+            advance(state.offset)
+            self._retrying(f"blob {blob.digest} of {name}", lambda: self._download_attempt(name, blob, state, advance))
+            if state.digest() != blob.digest:
+                part.unlink(missing_ok=True)
+                raise CorruptBlobError(f"blob {blob.digest} of {name} from {self.url}: the bytes received have digest "
+                                       f"{state.digest()}; the registry's copy is corrupt or was tampered with")
+            return self.cache.commit_part(blob.digest)
+
+    def _download_attempt(self, name: str, blob: Descriptor, state: "_PartialDownload", advance: Callable[[int], Any]) -> None:
+        if state.offset >= blob.size:
+            return
+        headers = {"Range": f"bytes={state.offset}-"} if state.offset else {}
+        resp = self._send("GET", f"/v2/{name}/blobs/{blob.digest}", stream=True, headers=headers)
+        try:
+            self._check(resp, f"blob {blob.digest} of {name}", (200, 206))
+            if resp.status_code == 200 and state.offset:
+                advance(-state.offset)
+                state.restart()  # the server ignored Range: start over rather than append the wrong bytes
+            elif resp.status_code == 206 and not _range_starts_at(resp, state.offset):
+                raise _Retry(f"blob {blob.digest}: server answered Range bytes={state.offset}- with "
+                             f"{resp.headers.get('content-range')!r}")
+            for chunk in resp.iter_bytes(READ_BYTES):
+                if state.offset + len(chunk) > blob.size:
+                    state.restart()
+                    raise CorruptBlobError(f"blob {blob.digest} of {name}: the registry sent more than its {blob.size} bytes")
+                state.append(chunk)
+                advance(len(chunk))
+        finally:
+            resp.close()
+        if state.offset < blob.size:
+            raise _Retry(f"blob {blob.digest}: connection ended at byte {state.offset} of {blob.size}")
+
+    # -- writing ------------------------------------------------------------------------
+
+    def has_blob(self, name: str, digest: str) -> bool:
+        resp = self._call(f"HEAD blob {digest}", "HEAD", f"/v2/{name}/blobs/{digest}", ok=(200, 404))
+        return resp.status_code == 200
+
+    def upload_blob(self, name: str, digest: str, size: int, source: Path, advance: Callable[[int], Any] = lambda n: None) -> bool:
+        """Upload ``source`` as blob ``digest`` unless the registry has it; True when bytes were sent."""
+        if self.has_blob(name, digest):
+            return False
+        if size <= self.chunk_bytes:
+            data = source.read_bytes()
+            self._call(f"upload blob {digest}", "POST", f"/v2/{name}/blobs/uploads/", ok=(201,),
+                       params={"digest": digest}, content=data, headers={"Content-Type": "application/octet-stream"})
+            advance(size)
+            return True
+        sent = [0]
+        self._retrying(f"upload blob {digest}", lambda: self._chunked_attempt(name, digest, size, source, advance, sent))
+        self.cache.set_upload(self.url, name, digest, None)
+        return True
+
+    def _chunked_attempt(self, name: str, digest: str, size: int, source: Path, advance: Callable[[int], Any], sent: list[int]) -> None:
+        """One try at a chunked upload: continue the recorded session from the registry's offset, or start one."""
+        location = self.cache.get_upload(self.url, name, digest)
+        offset = self._upload_offset(location) if location else None
+        if offset is None:
+            resp = self._check(self._send("POST", f"/v2/{name}/blobs/uploads/"), f"start upload of {digest}", (202,))
+            location, offset = str(resp.url.join(resp.headers["location"])), 0
+            self.cache.set_upload(self.url, name, digest, location)
+        advance(offset - sent[0])
+        sent[0] = offset
+        with open(source, "rb") as f:
+            while offset < size:
+                f.seek(offset)
+                data = f.read(min(self.chunk_bytes, size - offset))
+                resp = self._send("PATCH", location, content=data, headers={
+                    "Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(data) - 1}"})
+                if resp.status_code == 416:  # the registry stands elsewhere: ask, and go on from there
+                    raise _Retry(f"upload of {digest}: registry is not at offset {offset}", 0)
+                self._check(resp, f"upload of {digest}", (202,))
+                location = str(resp.url.join(resp.headers.get("location", location)))
+                self.cache.set_upload(self.url, name, digest, location)
+                offset += len(data)
+                advance(len(data))
+                sent[0] = offset
+        resp = self._send("PUT", location, params={"digest": digest})
+        self._check(resp, f"finish upload of {digest}", (201,))
+
+    def _upload_offset(self, location: str) -> int | None:
+        """Where a recorded upload session stands, or None when the registry no longer has it."""
+        resp = self._send("GET", location)
+        if resp.status_code in (404, 400):
+            return None
+        self._check(resp, "upload status", (204, 200))
+        if "upload-offset" in resp.headers:
+            return int(resp.headers["upload-offset"])
+        end = resp.headers.get("range", "0-0").rpartition("-")[2]
+        return int(end) + 1 if end not in ("", "0") else 0
+
+    def put_manifest(self, name: str, tag: str, data: bytes) -> str:
+        """Publish an OCI manifest under ``tag``; returns its digest."""
+        self._call(f"publish {name}:{tag}", "PUT", f"/v2/{name}/manifests/{tag}", ok=(201,), content=data,
+                   headers={"Content-Type": OCI_IMAGE_MANIFEST})
+        return sha256_digest(data)
+
+    def get_json(self, what: str, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        return self._call(what, "GET", path, params={k: v for k, v in params.items() if v is not None}).json()
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _parallel(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """``fn`` over ``items`` on the transfer threads; the first error cancels what has not started."""
+        items = list(items)
+        if len(items) <= 1 or self.workers <= 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(min(self.workers, len(items)), thread_name_prefix="paramdelta-transfer") as pool:
+            futures = [pool.submit(fn, i) for i in items]
+            try:
+                return [f.result() for f in futures]
+            finally:
+                for f in futures:
+                    f.cancel()
+
+
+class _PartialDownload:
+    """A .part file being filled, with the running sha256 of what it holds."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.sha = path, 0, hashlib.sha256()
+
+    @classmethod
+    def resume(cls, path: Path, size: int) -> "_PartialDownload":
+        """Pick up an existing .part (hashing what it holds), or start an empty one."""
+        state = cls(path)
+        if path.exists() and path.stat().st_size <= size:
+            with open(path, "rb") as f:
+                while chunk := f.read(READ_BYTES):
+                    state.sha.update(chunk)
+                    state.offset += len(chunk)
+        else:
+            path.write_bytes(b"")
+        return state
+
+    def append(self, data: bytes) -> None:
+        with open(self.path, "r+b") as f:
+            f.seek(self.offset)
+            f.write(data)
+            f.truncate()
+        self.sha.update(data)
+        self.offset += len(data)
+
+    def restart(self) -> None:
+        self.path.write_bytes(b"")
+        self.offset, self.sha = 0, hashlib.sha256()
+
+    def digest(self) -> str:
+        return "sha256:" + self.sha.hexdigest()
+
+
+# -- the library's entry points ---------------------------------------------------------
+
+
+def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, token: str | None = None,
+         quiet: bool = False, workers: int | None = None, chunk_bytes: int = CHUNK_BYTES) -> PushResult:
+    """Publish an artifact folder as ``NS/NAME:VERSION`` (VERSION defaults to the manifest's version)."""
+    art = open_artifact(artifact)
+    missing = art.missing_blobs()
+    if missing:
+        raise FormatError(f"{art.location}: blob {missing[0]} is missing ({len(missing)} in all); nothing was pushed")
+    parsed = parse_reference(ref)
+    tag = parsed.tag or art.manifest.version
+    if parsed.digest or not tag:
+        raise ValueError(f"{ref!r}: push needs NS/NAME:VERSION (the manifest names no version)")
+    oci_bytes = build_oci_manifest(art.manifest, art.manifest_bytes)
+    folder = Path(artifact)
+    blobs = [(sha256_digest(art.manifest_bytes), len(art.manifest_bytes), folder / MANIFEST_FILE)]
+    blobs += [(d.digest, d.size, blob_path(art.blob_dir, d.digest)) for d in parse_oci_manifest(oci_bytes).layers]
+    url, tok = _endpoint(parsed, registry, token)
+    total = sum(size for _, size, _ in blobs)
+    with RegistryClient(url, tok, workers=workers or TRANSFER_WORKERS, chunk_bytes=chunk_bytes) as client, \
+            progress(total, f"push {parsed.name}:{tag}", quiet, unit="B") as bar:
+        sent = client._parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update), blobs)
+        digest = client.put_manifest(parsed.name, tag, oci_bytes)
+    uploaded = [b for b, s in zip(blobs, sent) if s]
+    return PushResult(f"{registry_prefix(url)}/{parsed.name}:{tag}", digest, len(uploaded), len(blobs) - len(uploaded),
+                      sum(size for _, size, _ in uploaded), total)
+
+
+def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None = None, quiet: bool = False) -> Artifact:
+    """A registry reference as an Artifact whose blobs are in the cache (pulled as needed).
+
+    With PARAMDELTA_OFFLINE=1 it is served from the cache alone, without any network call.
+    """
+    parsed = parse_reference(ref)
+    url, tok = _endpoint(parsed, registry, token)
+    cache = Cache()
+    if offline():
+        return _from_cache(cache, parsed, url)
+    with RegistryClient(url, tok, cache=cache) as client:
+        digest, oci_bytes = client.resolve(parsed.name, parsed.reference)  # the only use of the tag
+        art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet)
+    if not parsed.digest:
+        cache.set_ref(url, parsed.name, parsed.tag or LATEST, digest)
+    return art
+
+
+def pull(ref: str, out: str | os.PathLike, *, registry: str | None = None, token: str | None = None,
+         quiet: bool = False, force: bool = False) -> PullResult:
+    """Pull a version into the cache and write it out as an artifact folder (blobs hard-linked from the cache)."""
+    art = fetch_artifact(ref, registry=registry, token=token, quiet=quiet)
+    with atomic_folder(out, force=force) as tmp:
+        write_file_atomic(tmp / MANIFEST_FILE, art.manifest_bytes)
+        write_file_atomic(tmp / DIGEST_FILE, (sha256_digest(art.manifest_bytes) + "\n").encode())
+        (tmp / BLOB_DIR).mkdir(parents=True)
+        for digest in art.manifest.blob_digests():
+            _link_or_copy(blob_path(art.blob_dir, digest), blob_path(tmp / BLOB_DIR, digest))
+    return PullResult(art.location, open_artifact(out))
+
+
+def fetch_manifest(ref: str, *, registry: str | None = None, token: str | None = None) -> Manifest:
+    """The manifest.json of a version alone (from the cache when offline), for pre-flight checks."""
+    parsed = parse_reference(ref)
+    url, tok = _endpoint(parsed, registry, token)
+    if offline():
+        return _from_cache(Cache(), parsed, url).manifest
+    with RegistryClient(url, tok) as client:
+        return client.manifest_json(parsed.name, parsed.reference)
+
+
+def preflight(ref: str, base: str | os.PathLike, *, registry: str | None = None, token: str | None = None) -> Manifest:
+    """Check that ``base`` fits a registry version from its manifest.json alone, before any blob is downloaded."""
+    from deltaformat.apply import preflight as check
+    from deltaformat.models import open_model
+
+    manifest = fetch_manifest(ref, registry=registry, token=token)
+    check(manifest, open_model(base), ref)
+    return manifest
+
+
+def search(text: str | None = None, *, base: str | None = None, architecture: str | None = None,
+           namespace: str | None = None, sort: str = "updated", limit: int = 20, cursor: str | None = None,
+           registry: str | None = None, token: str | None = None) -> dict[str, Any]:
+    """One page of deltas matching the filters: ``{"items": [...], "next_cursor": ...}``."""
+    url, tok = _endpoint(None, registry, token)
+    with RegistryClient(url, tok) as client:
+        return client.get_json("search", "/api/v1/deltas", {"q": text, "base": base, "architecture": architecture,
+                                                             "namespace": namespace, "sort": sort, "limit": limit, "cursor": cursor})
+
+
+def compatible(model: str | os.PathLike, *, registry: str | None = None, token: str | None = None, limit: int = 20) -> dict[str, Any]:
+    """Versions that fit a local model or Hub id: same base id, or same tensor names and shapes."""
+    from deltaformat.models import open_model
+
+    m = open_model(model)
+    shapes = architecture_key((t.name, t.shape) for t in m.tensors.values())
+    url, tok = _endpoint(None, registry, token)
+    with RegistryClient(url, tok) as client:
+        return client.get_json("compatible", "/api/v1/compatible", {"base_id": m.id, "shapes": shapes, "limit": limit})
+
+
+def artifact_from_cache(cache: Cache, oci: Any, location: str) -> Artifact:
+    """The Artifact an OCI manifest describes, from blobs already in the cache."""
+    config = cache.read_blob(oci.config.digest)
+    if config is None:
+        raise OfflineError(f"{location}: manifest.json ({oci.config.digest}) is not in the cache {cache.root}")
+    manifest = parse_manifest(config)
+    check_layers(oci, manifest)
+    missing = [layer.digest for layer in oci.layers if not cache.has_blob(layer.digest, layer.size)]
+    if missing:
+        raise OfflineError(f"{location}: {len(missing)} blob(s) not in the cache {cache.root}, first {missing[0]}")
+    return Artifact(manifest, config, cache.blob_dir, location)
+
+
+def _from_cache(cache: Cache, ref: Reference, url: str) -> Artifact:
+    digest = ref.digest or cache.get_ref(url, ref.name, ref.tag or LATEST)
+    if digest is None:
+        raise OfflineError(f"PARAMDELTA_OFFLINE=1 and {ref} was never pulled from {url} into {cache.root}")
+    oci_bytes = cache.get_manifest(digest)
+    if oci_bytes is None:
+        raise OfflineError(f"PARAMDELTA_OFFLINE=1 and the manifest {digest} of {ref} is not in the cache {cache.root}")
+    return artifact_from_cache(cache, parse_oci_manifest(oci_bytes), f"{registry_prefix(url)}/{ref.name}@{digest}")
+
+
+def _endpoint(ref: Reference | None, registry: str | None, token: str | None) -> tuple[str, str | None]:
+    """(registry URL, token) for a request, applying the rules in the module docstring."""
+    env_url = os.environ.get("PARAMDELTA_REGISTRY")
+    url = (ref.registry if ref and ref.registry else None) or registry or env_url
+    if not url:
+        raise ValueError("no registry: name it in the reference (host:port/ns/name:v), pass --registry, or set PARAMDELTA_REGISTRY")
+    url = registry_url(url)
+    if token is None:
+        trusted = {_origin(httpx.URL(registry_url(u))) for u in (registry, env_url) if u}
+        if _origin(httpx.URL(url)) in trusted:
+            token = os.environ.get("PARAMDELTA_TOKEN") or None
+    return url, token
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, url.host, url.port or {"http": 80, "https": 443}.get(url.scheme)
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Retry-After as seconds (it may be a number or an HTTP date)."""
+    value = resp.headers.get("retry-after")
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value)
+    from email.utils import parsedate_to_datetime
+
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _range_starts_at(resp: httpx.Response, offset: int) -> bool:
+    content_range = resp.headers.get("content-range", "")
+    return content_range.startswith(f"bytes {offset}-")
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+__all__ = ["RegistryClient", "PushResult", "PullResult", "push", "pull", "fetch_artifact", "fetch_manifest", "preflight", "search", "compatible"]
