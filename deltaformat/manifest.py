@@ -8,6 +8,7 @@ reading a format it does not understand, and must say so rather than guess.
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -44,19 +45,14 @@ class TensorInfo(_Strict):
     @field_validator("shape")
     @classmethod
     def _bounded(cls, shape: list[int]) -> list[int]:
-        numel = 1
-        for d in shape:
-            numel *= d
+        numel = math.prod(shape)
         if numel > MAX_TENSOR_ELEMENTS:
             raise ValueError(f"shape {shape} has {numel} elements, over the limit of {MAX_TENSOR_ELEMENTS}")
         return shape
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
 
 class Chunk(_Strict):
@@ -210,19 +206,10 @@ class Manifest(_Strict):
     # -- helpers -----------------------------------------------------------------
     def blob_digests(self) -> list[str]:
         """Every blob the artifact needs, each once, in manifest order."""
-        out: dict[str, int] = {}
-        for t in self.tensors:
-            for s in (t.delta, t.values):
-                if s is not None:
-                    for c in s.chunks:
-                        out.setdefault(c.digest, c.size)
-            if t.patch is not None:
-                out.setdefault(t.patch.digest, t.patch.size)
-        for f in self.files:
-            out.setdefault(f.digest, f.size)
-        return list(out)
+        return list(self.blob_sizes())
 
     def blob_sizes(self) -> dict[str, int]:
+        """Size of every blob the artifact needs, keyed by digest, in manifest order."""
         sizes: dict[str, int] = {}
         for t in self.tensors:
             for s in (t.delta, t.values):

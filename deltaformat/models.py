@@ -8,6 +8,7 @@ weights are refused: unpickling runs arbitrary code.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -48,10 +49,7 @@ class TensorRef:
 
     @property
     def numel(self) -> int:
-        n = 1
-        for d in self.shape:
-            n *= d
-        return n
+        return math.prod(self.shape)
 
     @property
     def itemsize(self) -> int:
