@@ -16,6 +16,21 @@ Server (read here, by ``Settings``; each is also a flag of ``paramdelta serve`` 
     PARAMDELTA_MAX_BLOB_BYTES     cap on one blob (16 GiB)
     PARAMDELTA_UPLOAD_TTL_SECONDS an upload session idle this long expires and is purged (24 h)
     PARAMDELTA_LOG_LEVEL          debug, info (default), warning
+    PARAMDELTA_LOG_FORMAT         text (default) or json: one JSON object per line, with a request log
+    PARAMDELTA_METRICS            1 (default): Prometheus metrics at /metrics (needs prometheus-client)
+
+Scale-out (PostgreSQL + S3-compatible storage; see registry.storage.s3 and registry.gc):
+
+    PARAMDELTA_S3_ENDPOINT_URL    S3 API endpoint the registry talks to (default: AWS's, by region)
+    PARAMDELTA_S3_PUBLIC_ENDPOINT_URL  host that presigned download URLs name, when clients reach the
+                                  store at another address than the registry does (default: the endpoint)
+    PARAMDELTA_S3_REGION          region to sign for (default: boto3's, AWS_DEFAULT_REGION / AWS_REGION)
+    PARAMDELTA_S3_ADDRESSING_STYLE  path, virtual or auto (default: path with an endpoint, else auto)
+    PARAMDELTA_S3_REDIRECT        1 (default): blob GETs answer 307 to a presigned URL; 0: stream via the registry
+    PARAMDELTA_S3_PRESIGN_SECONDS how long a presigned download URL stays valid (900)
+    PARAMDELTA_S3_PART_BYTES      multipart part size for uploads (16 MiB; S3's minimum is 5 MiB)
+    AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, ...: credentials, the usual boto3 way
+    PARAMDELTA_GC_GRACE_SECONDS   `paramdelta gc` keeps blobs and manifests younger than this (24 h)
 
 Client (read by deltaformat.client and deltaformat.cache; listed here so the list is whole):
 
@@ -30,6 +45,7 @@ Client (read by deltaformat.client and deltaformat.cache; listed here so the lis
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +73,17 @@ class Settings(BaseSettings):
     max_blob_bytes: int = Field(16 << 30, ge=1)
     upload_ttl_seconds: int = Field(24 * 3600, ge=60)
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    metrics: bool = True
+    # Scale-out: S3-compatible blob storage (PARAMDELTA_BLOB_STORE=s3://BUCKET[/PREFIX]) and GC.
+    s3_endpoint_url: str | None = None
+    s3_public_endpoint_url: str | None = None
+    s3_region: str | None = None
+    s3_addressing_style: Literal["path", "virtual", "auto"] | None = None
+    s3_redirect: bool = True
+    s3_presign_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
+    s3_part_bytes: int = Field(16 * MiB, ge=5 * MiB, le=5 << 30)
+    gc_grace_seconds: int = Field(24 * 3600, ge=0)
 
     def resolved_database_url(self) -> str:
         """The metadata database URL, defaulting to a SQLite file in the data folder."""
