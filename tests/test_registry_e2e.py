@@ -1,0 +1,288 @@
+"""End to end against a real registry process on loopback: publish, find, pull, apply,
+and the rules around them (dedup, immutability, auth, pagination, integrity, concurrency,
+offline use, a server restart in the middle of a pull)."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+import deltaformat
+from conftest import Artifacts, RegistryServer
+from deltaformat import client
+from deltaformat.artifact import open_artifact
+from deltaformat.cache import Cache
+from deltaformat.errors import CorruptBlobError, OfflineError, RegistryError
+from support.tiny_models import load_state
+
+pytestmark = pytest.mark.usefixtures("client_env")
+
+
+def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
+        assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), f"tensor {k} differs"
+
+
+def test_publish_search_pull_apply_reproduces_post_bit_for_bit(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path):
+    srv = registry_server
+    ref = f"{srv.host}/acme/tiny-chat:1.0"
+    pushed = client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+    assert pushed.uploaded + pushed.skipped == len(open_artifact(artifacts.delta).manifest.blob_digests()) + 1
+
+    found = client.search("tiny chat", registry=srv.url)["items"]
+    assert [d["name"] for d in found] == ["acme/tiny-chat"]
+    assert found[0]["latest_version"] == "1.0" and found[0]["latest_digest"] == pushed.digest
+    assert client.search(base="BASE", registry=srv.url)["items"][0]["name"] == "acme/tiny-chat"  # base id, any case
+    assert client.search("no such thing", registry=srv.url)["items"] == []
+
+    pulled = client.pull(ref, tmp_path / "pulled")
+    assert pulled.pinned == f"{srv.host}/acme/tiny-chat@{pushed.digest}"
+    assert pulled.artifact.manifest_bytes == open_artifact(artifacts.delta).manifest_bytes
+    assert deltaformat.verify(tmp_path / "pulled").blobs == len(pulled.artifact.manifest.blob_digests())
+
+    result = deltaformat.apply([ref], artifacts.base, tmp_path / "model", quiet=True)
+    assert result.verified_exact
+    assert_bit_equal(load_state(tmp_path / "model"), load_state(artifacts.post))
+
+
+def test_second_push_of_the_same_blobs_uploads_nothing(registry_server: RegistryServer, artifacts: Artifacts):
+    srv, token = registry_server, registry_server.token("acme", "push")
+    first = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
+    assert first.skipped == 0 and first.uploaded_bytes == first.total_bytes
+    uploads_before = srv.log_text().count("POST /v2/acme/dedup/blobs/uploads")
+
+    again = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
+    new_version = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.1", token=token)
+
+    for r in (again, new_version):
+        assert (r.uploaded, r.uploaded_bytes, r.skipped) == (0, 0, first.uploaded)
+    assert again.digest == new_version.digest == first.digest
+    assert srv.log_text().count("POST /v2/acme/dedup/blobs/uploads") == uploads_before
+
+
+def test_offline_mode_uses_the_cache_and_makes_no_network_call(registry_server: RegistryServer, artifacts: Artifacts,
+                                                               monkeypatch: pytest.MonkeyPatch):
+    srv = registry_server
+    ref = f"{srv.host}/acme/offline:1.0"
+    pushed = client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+
+    monkeypatch.setenv("PARAMDELTA_OFFLINE", "1")
+    with pytest.raises(OfflineError, match="never pulled"):
+        client.fetch_artifact(ref)
+    monkeypatch.delenv("PARAMDELTA_OFFLINE")
+    client.fetch_artifact(ref)
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network call was made with PARAMDELTA_OFFLINE=1")
+
+    monkeypatch.setenv("PARAMDELTA_OFFLINE", "1")
+    monkeypatch.setattr(httpx.HTTPTransport, "handle_request", no_network)
+    monkeypatch.setattr(httpx.Client, "send", no_network)
+    for offline_ref in (ref, f"{srv.host}/acme/offline@{pushed.digest}"):
+        art = client.fetch_artifact(offline_ref)
+        assert deltaformat.verify(art, base=artifacts.base).round_trip
+    assert client.fetch_manifest(ref).name == "acme/tiny-chat"
+    with pytest.raises(OfflineError):
+        client.search(registry=srv.url)
+
+
+def test_versions_are_immutable_and_latest_moves_to_the_newest(registry_server: RegistryServer, artifacts: Artifacts):
+    srv, name = registry_server, "acme/immutable"
+    token = srv.token("acme", "push")
+    one = client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+    assert client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token).digest == one.digest  # idempotent
+
+    with pytest.raises(RegistryError, match="immutable") as exc:
+        client.push(artifacts.other, f"{srv.host}/{name}:1.0", token=token)
+    assert exc.value.status == 409
+
+    two = client.push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)
+    with client.RegistryClient(srv.url, token) as c:
+        assert c.resolve(name, "latest")[0] == two.digest
+        assert c.get_json("tags", f"/v2/{name}/tags/list", {})["tags"] == ["1.0", "2.0", "latest"]
+        assert httpx.delete(f"{srv.url}/v2/{name}/manifests/2.0", headers={"Authorization": f"Bearer {token}"}).status_code == 202
+        assert c.resolve(name, "latest")[0] == one.digest  # latest falls back when the newest goes
+
+        with pytest.raises(RegistryError, match="published and deleted"):  # a deleted version is never reused
+            client.push(artifacts.delta, f"{srv.host}/{name}:2.0", token=token)
+        client.push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)  # the same content restores it
+        assert c.resolve(name, "latest")[0] == two.digest
+
+
+def test_tokens_scopes_and_challenges(registry_server: RegistryServer, artifacts: Artifacts):
+    srv, name = registry_server, "secure/model"
+    push_token, pull_token, elsewhere = srv.token("secure", "push"), srv.token("secure", "pull"), srv.token("other", "push")
+
+    anon = httpx.post(f"{srv.url}/v2/{name}/blobs/uploads/")
+    assert anon.status_code == 401 and anon.json()["errors"][0]["code"] == "UNAUTHORIZED"
+    assert anon.headers["www-authenticate"] == (
+        f'Bearer realm="{srv.url}/auth/token",service="paramdelta",scope="repository:{name}:pull,push"')
+    for token, status in ((None, 401), (pull_token, 403), (elsewhere, 403), ("pdt_not-a-token", 401)):
+        with pytest.raises(RegistryError) as exc:
+            client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+        assert exc.value.status == status, token
+
+    pushed = client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=push_token)
+    assert client.fetch_artifact(f"{srv.host}/{name}:1.0").manifest.name == "acme/tiny-chat"  # anonymous pull is on
+
+    delete = f"{srv.url}/v2/{name}/manifests/{pushed.digest}"
+    assert httpx.delete(delete).status_code == 401
+    assert httpx.delete(delete, headers={"Authorization": f"Bearer {pull_token}"}).status_code == 403
+
+    traded = httpx.get(f"{srv.url}/auth/token", auth=("anyone", push_token))  # docker-style Basic login
+    assert traded.status_code == 200 and traded.json()["token"] == push_token
+
+    log = srv.log_text()
+    assert "pushed secure/model:1.0" in log and "token 'push:secure'" in log  # who pushed what
+    assert not any(t in log for t in (push_token, pull_token, elsewhere))  # and never a token
+
+
+def test_search_and_tags_paginate_with_cursors(registry_server: RegistryServer, artifacts: Artifacts):
+    srv, token = registry_server, registry_server.token("page", "push")
+    names = [f"page/d{i}" for i in range(5)]
+    for name in names:
+        client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+    for version in ("1.1", "1.2"):
+        client.push(artifacts.delta, f"{srv.host}/page/d0:{version}", token=token)
+
+    seen, cursor, sizes = [], None, []
+    while True:
+        page = client.search(namespace="page", sort="name", limit=2, cursor=cursor, registry=srv.url)
+        seen += [d["name"] for d in page["items"]]
+        sizes.append(len(page["items"]))
+        if not (cursor := page["next_cursor"]):
+            break
+    assert seen == names and sizes == [2, 2, 1]
+    newest = client.search(namespace="page", limit=1, registry=srv.url)["items"][0]
+    assert (newest["name"], newest["latest_version"]) == ("page/d0", "1.2")
+
+    first = httpx.get(f"{srv.url}/v2/page/d0/tags/list", params={"n": 2})
+    assert first.json()["tags"] == ["1.0", "1.1"]
+    link = first.headers["link"]
+    assert link.endswith('>; rel="next"')
+    second = httpx.get(srv.url + link[1:link.index(">")])
+    assert second.json()["tags"] == ["1.2", "latest"] and "link" not in second.headers
+
+
+def test_blob_range_requests(registry_server: RegistryServer, artifacts: Artifacts):
+    srv = registry_server
+    client.push(artifacts.delta, f"{srv.host}/acme/ranges:1.0", token=srv.token("acme", "push"))
+    art = open_artifact(artifacts.delta)
+    digest = max(art.manifest.blob_sizes().items(), key=lambda kv: kv[1])[0]
+    data = (art.blob_dir / digest.removeprefix("sha256:")).read_bytes()
+    url = f"{srv.url}/v2/acme/ranges/blobs/{digest}"
+
+    head = httpx.head(url)
+    assert head.status_code == 200 and int(head.headers["content-length"]) == len(data)
+    assert head.headers["docker-content-digest"] == digest and head.headers["accept-ranges"] == "bytes"
+    part = httpx.get(url, headers={"Range": "bytes=10-19"})
+    assert part.status_code == 206 and part.content == data[10:20]
+    assert part.headers["content-range"] == f"bytes 10-19/{len(data)}"
+    assert httpx.get(url, headers={"Range": "bytes=-7"}).content == data[-7:]
+    assert httpx.get(url, headers={"Range": f"bytes={len(data) - 3}-"}).content == data[-3:]
+    beyond = httpx.get(url, headers={"Range": f"bytes={len(data)}-"})
+    assert beyond.status_code == 416 and beyond.headers["content-range"] == f"bytes */{len(data)}"
+    assert httpx.get(url).content == data
+
+
+def test_tampered_upload_is_rejected_and_nothing_is_stored(registry_server: RegistryServer):
+    srv, name = registry_server, "tamper/upload"
+    auth = {"Authorization": f"Bearer {srv.token('tamper', 'push')}"}
+    data = b"the bytes the client meant" * 100
+    claimed = "sha256:" + "0" * 64
+
+    mono = httpx.post(f"{srv.url}/v2/{name}/blobs/uploads/", params={"digest": claimed}, content=data, headers=auth)
+    assert mono.status_code == 400 and mono.json()["errors"][0]["code"] == "DIGEST_INVALID"
+    assert "nothing was stored" in mono.json()["errors"][0]["message"]
+
+    start = httpx.post(f"{srv.url}/v2/{name}/blobs/uploads/", headers=auth)
+    location = srv.url + start.headers["location"]
+    assert httpx.patch(location, content=data, headers={**auth, "Content-Range": f"0-{len(data) - 1}"}).status_code == 202
+    final = httpx.put(location, params={"digest": claimed}, headers=auth)
+    assert final.status_code == 400 and final.json()["errors"][0]["detail"]["expected"] == claimed
+    assert httpx.get(location, headers=auth).status_code == 404  # the session is gone too
+    assert httpx.head(f"{srv.url}/v2/{name}/blobs/{claimed}").status_code == 404
+
+
+def test_tampered_download_is_detected(registry_server: RegistryServer, artifacts: Artifacts):
+    srv = registry_server
+    ref = f"{srv.host}/tamper/download:1.0"
+    client.push(artifacts.delta, ref, token=srv.token("tamper", "push"))
+    sizes = open_artifact(artifacts.delta).manifest.blob_sizes()
+    victim = max(sizes, key=sizes.get)
+    path = srv.blob_file(victim)
+    damaged = bytearray(path.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF  # same size: only the digest can tell
+    path.write_bytes(bytes(damaged))
+
+    with pytest.raises(CorruptBlobError, match=victim):
+        client.fetch_artifact(ref)
+    cache = Cache()
+    assert not cache.has_blob(victim) and not cache.part_path(victim).exists()
+
+
+def test_concurrent_pushes_and_pulls(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path):
+    srv, token = registry_server, registry_server.token("conc", "push")
+    client.push(artifacts.delta, f"{srv.host}/conc/seed:1.0", token=token)
+    with ThreadPoolExecutor(8) as pool:
+        pushes = [pool.submit(client.push, artifacts.delta, f"{srv.host}/conc/r{i % 4}:1.0", token=token) for i in range(6)]
+        pulls = [pool.submit(client.pull, f"{srv.host}/conc/seed:1.0", tmp_path / f"pull{i}") for i in range(3)]
+        digests = {f.result().digest for f in pushes}
+        folders = [f.result().artifact.location for f in pulls]
+    assert len(digests) == 1
+    for folder in folders:
+        deltaformat.verify(folder)
+    for i in range(4):
+        assert client.fetch_artifact(f"{srv.host}/conc/r{i}:1.0").manifest.name == "acme/tiny-chat"
+
+    # Two publishers race for one version with different content: exactly one wins.
+    with ThreadPoolExecutor(2) as pool:
+        racers = {path: pool.submit(client.push, path, f"{srv.host}/conc/race:1.0", token=token)
+                  for path in (artifacts.delta, artifacts.other)}
+    outcomes = {path: (f.exception() or f.result()) for path, f in racers.items()}
+    winners = [r for r in outcomes.values() if isinstance(r, client.PushResult)]
+    losers = [r for r in outcomes.values() if isinstance(r, RegistryError)]
+    assert len(winners) == 1 and len(losers) == 1 and losers[0].status == 409
+    with client.RegistryClient(srv.url) as c:
+        assert c.resolve("conc/race", "1.0")[0] == winners[0].digest
+
+
+class _KillOnce(httpx.HTTPTransport):
+    """Kills the server (SIGKILL) right after the answer to the third blob request, then restarts it."""
+
+    def __init__(self, server: RegistryServer):
+        super().__init__()
+        self.server, self.blobs, self.restart = server, 0, None
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        if "/blobs/" in request.url.path:
+            self.blobs += 1
+            if self.blobs == 3:
+                self.server.stop(signal.SIGKILL)
+                self.restart = threading.Thread(target=self.server.start)
+                self.restart.start()
+        return response
+
+
+def test_a_pull_interrupted_by_a_server_restart_finishes_after_it(tmp_path: Path, artifacts: Artifacts):
+    server = RegistryServer(tmp_path / "data").start()
+    try:
+        client.push(artifacts.delta, f"{server.host}/acme/restart:1.0", token=server.token("acme", "push"))
+        transport = _KillOnce(server)
+        with client.RegistryClient(server.url, transport=transport, workers=2, retries=20, backoff=0.2, max_delay=2.0) as c:
+            digest, oci = c.resolve("acme/restart", "1.0")
+            art = c.fetch("acme/restart", digest, oci, quiet=True)
+        transport.restart.join()
+        assert transport.restart is not None and server.proc is not None  # it really went down and came back
+        assert deltaformat.verify(art, base=artifacts.base).round_trip
+    finally:
+        server.stop()
