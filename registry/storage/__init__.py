@@ -15,6 +15,7 @@ from registry.storage.base import BlobStore, UploadState, UploadWriter
 
 DRIVERS = {
     "file": "registry.storage.filesystem:from_location",
+    "s3": "registry.storage.s3:from_location",
 }
 
 
