@@ -21,13 +21,14 @@ PARAMDELTA_TOKEN, but only toward PARAMDELTA_REGISTRY or a registry named by
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,12 +241,13 @@ class RegistryClient:
             elif resp.status_code == 206 and not _range_starts_at(resp, state.offset):
                 raise _Retry(f"blob {blob.digest}: server answered Range bytes={state.offset}- with "
                              f"{resp.headers.get('content-range')!r}")
-            for chunk in resp.iter_bytes(READ_BYTES):
-                if state.offset + len(chunk) > blob.size:
-                    state.restart()
-                    raise CorruptBlobError(f"blob {blob.digest} of {name}: the registry sent more than its {blob.size} bytes")
-                state.append(chunk)
-                advance(len(chunk))
+            with state.writing() as write:
+                for chunk in resp.iter_bytes():  # as the network delivers: whatever arrives before a cut is kept
+                    if state.offset + len(chunk) > blob.size:
+                        state.restart()
+                        raise CorruptBlobError(f"blob {blob.digest} of {name}: the registry sent more than its {blob.size} bytes")
+                    write(chunk)
+                    advance(len(chunk))
         finally:
             resp.close()
         if state.offset < blob.size:
@@ -354,13 +356,19 @@ class _PartialDownload:
             path.write_bytes(b"")
         return state
 
-    def append(self, data: bytes) -> None:
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Callable[[bytes], None]]:
+        """A function appending to the .part file, open for one attempt."""
         with open(self.path, "r+b") as f:
             f.seek(self.offset)
-            f.write(data)
             f.truncate()
-        self.sha.update(data)
-        self.offset += len(data)
+
+            def write(data: bytes) -> None:
+                f.write(data)
+                self.sha.update(data)
+                self.offset += len(data)
+
+            yield write
 
     def restart(self) -> None:
         self.path.write_bytes(b"")

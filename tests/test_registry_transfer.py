@@ -1,0 +1,213 @@
+"""Transfers: cut connections resume where they stopped (real server, a proxy that cuts),
+and the client's retry, redirect and token rules (scripted HTTP answers)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import socket
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import RegistryServer
+from deltaformat.cache import Cache
+from deltaformat.client import RegistryClient, _endpoint
+from deltaformat.errors import RegistryError
+from deltaformat.oci import CHUNK_MEDIA_TYPE, Descriptor, parse_reference
+
+pytestmark = pytest.mark.usefixtures("client_env")
+
+
+class CuttingProxy:
+    """A loopback TCP proxy that can cut the next connection after N bytes in one direction.
+
+    Everything clients send is recorded in ``sent``, so a test can see the requests made.
+    """
+
+    def __init__(self, target_port: int):
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.sent = bytearray()
+        self._plan: tuple[str, int] | None = None
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def cut_next(self, direction: str, after: int) -> None:
+        """Cut the next connection once ``after`` bytes went ``up`` (to the server) or ``down``."""
+        self._plan = (direction, after)
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                plan, self._plan = self._plan, None
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for src, dst, way in ((conn, upstream, "up"), (upstream, conn, "down")):
+                limit = plan[1] if plan and plan[0] == way else None
+                threading.Thread(target=self._pump, args=(src, dst, way, limit, (conn, upstream)), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, way: str, limit: int | None, both: tuple) -> None:
+        count = 0
+        try:
+            while data := src.recv(65536):
+                if way == "up":
+                    with self._lock:
+                        self.sent += data
+                if limit is not None and count + len(data) > limit:
+                    dst.sendall(data[: limit - count])
+                    for s in both:  # the cut: both sides see the connection drop
+                        s.shutdown(socket.SHUT_RDWR)
+                    return
+                dst.sendall(data)
+                count += len(data)
+            dst.shutdown(socket.SHUT_WR)
+        except OSError:
+            for s in both:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@pytest.fixture
+def proxy(registry_server: RegistryServer):
+    p = CuttingProxy(registry_server.port)
+    yield p
+    p.close()
+
+
+def _put_blob(server: RegistryServer, name: str, data: bytes) -> str:
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    token = server.token(name.split("/")[0], "push")
+    r = httpx.post(f"{server.url}/v2/{name}/blobs/uploads/", params={"digest": digest}, content=data,
+                   headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 201, r.text
+    return digest
+
+
+def test_a_download_cut_halfway_resumes_where_it_stopped(registry_server: RegistryServer, proxy: CuttingProxy):
+    data = os.urandom(3 << 20)
+    blob = Descriptor(mediaType=CHUNK_MEDIA_TYPE, digest=_put_blob(registry_server, "resume/download", data), size=len(data))
+    proxy.cut_next("down", 1 << 20)
+
+    with RegistryClient(proxy.url, retries=0) as first:  # gives up at the cut, as a killed process would
+        with pytest.raises(RegistryError):
+            first.download_blob("resume/download", blob)
+    part = Cache().part_path(blob.digest)
+    kept = part.stat().st_size
+    assert 0 < kept < len(data)
+
+    with RegistryClient(proxy.url) as second:
+        path = second.download_blob("resume/download", blob)
+    assert path.read_bytes() == data and not part.exists()
+    assert f"range: bytes={kept}-".encode() in bytes(proxy.sent).lower()
+
+
+def test_an_upload_cut_halfway_resumes_the_same_session(registry_server: RegistryServer, proxy: CuttingProxy, tmp_path: Path):
+    name, chunk = "resume/upload", 256 << 10
+    data = os.urandom(4 * chunk)
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    token = registry_server.token("resume", "push")
+    proxy.cut_next("up", chunk + chunk // 2)  # in the middle of the second chunk
+
+    with RegistryClient(proxy.url, token, chunk_bytes=chunk, retries=0) as first:
+        with pytest.raises(RegistryError):
+            first.upload_blob(name, digest, len(data), source)
+    with RegistryClient(proxy.url, token, chunk_bytes=chunk) as second:  # a later run, same cache
+        assert second.upload_blob(name, digest, len(data), source)
+
+    sent = bytes(proxy.sent).lower()
+    starts = [int(s) for s in re.findall(rb"content-range: (\d+)-", sent)]
+    assert sent.count(f"post /v2/{name}/blobs/uploads/".encode()) == 1  # one session, continued
+    assert f"get /v2/{name}/blobs/uploads/".encode() in sent  # asked where it stood
+    assert starts.count(0) == 1 and starts == sorted(starts)  # never started over
+    assert httpx.get(f"{registry_server.url}/v2/{name}/blobs/{digest}").content == data
+
+
+# -- the client's rules, against scripted answers ---------------------------------------------
+
+
+def _scripted(*answers: httpx.Response):
+    calls: list[httpx.Request] = []
+    queue = list(answers)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return queue.pop(0)
+
+    return httpx.MockTransport(handler), calls
+
+
+def test_5xx_and_429_are_retried_with_backoff_honoring_retry_after():
+    transport, calls = _scripted(httpx.Response(503), httpx.Response(429, headers={"Retry-After": "7"}),
+                                 httpx.Response(200, json={"items": [], "next_cursor": None}))
+    sleeps: list[float] = []
+    with RegistryClient("http://registry.test", transport=transport, sleep=sleeps.append) as c:
+        assert c.get_json("search", "/api/v1/deltas", {}) == {"items": [], "next_cursor": None}
+    assert len(calls) == 3
+    assert 0 < sleeps[0] <= c.max_delay and sleeps[1] == 7.0
+
+
+def test_retries_give_up_and_client_errors_are_not_retried():
+    transport, calls = _scripted(*[httpx.Response(502)] * 3)
+    with RegistryClient("http://registry.test", transport=transport, retries=2, sleep=lambda s: None) as c:
+        with pytest.raises(RegistryError, match="gave up after 3 attempts"):
+            c.get_json("search", "/api/v1/deltas", {})
+    envelope = {"errors": [{"code": "NAME_UNKNOWN", "message": "repository ns/x is not known", "detail": None}]}
+    transport, calls = _scripted(httpx.Response(404, json=envelope))
+    with RegistryClient("http://registry.test", transport=transport, sleep=lambda s: None) as c:
+        with pytest.raises(RegistryError, match="NAME_UNKNOWN: repository ns/x is not known"):
+            c.resolve("ns/x", "1.0")
+    assert len(calls) == 1
+
+
+def test_the_token_never_follows_a_redirect_to_another_host():
+    data = b"blob bytes served by object storage"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    seen: dict[str, httpx.Headers] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen[request.url.host] = request.headers
+        if request.url.host == "registry.test":
+            return httpx.Response(307, headers={"Location": "http://storage.test/bucket/blob?signature=abc"})
+        return httpx.Response(200, content=data)
+
+    with RegistryClient("http://registry.test", "secret-token", transport=httpx.MockTransport(handler)) as c:
+        path = c.download_blob("ns/x", Descriptor(mediaType=CHUNK_MEDIA_TYPE, digest=digest, size=len(data)))
+    assert path.read_bytes() == data
+    assert seen["registry.test"]["authorization"] == "Bearer secret-token"
+    assert "authorization" not in seen["storage.test"]
+
+
+def test_a_server_that_ignores_range_makes_the_download_start_over():
+    data = os.urandom(5000)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    Cache().part_path(digest).write_bytes(b"stale bytes from an earlier attempt")
+    transport, calls = _scripted(httpx.Response(200, content=data))
+    with RegistryClient("http://registry.test", transport=transport) as c:
+        path = c.download_blob("ns/x", Descriptor(mediaType=CHUNK_MEDIA_TYPE, digest=digest, size=len(data)))
+    assert calls[0].headers["range"] == "bytes=35-" and path.read_bytes() == data
+
+
+def test_the_environment_token_goes_only_to_the_configured_registry(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("PARAMDELTA_REGISTRY", "http://registry.test:8000")
+    monkeypatch.setenv("PARAMDELTA_TOKEN", "env-token")
+    assert _endpoint(parse_reference("ns/x:1"), None, None) == ("http://registry.test:8000", "env-token")
+    assert _endpoint(parse_reference("http://registry.test:8000/ns/x:1"), None, None)[1] == "env-token"
+    assert _endpoint(parse_reference("registry.test:8000/ns/x:1"), None, None)[1] is None  # https: another origin
+    assert _endpoint(parse_reference("evil.test:8000/ns/x:1"), None, None) == ("https://evil.test:8000", None)
+    assert _endpoint(parse_reference("ns/x:1"), "127.0.0.1:9000", None) == ("http://127.0.0.1:9000", "env-token")
+    assert _endpoint(parse_reference("ns/x:1"), None, "explicit")[1] == "explicit"
