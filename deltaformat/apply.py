@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,50 +196,168 @@ def _load_patch(art: Artifact, e: TensorEntry) -> tuple[np.ndarray, np.ndarray, 
 
 def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, workers: int | None, quiet: bool, desc: str = "apply") -> bool:
     """Compute every output chunk (written by ``writer`` when given); True when each
-    tensor was proven equal to the post model (original base, one artifact, alpha 1)."""
-    total = sum(t.numel for t in plan)
-    jobs = [(t, s, c) for t in plan for s, c in chunk_ranges(t.numel)]
-    hashes: dict[str, tuple[list[bytes], list[bytes]]] = {t.name: ([], []) for t in plan}
+    tensor was proven equal to the post model (original base, one artifact, alpha 1).
 
-    def run(job: tuple[_OutTensor, int, int]) -> tuple[str, bytes | None, bytes, int]:
-        t, s, c = job
-        base_hash, bits = _chunk(t, s, c, device)
-        if writer is not None:
-            writer.write(t.name, s, bits)
-        return t.name, base_hash, chunk_hash(bits), c
+    Proving costs one sha256 pass per tensor, not two: a tensor's output digest equal to
+    the post digest proves it whatever the base was; otherwise its base digest decides
+    whether the base is the original one (then the mismatch is an error). Which of the
+    two digests is taken while computing adapts to the base seen so far (on a new base,
+    the base digests are taken and the outputs never need hashing); the other one is
+    taken afterwards only for the tensors where it matters, re-reading the base or the
+    written output. Tensors that cannot be proven (several artifacts, alpha != 1, a new
+    dtype) are not hashed at all.
+    """
+    total = sum(t.numel for t in plan)
+    proofs = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
+    extra: deque[tuple] = deque()  # follow-up hashing jobs, run between chunk jobs
+    state = {"mode": "out"}
+
+    def jobs() -> Iterator[tuple]:
+        for t in plan:
+            proof = proofs[t.name]
+            proof.mode = _proof_mode(t, writer, state["mode"])
+            for i, (s, c) in enumerate(chunk_ranges(t.numel)):
+                while extra:
+                    yield extra.popleft()
+                yield ("chunk", t, i, s, c, proof.mode)
+        while extra:
+            yield extra.popleft()
+
+    def run(job: tuple) -> tuple:
+        kind, t, i, s, c = job[:5]
+        if kind == "chunk":
+            mode = job[5]
+            base_hash, bits = _chunk(t, s, c, device, hash_base=mode == "base")
+            if writer is not None:
+                writer.write(t.name, s, bits)
+            return kind, t, i, c, base_hash, chunk_hash(bits) if mode == "out" else None
+        if kind == "base":
+            return kind, t, i, 0, _base_chunk_hash(t, s, c, None), None
+        return kind, t, i, 0, None, chunk_hash(writer.read(t.name, s, c))  # "out": read back what was written
+
+    def collect(result: tuple) -> None:
+        kind, t, i, c, bh, oh = result
+        proof = proofs[t.name]
+        proof.base[i] = bh if bh is not None else proof.base[i]
+        proof.out[i] = oh if oh is not None else proof.out[i]
+        proof.pending -= 1
+        if proof.pending == 0:
+            follow = proof.step()
+            if follow:
+                # A mismatch on the output: the base is most likely another one; a match
+                # on the base: the original. Later tensors hash what decides fastest.
+                state["mode"] = "base" if follow == "base" else "out"
+                if writer is not None or follow == "base":
+                    proof.pending = proof.n
+                    extra.extend((follow, t, k, s, c) for k, (s, c) in enumerate(chunk_ranges(t.numel)))
+        if kind == "chunk":
+            bar.update(c)
 
     with progress(total, desc, quiet) as bar:
-        for name, bh, oh, c in ordered_map(run, jobs, workers):
-            if bh is not None:
-                hashes[name][0].append(bh)
-            hashes[name][1].append(oh)
-            bar.update(c)
-    verified = bool(plan)
+        for result in ordered_map(run, jobs(), workers):
+            collect(result)
+        while extra:  # follow-ups of the last tensors
+            pending = list(extra)
+            extra.clear()
+            for result in ordered_map(run, pending, workers):
+                collect(result)
     for t in plan:
-        if t.expect is None:
-            verified = False
-            continue
-        base_hashes, out_hashes = hashes[t.name]
-        on_original = t.expect_base is None or (base_hashes and tensor_digest(base_hashes) == t.expect_base)
-        if not on_original:
-            verified = False
-        elif tensor_digest(out_hashes) != t.expect:
+        if proofs[t.name].failed:
             raise VerificationError(f"tensor {t.name!r}: the output differs from the post model although the base is the original one")
-    return verified
+    return bool(plan) and all(proofs[t.name].verified for t in plan)
 
 
-def _chunk(t: _OutTensor, start: int, count: int, device: str) -> tuple[bytes | None, np.ndarray]:
-    """Compute output elements [start, start+count) of ``t``; also return the base chunk's hash."""
+def _proof_mode(t: _OutTensor, writer: ShardedWriter | None, preferred: str) -> str:
+    """"none" (nothing to prove), "out" (hash the output) or "base" (hash the base) while computing ``t``."""
+    if t.expect is None:
+        return "none"
+    if preferred == "base" and writer is not None and _base_digest_defined(t) and t.expect_base is not None:
+        return "base"
+    return "out"
+
+
+def _base_digest_defined(t: _OutTensor) -> bool:
+    """Whether the chunks of ``t`` give the whole base tensor's digest (not when the output shrinks it)."""
+    return t.base is not None and t.base.numel <= t.numel
+
+
+@dataclass
+class _Proof:
+    """What is known about one output tensor being the post model's."""
+
+    t: _OutTensor
+    n: int  # chunks
+    mode: str = "none"
+    pending: int = 0
+    base: list = field(default_factory=list)
+    out: list = field(default_factory=list)
+    verified: bool = False
+    failed: bool = False
+    stage: int = 0
+
+    def __post_init__(self) -> None:
+        self.pending = self.n
+        self.base = [None] * self.n
+        self.out = [None] * self.n
+
+    def _on_original(self) -> bool:
+        t = self.t
+        hashes = [h for h in self.base if h is not None]
+        return t.expect_base is None or (bool(hashes) and tensor_digest(hashes) == t.expect_base)
+
+    def step(self) -> str | None:
+        """Decide after a round of chunks; return the follow-up ("base"/"out") still needed, if any."""
+        t = self.t
+        self.stage += 1
+        if self.mode == "none":
+            return None
+        if self.mode == "out":
+            if self.stage == 1:
+                if tensor_digest(self.out) == t.expect:
+                    self.verified = True
+                    return None
+                if t.expect_base is None:
+                    self.failed = True
+                    return None
+                if not _base_digest_defined(t) and t.base is not None and t.base.numel != 0:
+                    return None  # the base digest is not taken on a shrunk tensor: not provable
+                return "base"
+            self.failed = self._on_original()
+            return None
+        # mode "base"
+        if self.stage == 1:
+            return "out" if self._on_original() else None
+        self.verified = tensor_digest(self.out) == t.expect
+        self.failed = not self.verified
+        return None
+
+
+def _base_chunk_hash(t: _OutTensor, start: int, count: int, base_bits: np.ndarray | None) -> bytes | None:
+    """Hash of the base's part of output chunk [start, start+count), as the base digest takes it.
+
+    None where the chunk adds nothing to the base digest (beyond the base's rows, or a
+    shrunk tensor, whose chunks do not cover the base).
+    """
+    if t.base is None:
+        return None
+    if t.base.numel == 0:
+        return chunk_hash(b"")
+    n_base = max(0, min(count, min(t.base.numel, t.numel) - start))
+    if not n_base or t.base.numel > t.numel:
+        return None
+    return chunk_hash(base_bits if base_bits is not None else t.base.read(start, n_base))
+
+
+def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool = False) -> tuple[bytes | None, np.ndarray]:
+    """Compute output elements [start, start+count) of ``t``; with ``hash_base``, also the base chunk's hash."""
     if t.base is None:
         art, stream, _ = t.values
         return None, _stream_range(art, stream, start, count, t.name)
     n_base = max(0, min(count, min(t.base.numel, t.numel) - start))
     parts = []
-    base_hash = chunk_hash(b"") if t.base.numel == 0 else None
+    base_bits = t.base.read(start, n_base) if n_base else None
+    base_hash = _base_chunk_hash(t, start, count, base_bits) if hash_base else None
     if n_base:
-        base_bits = t.base.read(start, n_base)
-        # The base chunk's hash is whole only when the output does not shrink the tensor.
-        base_hash = chunk_hash(base_bits) if t.base.numel <= t.numel else None
         if not t.terms:
             parts.append(base_bits)
         else:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from deltaformat.codec.base import UINT_FOR_ITEMSIZE
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.models import INDEX_FILE, SINGLE_FILE
 
@@ -86,6 +87,23 @@ class ShardedWriter:
         fd, pos, done = self._fds[slot.file], slot.offset + start * slot.itemsize, 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], pos + done)
+
+    def read(self, name: str, start: int, count: int) -> np.ndarray:
+        """Read back ``count`` elements of tensor ``name`` from ``start``, as written (raw bits)."""
+        slot = self.slots[name]
+        out = np.empty(count, dtype=UINT_FOR_ITEMSIZE[slot.itemsize])
+        buf = memoryview(out).cast("B")
+        pos, done = slot.offset + start * slot.itemsize, 0
+        fd = os.open(slot.file, os.O_RDONLY)
+        try:
+            while done < len(buf):
+                n = os.preadv(fd, [buf[done:]], pos + done)
+                if n == 0:
+                    raise OSError(f"{slot.file}: ends before tensor {name!r} does")
+                done += n
+        finally:
+            os.close(fd)
+        return out
 
     def close(self) -> None:
         """Flush and close every shard, then write the index when there are several."""
