@@ -76,7 +76,8 @@ def cancel_upload(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
 # -- blobs ------------------------------------------------------------------------
 
 
-@router.api_route("/{name:path}/blobs/{digest}", methods=["GET", "HEAD"], summary="Get a blob (Range supported)")
+@router.get("/{name:path}/blobs/{digest}", summary="Get a blob (Range supported)")
+@router.head("/{name:path}/blobs/{digest}", summary="Blob existence and size")
 def get_blob(name: str, digest: str, request: Request, reg: Reg, _: Puller) -> Response:
     blob = reg.blobs.read(name, digest, request.headers.get("range"), body=request.method == "GET")
     headers = {"Docker-Content-Digest": blob.digest, "Accept-Ranges": "bytes", "Content-Length": str(blob.length)}
@@ -95,7 +96,8 @@ def get_blob(name: str, digest: str, request: Request, reg: Reg, _: Puller) -> R
 # -- manifests and tags ------------------------------------------------------------
 
 
-@router.api_route("/{name:path}/manifests/{reference}", methods=["GET", "HEAD"], summary="Get a manifest by version or digest")
+@router.get("/{name:path}/manifests/{reference}", summary="Get a manifest by version or digest")
+@router.head("/{name:path}/manifests/{reference}", summary="Manifest existence and digest")
 def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Puller) -> Response:
     m = reg.manifests.get(name, reference)
     headers = {"Docker-Content-Digest": m.digest, "Content-Length": str(len(m.content))}
