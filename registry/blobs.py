@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from registry.db import Database
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
 from registry.errors import BlobUnknown, DigestInvalid, RangeNotSatisfiable
+from registry.gc import lock_digest
 from registry.storage import BlobStore
 
 DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -89,6 +90,7 @@ class Blobs:
         """Link a blob of ``source`` into ``name`` without uploading it; False when ``source`` lacks it."""
         check_digest(digest)
         with self.db.session() as s:
+            lock_digest(s, digest)  # not deleted by a concurrent garbage collection meanwhile (registry.gc)
             src = find_repository(s, source)
             size = linked_size(s, src.id, digest) if src is not None else None
             if size is None or self.store.stat(digest) is None:

@@ -30,6 +30,7 @@ from registry.db.queries import ensure_repository, get_repository, insert_ignore
 from registry.errors import (
     BlobUnknown, DigestInvalid, Immutable, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TooLarge, Unsupported,
 )
+from registry.gc import claim_blobs
 from registry.storage import BlobStore
 
 log = logging.getLogger("paramdelta.registry")
@@ -152,6 +153,8 @@ class Manifests:
     def _record(self, s: Session, name: str, reference: str, digest: str, data: bytes,
                 oci: OciManifest, delta: DeltaManifest, principal: Principal) -> Published:
         repo = ensure_repository(s, name)
+        # Under the GC locks of the manifest and its blobs, which must all still be there (registry.gc).
+        claim_blobs(s, repo.id, digest, {oci.config.digest, *(layer.digest for layer in oci.layers)})
         row = s.scalar(select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest))
         created = row is None or row.deleted_at is not None
         if row is None:

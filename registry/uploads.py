@@ -33,6 +33,7 @@ from registry.db.models import UploadSession
 from registry.db.queries import ensure_repository, link_blob
 from registry.errors import BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable, TooLarge
 from registry.settings import Settings
+from registry.gc import lock_digest, touch_blob
 from registry.storage import BlobStore, UploadState, UploadWriter
 
 log = logging.getLogger("paramdelta.registry")
@@ -130,9 +131,11 @@ class Uploads:
                 s.delete(row)
 
     def _commit(self, sess: _Session, digest: str) -> None:
-        self.store.commit_upload(sess.id, sess.state, digest)
         with self.db.session() as s:
+            lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
+            self.store.commit_upload(sess.id, sess.state, digest)
             link_blob(s, ensure_repository(s, sess.name), digest, sess.state.size)
+            touch_blob(s, digest)  # committed again: its GC grace period starts over
             row = s.get(UploadSession, sess.id)
             if row is not None:
                 s.delete(row)
