@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from deltaformat._version import __version__
+from registry import metrics
 from registry.auth import credential
 from registry.errors import ClientGone, RegistryError, Unauthorized
 from registry.routers import api, oci, pages
@@ -24,7 +25,7 @@ from registry.service import Registry
 from registry.settings import Settings
 
 log = logging.getLogger("paramdelta.registry")
-_MACHINE_PREFIXES = ("/v2", "/api", "/auth", "/healthz")
+_MACHINE_PREFIXES = ("/v2", "/api", "/auth", "/healthz", "/readyz", "/metrics")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -45,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(pages.router)
     _add_error_handlers(app)
+    metrics.install(app, reg, settings)  # /readyz, /metrics, request logs
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Health:
@@ -65,13 +67,13 @@ def serve(settings: Settings) -> None:
     """Run the registry with uvicorn until interrupted."""
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn_logging = metrics.configure_logging(settings)  # text, or JSON with PARAMDELTA_LOG_FORMAT=json
     app = create_app(settings)
     log.info("paramdelta registry %s: data %s, database %s, blobs %s", __version__, settings.data,
              _redact(settings.resolved_database_url()), settings.resolved_blob_store())
     log.info("browse http://%s:%d/  (API docs at /docs)", settings.host, settings.port)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level.lower(),
-                timeout_keep_alive=30, server_header=False)
+                timeout_keep_alive=30, server_header=False, **uvicorn_logging)
 
 
 def _redact(url: str) -> str:
