@@ -156,6 +156,36 @@ def _token_revoke(a: argparse.Namespace) -> int:
     return 0
 
 
+def _gc(a: argparse.Namespace) -> int:
+    from registry.db import Database
+    from registry.gc import collect
+    from registry.storage import open_store
+
+    settings = _registry_settings(a)
+    db, store = Database(settings.resolved_database_url()), open_store(settings)
+    try:
+        grace = settings.gc_grace_seconds if a.grace is None else a.grace
+        report = collect(db, store, grace_seconds=grace, dry_run=a.dry_run, settings=settings)
+    finally:
+        store.close()
+        db.dispose()
+    print(json.dumps(report.as_dict(), indent=2) if a.json else report.summary())
+    return 0
+
+
+def _db_upgrade(a: argparse.Namespace) -> int:
+    from sqlalchemy import text
+
+    from registry.db import Database
+
+    db = Database(_registry_settings(a).resolved_database_url())  # opening it migrates it to the newest revision
+    with db.engine.connect() as conn:
+        revision = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    db.dispose()
+    print(f"database schema at revision {revision}")
+    return 0
+
+
 def _registry_settings(a: argparse.Namespace, **extra: object):  # noqa: ANN202 - registry.settings.Settings
     """Server settings: flags given on the command line over PARAMDELTA_* variables over defaults."""
     from registry.settings import Settings
@@ -252,10 +282,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("id", type=int)
     tr.set_defaults(func=_token_revoke)
 
-    for cmd in (sv, tc, tl, tr):
+    gc = sub.add_parser("gc", help="delete untagged manifests and unreferenced blobs; purge stale uploads (admin)")
+    gc.add_argument("--dry-run", action="store_true", help="delete nothing; report what would be reclaimed")
+    gc.add_argument("--grace", type=int, metavar="SECONDS",
+                    help="keep blobs and manifests younger than this (default: $PARAMDELTA_GC_GRACE_SECONDS or 86400)")
+    gc.add_argument("--json", action="store_true", help="print the report as JSON")
+    gc.set_defaults(func=_gc)
+
+    db = sub.add_parser("db", help="the registry's metadata database (admin)")
+    dbs = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    du = dbs.add_parser("upgrade", help="bring the schema to the newest migration (serve also does this on start)")
+    du.set_defaults(func=_db_upgrade)
+
+    for cmd in (sv, tc, tl, tr, gc, du):
         cmd.add_argument("--data", help="registry data folder (default: $PARAMDELTA_DATA or ~/.local/share/paramdelta/registry)")
         cmd.add_argument("--database-url", help="SQLAlchemy URL (default: $PARAMDELTA_DATABASE_URL or SQLite in --data)")
-    sv.add_argument("--blob-store", help="blob folder or driver URL (default: $PARAMDELTA_BLOB_STORE or --data/blobs)")
+    for cmd in (sv, gc):
+        cmd.add_argument("--blob-store", help="blob folder or driver URL (default: $PARAMDELTA_BLOB_STORE or --data/blobs)")
 
     for cmd in (x, ap, v, i, pu, pl):
         cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
