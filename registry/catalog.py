@@ -115,7 +115,7 @@ class Catalog:
             base=m.base, post=m.post, base_shapes_key=base_architecture_key(m), codec=m.codec,
             tensors=s["tensors"], kinds=s["kinds"], post_parameters=s["post_parameters"], stored_bytes=s["stored_bytes"],
             bytes_per_parameter=s["bytes_per_parameter"], patched_elements=s["patched_elements"], files=m.files,
-            tensor_list=tensors, commands=commands(base_url, name, version or digest),
+            tensor_list=tensors, commands=commands(base_url, name, version or digest, digest),
         )
 
     def compatible(self, *, base_id: str | None = None, fingerprint: str | None = None, shapes: str | None = None,
@@ -154,13 +154,14 @@ class Catalog:
         return tags, False
 
 
-def commands(base_url: str, name: str, reference: str) -> Commands:
+def commands(base_url: str, name: str, reference: str, digest: str) -> Commands:
     """The exact pull and apply commands for a version, naming this registry."""
     sep = "@" if reference.startswith("sha256:") else ":"
-    ref = f"{registry_prefix(base_url)}/{name}{sep}{reference}"
+    repo = f"{registry_prefix(base_url)}/{name}"
     folder = name.rsplit("/", 1)[-1] + ("" if sep == "@" else f"-{reference}")
-    return Commands(pull=f"paramdelta pull {ref} --out {folder}.delta",
-                    apply=f"paramdelta apply {ref} --base NEW_BASE --out {folder}-model")
+    return Commands(pull=f"paramdelta pull {repo}{sep}{reference} --out {folder}.delta",
+                    apply=f"paramdelta apply {repo}{sep}{reference} --base NEW_BASE --out {folder}-model",
+                    pinned=f"{repo}@{digest}")
 
 
 def encode_cursor(values: list[Any]) -> str:

@@ -76,6 +76,7 @@ class Commands(BaseModel):
 
     pull: str
     apply: str
+    pinned: str = Field(description="the version by digest: REGISTRY/NS/NAME@sha256:...")
 
 
 class VersionDetail(BaseModel):

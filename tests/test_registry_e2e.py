@@ -18,8 +18,8 @@ from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.cache import Cache
-from deltaformat.errors import CorruptBlobError, OfflineError, RegistryError
-from support.tiny_models import load_state
+from deltaformat.errors import CorruptBlobError, IncompatibleBaseError, OfflineError, RegistryError
+from support.tiny_models import load_state, new_model, save
 
 pytestmark = pytest.mark.usefixtures("client_env")
 
@@ -286,3 +286,20 @@ def test_a_pull_interrupted_by_a_server_restart_finishes_after_it(tmp_path: Path
         assert deltaformat.verify(art, base=artifacts.base).round_trip
     finally:
         server.stop()
+
+
+def test_find_deltas_for_a_base_and_preflight_before_any_blob_is_downloaded(registry_server: RegistryServer,
+                                                                            artifacts: Artifacts, tmp_path: Path):
+    srv = registry_server
+    ref = f"{srv.host}/acme/preflight:1.0"
+    client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+
+    fits = client.compatible(artifacts.newbase, registry=srv.url)["items"]  # another folder name, same shapes
+    assert ("acme/preflight", "shapes") in {(i["name"], i["match"]) for i in fits}
+    assert client.preflight(ref, artifacts.newbase).name == "acme/tiny-chat"
+
+    wider = save(new_model(0, vocab=128), tmp_path / "wider-vocab")
+    assert client.compatible(wider, registry=srv.url)["items"] == []
+    with pytest.raises(IncompatibleBaseError, match="model.embed_tokens.weight"):
+        client.preflight(ref, wider)
+    assert not (Cache().root / "blobs").exists()  # nothing was downloaded to find that out
