@@ -67,7 +67,8 @@ class BlobStore(ABC):
 
     @abstractmethod
     def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
-        """A writer appending at ``state.size`` (bytes past it from an interrupted request are dropped)."""
+        """A writer appending at ``state.size``. Bytes already stored past it (an interrupted request's)
+        must not count: they are overwritten, and ``commit_upload`` keeps exactly ``state.size`` bytes."""
 
     @abstractmethod
     def upload_digest(self, upload_id: str, state: UploadState) -> str:

@@ -86,8 +86,9 @@ class FilesystemStore(BlobStore):
 
 class _FileWriter(UploadWriter):
     def __init__(self, path: Path, state: UploadState):
+        # No truncation: bytes past state.size (from a request cut off before it was recorded, or
+        # one racing this) are overwritten or ignored; commit truncates to the recorded size.
         self._f = open(path, "r+b")
-        self._f.truncate(state.size)  # drop bytes of a request that was cut off before it was recorded
         self._f.seek(state.size)
         self._size = state.size
         self._driver_state = state.driver_state
