@@ -210,7 +210,7 @@ class RegistryClient:
         self.cache.put_manifest(digest, oci_bytes)
         todo = [d for d in [oci.config, *oci.layers] if not self.cache.has_blob(d.digest, d.size)]
         with progress(sum(d.size for d in todo), f"pull {name}", quiet, unit="B") as bar:
-            self._parallel(lambda d: self.download_blob(name, d, bar.update), todo)
+            self.parallel(lambda d: self.download_blob(name, d, bar.update), todo)
         return artifact_from_cache(self.cache, oci, f"{registry_prefix(self.url)}/{name}@{digest}")
 
     def download_blob(self, name: str, blob: Descriptor, advance: Callable[[int], Any] = lambda n: None) -> Path:
@@ -323,7 +323,7 @@ class RegistryClient:
 
     # -- helpers -------------------------------------------------------------------------
 
-    def _parallel(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    def parallel(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """``fn`` over ``items`` on the transfer threads; the first error cancels what has not started."""
         items = list(items)
         if len(items) <= 1 or self.workers <= 1:
@@ -400,7 +400,7 @@ def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, 
     total = sum(size for _, size, _ in blobs)
     with RegistryClient(url, tok, workers=workers or TRANSFER_WORKERS, chunk_bytes=chunk_bytes) as client, \
             progress(total, f"push {parsed.name}:{tag}", quiet, unit="B") as bar:
-        sent = client._parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update), blobs)
+        sent = client.parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update), blobs)
         digest = client.put_manifest(parsed.name, tag, oci_bytes)
     uploaded = [b for b, s in zip(blobs, sent) if s]
     return PushResult(f"{registry_prefix(url)}/{parsed.name}:{tag}", digest, len(uploaded), len(blobs) - len(uploaded),
