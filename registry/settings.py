@@ -35,11 +35,12 @@ Scale-out (PostgreSQL + S3-compatible storage; see registry.storage.s3 and regis
 Client (read by deltaformat.client and deltaformat.cache; listed here so the list is whole):
 
     PARAMDELTA_REGISTRY           registry URL when a reference names none and --registry is not given
-    PARAMDELTA_TOKEN              bearer token; sent only to PARAMDELTA_REGISTRY's origin
+    PARAMDELTA_TOKEN              bearer token; sent only to PARAMDELTA_REGISTRY's or --registry's origin,
+                                  never to a host that only appears in a reference
     PARAMDELTA_CACHE              content-addressed download cache (default ~/.cache/paramdelta)
     PARAMDELTA_OFFLINE            1: serve pulls from the cache and make no network call at all
     PARAMDELTA_QUIET              1: no progress bars
-    PARAMDELTA_WORKERS            threads for encode/decode and parallel transfers
+    PARAMDELTA_WORKERS            threads for encode/decode (transfers use 8 connections in parallel)
 """
 
 from __future__ import annotations
