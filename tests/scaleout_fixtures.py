@@ -1,0 +1,278 @@
+"""Fixtures for the scale-out tests: one real PostgreSQL, one real Ceph S3 bucket, and
+``paramdelta serve`` replicas sharing them (imported by tests/test_scaleout_*.py).
+
+Session-scoped and started once per test run even when several modules import them
+(the services are kept in module globals). Replicas run as subprocesses on loopback:
+
+    A  anonymous pull off, blob GETs redirect (307) to presigned URLs signed for a
+       recording HTTP forwarder in front of the gateway (PARAMDELTA_S3_PUBLIC_ENDPOINT_URL),
+       so tests see exactly what reached "storage"; JSON logs
+    B  anonymous pull on, PARAMDELTA_S3_REDIRECT=0: blobs are streamed by the registry
+
+Both use 5 MiB multipart parts, so a few MiB of test data crosses part boundaries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+try:  # plain `pytest` puts tests/ on sys.path; `python -m pytest` the repo root
+    from support.services import PostgresService, S3Service, free_ports, start_postgres, start_s3
+except ImportError:  # pragma: no cover
+    from tests.support.services import PostgresService, S3Service, free_ports, start_postgres, start_s3
+
+BUCKET = "paramdelta-scaleout"
+PART_BYTES = 5 << 20
+START_TIMEOUT = 90.0
+
+
+@dataclass
+class Backends:
+    pg: PostgresService
+    s3: S3Service
+    bucket: str
+    workdir: Path
+
+    @property
+    def database_url(self) -> str:
+        return self.pg.url
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment of a replica (or a `paramdelta gc`) on these services."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PARAMDELTA_", "AWS_"))}
+        env.update({
+            "PARAMDELTA_DATA": str(self.workdir / "unused-data"),
+            "PARAMDELTA_DATABASE_URL": self.pg.url,
+            "PARAMDELTA_BLOB_STORE": f"s3://{self.bucket}/registry",
+            "PARAMDELTA_S3_ENDPOINT_URL": self.s3.endpoint_url,
+            "PARAMDELTA_S3_PART_BYTES": str(PART_BYTES),
+            "AWS_ACCESS_KEY_ID": self.s3.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_key,
+            "AWS_DEFAULT_REGION": self.s3.region,
+        })
+        env.update(extra)
+        return env
+
+    def settings(self, **overrides: object):  # noqa: ANN201 - registry.settings.Settings
+        from registry.settings import Settings
+
+        values = dict(data=self.workdir / "unused-data", database_url=self.pg.url, blob_store=f"s3://{self.bucket}/registry",
+                      s3_endpoint_url=self.s3.endpoint_url, s3_part_bytes=PART_BYTES)
+        values.update(overrides)
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", self.s3.access_key)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", self.s3.secret_key)
+        os.environ.setdefault("AWS_DEFAULT_REGION", self.s3.region)
+        return Settings(**values)
+
+    def token(self, namespace: str, scope: str) -> str:
+        from registry.auth import create_token
+        from registry.db import Database
+
+        db = Database(self.pg.url)
+        try:
+            return create_token(db, namespace, scope)
+        finally:
+            db.dispose()
+
+
+class Replica:
+    """``paramdelta serve`` on the shared PostgreSQL and bucket, in a subprocess."""
+
+    def __init__(self, backends: Backends, name: str, *args: str, **env: str):
+        self.backends, self.name, self.args, self.extra_env = backends, name, args, env
+        self.port = free_ports(1)[0]
+        self.log = backends.workdir / f"replica-{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def launch(self) -> "Replica":
+        cmd = [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.backends.env(**self.extra_env))
+        return self
+
+    def wait_ready(self) -> "Replica":
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"replica {self.name} exited:\n{self.log_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"replica {self.name} not ready within {START_TIMEOUT}s:\n{self.log_text()[-3000:]}")
+
+    def start(self) -> "Replica":
+        return self.launch().wait_ready()
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    headers: dict[str, str]
+    status: int = 0
+
+
+@dataclass
+class RecordingProxy:
+    """A plain HTTP forwarder in front of the S3 endpoint (the "public" storage host): it passes requests
+    through unchanged, Host header included, so presigned signatures still verify, and records them."""
+
+    upstream: str
+    seen: list[Seen] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> "RecordingProxy":
+        up = urlsplit(self.upstream)
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _forward(self) -> None:
+                record = Seen(self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+                proxy.seen.append(record)
+                conn = http.client.HTTPConnection(up.hostname, up.port, timeout=60)
+                try:
+                    conn.request(self.command, self.path, headers=dict(self.headers.items()))
+                    resp = conn.getresponse()
+                    body = resp.read() if self.command != "HEAD" else b""
+                    record.status = resp.status
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(k, v)
+                    length = resp.getheader("content-length") if self.command == "HEAD" else str(len(body))
+                    if length is not None:
+                        self.send_header("Content-Length", length)
+                    self.end_headers()
+                    if body:
+                        self.wfile.write(body)
+                finally:
+                    conn.close()
+
+            do_GET = do_HEAD = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+@dataclass
+class Cluster:
+    backends: Backends
+    a: Replica  # redirects to the recording proxy, anonymous pull off, JSON logs
+    b: Replica  # streams blobs itself, anonymous pull on
+    proxy: RecordingProxy
+
+
+_STATE: dict[str, object] = {}
+
+
+@pytest.fixture(scope="session")
+def scale_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
+    if "backends" not in _STATE:
+        workdir = tmp_path_factory.mktemp("scaleout")
+        pg = start_postgres(workdir)
+        try:
+            s3 = start_s3(workdir)
+        except BaseException:
+            pg.stop()
+            raise
+        s3.make_bucket(BUCKET)
+        _STATE["backends"] = Backends(pg, s3, BUCKET, workdir)
+    backends = _STATE["backends"]
+    assert isinstance(backends, Backends)
+    yield backends
+    backends.s3.stop()  # idempotent: a second module's teardown finds them stopped
+    backends.pg.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster(scale_backends: Backends) -> Iterator[Cluster]:
+    if "cluster" not in _STATE:
+        proxy = RecordingProxy(scale_backends.s3.endpoint_url).start()
+        a = Replica(scale_backends, "a", "--no-anonymous-pull", PARAMDELTA_S3_PUBLIC_ENDPOINT_URL=proxy.url,
+                    PARAMDELTA_LOG_FORMAT="json")
+        b = Replica(scale_backends, "b", PARAMDELTA_S3_REDIRECT="0")
+        a.launch()  # together on an empty database: one creates the schema, the other waits on the migration lock
+        b.launch()
+        try:
+            a.wait_ready()
+            b.wait_ready()
+        except BaseException:
+            a.stop()
+            b.stop()
+            proxy.stop()
+            raise
+        _STATE["cluster"] = Cluster(scale_backends, a, b, proxy)
+    c = _STATE["cluster"]
+    assert isinstance(c, Cluster)
+    yield c
+    c.a.stop()
+    c.b.stop()
+    c.proxy.stop()
+
+
+def sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
