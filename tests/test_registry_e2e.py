@@ -4,7 +4,11 @@ offline use, a server restart in the middle of a pull)."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -303,3 +307,22 @@ def test_find_deltas_for_a_base_and_preflight_before_any_blob_is_downloaded(regi
     with pytest.raises(IncompatibleBaseError, match="model.embed_tokens.weight"):
         client.preflight(ref, wider)
     assert not (Cache().root / "blobs").exists()  # nothing was downloaded to find that out
+
+
+def test_cli_token_push_search_pull(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path, client_env: Path):
+    srv = registry_server
+    env = {**os.environ, "PARAMDELTA_CACHE": str(client_env), "PARAMDELTA_REGISTRY": srv.url}
+
+    def cli(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "deltaformat.cli", *args], capture_output=True, text=True, env=env, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    token = cli("token", "create", "cli", "--scope", "push", "--data", str(srv.data)).strip()
+    assert token.startswith("pdt_") and "\n" not in token  # stdout is the token alone, for scripts
+    pushed = cli("push", str(artifacts.delta), "cli/tiny-chat:2.0", "--token", token, "-q")
+    assert pushed.startswith(f"pushed {srv.host}/cli/tiny-chat:2.0 sha256:")
+    found = json.loads(cli("search", "--namespace", "cli", "--json"))
+    assert [(d["name"], d["latest_version"]) for d in found["items"]] == [("cli/tiny-chat", "2.0")]
+    assert "pulled" in cli("pull", "cli/tiny-chat:2.0", "--out", str(tmp_path / "pulled"), "-q")
+    deltaformat.verify(tmp_path / "pulled")
