@@ -164,8 +164,9 @@ def _sweep_blobs(db: Database, store: BlobStore, cutoff: datetime, report: GcRep
     report.blobs_referenced = len(referenced & (set(rows) | set(stored)))
     for digest in sorted((set(rows) | set(stored)) - referenced):
         size = rows[digest][0] if digest in rows else stored[digest][0]
-        young = (digest in rows and rows[digest][1] >= cutoff) or \
-                (digest in stored and stored[digest][1] is not None and stored[digest][1] >= cutoff)
+        # The database's time when it has the blob (upload commits restart it); the store's for bytes without a row.
+        when = rows[digest][1] if digest in rows else stored[digest][1]
+        young = when is None or when >= cutoff
         if young:
             report.blobs_in_grace += 1
             continue

@@ -148,6 +148,8 @@ class Manifests:
             check_layers(oci, delta)
         except FormatError as exc:
             raise ManifestInvalid(f"{name}: {exc}") from None
+        except BlobUnknown as exc:  # garbage-collected since the check above
+            raise ManifestBlobUnknown(exc.message, detail={"digest": oci.config.digest}) from None
         return delta
 
     def _record(self, s: Session, name: str, reference: str, digest: str, data: bytes,
