@@ -32,6 +32,15 @@ def minilm_folder() -> Path:
     return Path(spec.submodule_search_locations[0]) / "model"
 
 
+def resave(src: Path, dst: Path) -> Path:
+    """The packaged weights, saved as current transformers saves them (as the fine-tunes will be)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    AutoModel.from_pretrained(src).save_pretrained(dst)
+    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
+    return dst
+
+
 def fine_tune(src: Path, dst: Path, pairs: list[tuple[str, str]], seed: int, steps: int = 12) -> Path:
     """A short real contrastive fine-tune (mean pooling, in-batch negatives); saved as an HF folder."""
     from transformers import AutoModel, AutoTokenizer
@@ -86,8 +95,7 @@ def wait_for(url: str, timeout: float = 30) -> None:
 def main() -> None:
     shutil.rmtree(DEMO, ignore_errors=True)
     DEMO.mkdir()
-    base = DEMO / "minilm-base"
-    shutil.copytree(minilm_folder(), base, ignore=shutil.ignore_patterns("1_Pooling", "*.md", ".git*"))
+    base = resave(minilm_folder(), DEMO / "minilm-base")
     print("== making the post model and the updated base (short real fine-tunes on CPU)", flush=True)
     qa = [("how do I reset my password", "open settings and choose reset password"),
           ("what time does the store open", "the store opens at nine in the morning"),
