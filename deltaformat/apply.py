@@ -198,14 +198,16 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
     """Compute every output chunk (written by ``writer`` when given); True when each
     tensor was proven equal to the post model (original base, one artifact, alpha 1).
 
-    Proving costs one sha256 pass per tensor, not two: a tensor's output digest equal to
-    the post digest proves it whatever the base was; otherwise its base digest decides
-    whether the base is the original one (then the mismatch is an error). Which of the
-    two digests is taken while computing adapts to the base seen so far (on a new base,
-    the base digests are taken and the outputs never need hashing); the other one is
-    taken afterwards only for the tensors where it matters, re-reading the base or the
-    written output. Tensors that cannot be proven (several artifacts, alpha != 1, a new
-    dtype) are not hashed at all.
+    Hashing only where it can matter: a tensor's output digest equal to the post digest
+    proves it whatever the base was; otherwise its base digest decides whether the base
+    is the original one (then the mismatch is an error). Which of the two digests is
+    taken while computing adapts to what was seen so far; the other one is taken
+    afterwards only for the tensors where it matters, re-reading the base or the written
+    output. Once one tensor's base digest differs from the original's, the base is not
+    the original model (its fingerprint cannot match), nothing can be proven any more,
+    and later tensors are not hashed at all, like tensors that never can be (several
+    artifacts, alpha != 1, a new dtype). So apply on the original base hashes each
+    output once; on a new base (the ParamΔ case) it hashes about one tensor.
     """
     total = sum(t.numel for t in plan)
     proofs = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
@@ -243,13 +245,17 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
         proof.pending -= 1
         if proof.pending == 0:
             follow = proof.step()
-            if follow:
+            if proof.other_base:
+                state["mode"] = "none"
+            elif follow == "base" and state["mode"] == "none":
+                follow = None  # the base is already known not to be the original: nothing to prove
+            elif follow:
                 # A mismatch on the output: the base is most likely another one; a match
                 # on the base: the original. Later tensors hash what decides fastest.
                 state["mode"] = "base" if follow == "base" else "out"
-                if writer is not None or follow == "base":
-                    proof.pending = proof.n
-                    extra.extend((follow, t, k, s, c) for k, (s, c) in enumerate(chunk_ranges(t.numel)))
+            if follow and (writer is not None or follow == "base"):
+                proof.pending = proof.n
+                extra.extend((follow, t, k, s, c) for k, (s, c) in enumerate(chunk_ranges(t.numel)))
         if kind == "chunk":
             bar.update(c)
 
@@ -269,7 +275,7 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
 
 def _proof_mode(t: _OutTensor, writer: ShardedWriter | None, preferred: str) -> str:
     """"none" (nothing to prove), "out" (hash the output) or "base" (hash the base) while computing ``t``."""
-    if t.expect is None:
+    if t.expect is None or preferred == "none":
         return "none"
     if preferred == "base" and writer is not None and _base_digest_defined(t) and t.expect_base is not None:
         return "base"
@@ -293,6 +299,7 @@ class _Proof:
     out: list = field(default_factory=list)
     verified: bool = False
     failed: bool = False
+    other_base: bool = False  # this tensor's base digest is not the original base's
     stage: int = 0
 
     def __post_init__(self) -> None:
@@ -323,10 +330,14 @@ class _Proof:
                     return None  # the base digest is not taken on a shrunk tensor: not provable
                 return "base"
             self.failed = self._on_original()
+            self.other_base = not self.failed
             return None
         # mode "base"
         if self.stage == 1:
-            return "out" if self._on_original() else None
+            if self._on_original():
+                return "out"
+            self.other_base = True
+            return None
         self.verified = tensor_digest(self.out) == t.expect
         self.failed = not self.verified
         return None
