@@ -148,8 +148,9 @@ class Manifests:
             check_layers(oci, delta)
         except FormatError as exc:
             raise ManifestInvalid(f"{name}: {exc}") from None
-        except BlobUnknown as exc:  # garbage-collected since the check above
-            raise ManifestBlobUnknown(exc.message, detail={"digest": oci.config.digest}) from None
+        except (BlobUnknown, FileNotFoundError):  # garbage-collected since the check above
+            raise ManifestBlobUnknown(f"blob {oci.config.digest} is no longer in the registry (garbage-collected); push it again",
+                                      detail={"digest": oci.config.digest}) from None
         return delta
 
     def _record(self, s: Session, name: str, reference: str, digest: str, data: bytes,
