@@ -371,15 +371,21 @@ class _S3Writer(UploadWriter):
         self.sha = ResumableSha256.load(saved) if saved is not None and ds.get("sha_bytes", 0) == state.size else None
         self.buf = bytearray()
         self.changed = False
-        if self.tail:  # the staged bytes of earlier requests go in front of this one's
-            data = store.client.get_object(Bucket=store.bucket, Key=self.tail["key"])["Body"].read()
+
+    def _load_tail(self) -> None:
+        """The staged bytes of earlier requests go in front of this one's (read when the first byte comes)."""
+        if self.tail:
+            s = self.store
+            data = s.client.get_object(Bucket=s.bucket, Key=self.tail["key"])["Body"].read()
             if len(data) != self.tail["size"]:
-                raise OSError(f"upload {upload_id}: staged object has {len(data)} bytes, not {self.tail['size']}")
+                raise OSError(f"upload {self.upload_id}: staged object has {len(data)} bytes, not {self.tail['size']}")
             self.buf += data
 
     def write(self, data: bytes) -> None:
         if not data:
             return
+        if not self.changed:
+            self._load_tail()
         self.changed = True
         if self.sha is not None:
             self.sha.update(data)
