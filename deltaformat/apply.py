@@ -212,7 +212,10 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
     total = sum(t.numel for t in plan)
     proofs = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
     extra: deque[tuple] = deque()  # follow-up hashing jobs, run between chunk jobs
-    state = {"mode": "out"}
+    # Start by hashing bases: on a new base (the ParamΔ case) the first tensor then settles
+    # that nothing can be proven; on the original base the first tensor's output is read
+    # back once and later tensors hash their outputs. verify (no writer) hashes outputs.
+    state = {"mode": "base" if writer is not None else "out"}
 
     def jobs() -> Iterator[tuple]:
         for t in plan:

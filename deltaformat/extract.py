@@ -139,7 +139,9 @@ def _jobs(name: str, b: TensorRef | None, p: TensorRef | None, writer: ArtifactW
 
 def _pair_job(b: TensorRef, p: TensorRef, start: int, count: int, writer: ArtifactWriter, dcodec) -> _PairResult:
     bb, pb = b.read(start, count), p.read(start, count)
-    res = _PairResult(chunk_hash(bb), chunk_hash(pb), b.dtype == p.dtype and np.array_equal(bb, pb))
+    equal = b.dtype == p.dtype and np.array_equal(bb, pb)
+    base_hash = chunk_hash(bb)
+    res = _PairResult(base_hash, base_hash if equal else chunk_hash(pb), equal)  # equal bytes: one hash
     if b.dtype not in DELTA_DTYPES:
         return res  # integer/bool tensors: compared, never subtracted
     d = difference(bb, b.dtype, pb, p.dtype)
