@@ -336,3 +336,18 @@ def test_readyz_answers_503_when_storage_is_unreachable(cluster: Cluster):
     assert resp.status_code == 503
     body = resp.json()
     assert body["database"] == "ok" and body["storage"].startswith("error:")
+
+
+def test_postgresql_schema_from_the_migrations_matches_the_models(cluster: Cluster):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    from registry.db.models import Base
+
+    engine = create_engine(cluster.backends.database_url)  # migrated by the two replicas that started together
+    try:
+        with engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata) == []
+    finally:
+        engine.dispose()
