@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +32,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+
+from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE
+from deltaformat.manifest import parse_manifest
+from deltaformat.oci import build_oci_manifest
 
 try:  # plain `pytest` puts tests/ on sys.path; `python -m pytest` the repo root
     from support.services import PostgresService, S3Service, free_ports, start_postgres, start_s3
@@ -268,6 +274,17 @@ def cluster(scale_backends: Backends) -> Iterator[Cluster]:
     c.a.stop()
     c.b.stop()
     c.proxy.stop()
+
+
+def variant(artifact: Path, out: Path, description: str) -> tuple[bytes, bytes]:
+    """(manifest.json, OCI manifest) of a copy of ``artifact`` whose manifest.json (the config blob) is unique."""
+    shutil.copytree(artifact, out)
+    doc = json.loads((out / MANIFEST_FILE).read_bytes())
+    doc["description"] = description
+    config = json.dumps(doc, indent=2).encode()
+    (out / MANIFEST_FILE).write_bytes(config)
+    (out / DIGEST_FILE).write_text(sha256(config) + "\n")
+    return config, build_oci_manifest(parse_manifest(config), config)
 
 
 def sha256(data: bytes) -> str:

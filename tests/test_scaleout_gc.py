@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import subprocess
 import sys
 import threading
@@ -19,17 +18,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, sha256, variant  # noqa: F401 - fixtures
 from sqlalchemy import select, update
 
 from deltaformat import client
-from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE, blob_path, open_artifact
-from deltaformat.manifest import parse_manifest
-from deltaformat.oci import OCI_IMAGE_MANIFEST, build_oci_manifest
+from deltaformat.artifact import MANIFEST_FILE, blob_path, open_artifact
+from deltaformat.oci import OCI_IMAGE_MANIFEST
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest, ManifestBlob, UploadSession
 from registry.gc import collect
 from registry.storage import open_store
-from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("client_env")]
 MiB = 1 << 20
@@ -43,17 +41,6 @@ def gc_env(cluster: Cluster):
     yield settings, db, store
     store.close()
     db.dispose()
-
-
-def variant(artifact: Path, out: Path, description: str) -> tuple[bytes, bytes]:
-    """(manifest.json, OCI manifest) of a copy of ``artifact`` whose manifest.json (the config blob) is unique."""
-    shutil.copytree(artifact, out)
-    doc = json.loads((out / MANIFEST_FILE).read_bytes())
-    doc["description"] = description
-    config = json.dumps(doc, indent=2).encode()
-    (out / MANIFEST_FILE).write_bytes(config)
-    (out / DIGEST_FILE).write_text(sha256(config) + "\n")
-    return config, build_oci_manifest(parse_manifest(config), config)
 
 
 def backdate(db: Database, digests: set[str], manifest_digests: set[str] = frozenset(), hours: int = 2) -> None:

@@ -16,13 +16,13 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from scaleout_fixtures import Cluster, Replica, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
+from support.tiny_models import load_state
 
 import deltaformat
 from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import RegistryError
-from scaleout_fixtures import Cluster, Replica, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
-from support.tiny_models import load_state
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("client_env")]
 MiB = 1 << 20

@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from scaleout_fixtures import Backends, scale_backends, sha256  # noqa: F401 - fixtures
 
 from registry.storage import UploadState
 from registry.storage import s3 as s3mod
 from registry.storage.s3 import ResumableSha256, S3Store, UploadCorrupted
-from scaleout_fixtures import Backends, scale_backends, sha256  # noqa: F401 - fixtures
 
 MiB = 1 << 20
 
