@@ -23,7 +23,9 @@ Scale-out (PostgreSQL + S3-compatible storage; see registry.storage.s3 and regis
 
     PARAMDELTA_S3_ENDPOINT_URL    S3 API endpoint the registry talks to (default: AWS's, by region)
     PARAMDELTA_S3_PUBLIC_ENDPOINT_URL  host that presigned download URLs name, when clients reach the
-                                  store at another address than the registry does (default: the endpoint)
+                                  store at another address than the registry does (default: the endpoint);
+                                  keep it a different origin from the registry's: clients send their token
+                                  to the registry's origin, and S3 refuses a presigned URL that also has one
     PARAMDELTA_S3_REGION          region to sign for (default: boto3's, AWS_DEFAULT_REGION / AWS_REGION)
     PARAMDELTA_S3_ADDRESSING_STYLE  path, virtual or auto (default: path with an endpoint, else auto)
     PARAMDELTA_S3_REDIRECT        1 (default): blob GETs answer 307 to a presigned URL; 0: stream via the registry
