@@ -821,9 +821,10 @@ def run(quick: bool) -> dict:
             print(f"manifest load: {label} ...", file=sys.stderr)
             results["manifest_load"][label] = manifest_load(url, digest, CONCURRENCY, load_s, warm_s).row()
 
-    shutil.rmtree(run_dir / "registry-data" / "blobs", ignore_errors=True)  # keep the logs, drop the bytes
-    for name in ("asgi", "threaded"):
-        shutil.rmtree(run_dir / f"sink-{name}", ignore_errors=True)
+    # Keep the logs and the registry's database; drop the bytes.
+    for junk in ("registry-data/blobs", "sink-asgi", "sink-threaded", "static", "cache-warm", "out-warm", "dl-warm-asgi",
+                 "dl-warm-threaded", "cache-cli", "out-cli"):
+        shutil.rmtree(run_dir / junk, ignore_errors=True)
     machine["loadavg_end"] = os.getloadavg()
     sizes = [b.size for b in art.blobs]
     results["machine"] = machine
