@@ -25,6 +25,7 @@ import hashlib
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import threading
@@ -236,6 +237,7 @@ def main() -> int:
             r.stop()
         s3.stop()
         pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
     startup["load"] = load
     text = section(results, args, startup)
     print(text)
