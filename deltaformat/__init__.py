@@ -3,6 +3,9 @@
     import deltaformat
     deltaformat.extract("llama3-base", "llama3-inst", "llama3-inst.delta")
     deltaformat.apply(["llama3-inst.delta"], "llama3.1-base", "llama3.1-paramdelta")
+
+torch is imported only when tensor arithmetic runs (deltaformat.arith), so the registry
+client and server start without it.
 """
 
 from deltaformat._version import __version__

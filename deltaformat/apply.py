@@ -13,10 +13,10 @@ import numpy as np
 
 from deltaformat._parallel import ordered_map
 from deltaformat._version import __version__
-from deltaformat.arith import combine
+from deltaformat.arith import cast, combine
 from deltaformat.artifact import Artifact, open_artifact
 from deltaformat.digests import chunk_hash, tensor_digest
-from deltaformat.dtypes import DELTA_DTYPES, ITEMSIZE, bits_to_torch, torch_to_bits
+from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
 from deltaformat.extract import chunk_ranges
 from deltaformat.fsutil import atomic_folder
@@ -384,7 +384,7 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
         art, stream, first = t.values
         vals = _stream_range(art, stream, start + n_base - first, count - n_base, t.name)
         if stream.dtype != t.dtype:
-            vals = torch_to_bits(bits_to_torch(vals, stream.dtype).to(DELTA_DTYPES[t.dtype]))
+            vals = cast(vals, stream.dtype, t.dtype)
         parts.append(vals)
     if not parts:  # a 0-element tensor
         return base_hash, np.empty(0, np.dtype(f"u{ITEMSIZE[t.dtype]}"))
