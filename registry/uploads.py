@@ -1,6 +1,6 @@
 """Blob uploads: monolithic or chunked and resumable, verified before anything is visible.
 
-    POST   start a session (or upload a whole blob with ?digest=)
+    POST   start a session (or upload a whole blob with ?digest=: no session for that one)
     PATCH  append bytes at the session's offset (Content-Range must continue it, else 416)
     PUT    append the last bytes (optional), verify ?digest=, commit
     GET    where the session stands (the resume offset)
@@ -9,6 +9,9 @@
 Session state (offset, the driver's notes) is in the database after every request,
 so any replica can take the next one. When a client drops mid-request, the bytes
 that arrived are kept and the offset says so: the client resumes from there.
+A monolithic POST cannot be resumed, so it records nothing until its bytes are in
+(a temp file or the driver's own upload, hashed as they arrive) and verified; then
+one transaction makes the blob visible. A failed one leaves nothing behind.
 A blob becomes visible only after its sha256 matches the digest the client named.
 """
 
@@ -20,10 +23,11 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
+import anyio
 from anyio import to_thread
 from sqlalchemy import select, update
 
@@ -34,7 +38,7 @@ from registry.db.queries import ensure_repository, link_blob
 from registry.errors import BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable, TooLarge
 from registry.settings import Settings
 from registry.gc import lock_digest, touch_blob
-from registry.storage import BlobStore, UploadState, UploadWriter
+from registry.storage import BlobStore, BlobWriter, UploadState
 
 log = logging.getLogger("paramdelta.registry")
 
@@ -162,31 +166,75 @@ class Uploads:
         await to_thread.run_sync(self._commit, sess, digest)
         return digest
 
-    async def monolithic(self, name: str, digest: str, body: AsyncIterator[bytes]) -> str:
-        """POST ?digest=: a whole blob in one request."""
-        check_digest(digest)
-        status = await to_thread.run_sync(self.start, name)
-        return await self.finish(name, status.id, digest, body)
+    async def monolithic(self, name: str, digest: str, body: AsyncIterator[bytes],
+                         before: Callable[[], object] | None = None) -> str:
+        """POST ?digest=: a whole blob in one request.
+
+        No session: the client cannot resume such a request, so nothing is recorded until
+        the bytes are in and verified; then one transaction records the blob. ``before``
+        (the caller's authorization) runs first, in the worker thread that opens the upload.
+        """
+
+        def open_() -> BlobWriter:
+            if before is not None:
+                before()
+            check_digest(digest)
+            return self.store.blob_writer()
+
+        put = await to_thread.run_sync(open_)
+        sha = hashlib.sha256()
+
+        def sink(chunks: list[bytes]) -> None:
+            for chunk in chunks:
+                sha.update(chunk)
+            put.write(chunks)
+
+        def finish(last: list[bytes], size: int) -> None:
+            sink(last)
+            actual = "sha256:" + sha.hexdigest()
+            if actual != digest:
+                raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
+                                    detail={"expected": digest, "actual": actual, "size": size})
+            put.prepare()  # durable before the transaction: its lock is held only for the rename and the rows
+            with self.db.session() as s:
+                lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
+                put.commit(digest)
+                link_blob(s, ensure_repository(s, name), digest, size)
+                touch_blob(s, digest)  # committed again: its GC grace period starts over
+
+        try:
+            size, last = await self._pump(body, 0, sink)
+            await to_thread.run_sync(finish, last, size)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(put.abort)
+            raise
+        return digest
 
     async def _receive(self, sess: _Session, body: AsyncIterator[bytes], content_range: str | None) -> "hashlib._Hash | None":
         """Write the body at the session's offset; returns the sha256 of the whole upload when it started at 0."""
         expect = _expected_length(content_range, sess)
         writer = await to_thread.run_sync(self.store.upload_writer, sess.id, sess.state)
         sha = hashlib.sha256() if sess.state.size == 0 else None
-        received, buf = 0, bytearray()
+
+        def sink(chunks: list[bytes]) -> None:
+            for chunk in chunks:
+                if sha is not None:
+                    sha.update(chunk)
+                writer.write(chunk)
+
+        def finish(last: list[bytes], received: int) -> None:
+            sink(last)
+            new = writer.close()
+            if expect is not None and received != expect:
+                raise BlobUploadInvalid(f"Content-Range announced {expect} bytes but the body had {received}")
+            if received:
+                self._save(sess, new)
+
         try:
-            async for chunk in _guarded(body):
-                received += len(chunk)
-                if sess.state.size + received > self.max_blob_bytes:
-                    raise TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes")
-                buf += chunk
-                if len(buf) >= FLUSH_BYTES:
-                    await to_thread.run_sync(_write, writer, sha, bytes(buf))
-                    buf.clear()
-            await to_thread.run_sync(_write, writer, sha, bytes(buf))
+            received, last = await self._pump(body, sess.state.size, sink)
         except ClientGone:
-            # Keep what arrived: the client asks where the upload stands and resumes from there.
-            await to_thread.run_sync(_write, writer, sha, bytes(buf))
+            # Keep what arrived (_pump wrote it): the client asks where the upload stands and resumes from there.
             await to_thread.run_sync(self._save, sess, await to_thread.run_sync(writer.close))
             raise
         except TooLarge:
@@ -196,32 +244,36 @@ class Uploads:
         except BaseException:
             await to_thread.run_sync(writer.close)
             raise
-        new = await to_thread.run_sync(writer.close)
-        if expect is not None and received != expect:
-            raise BlobUploadInvalid(f"Content-Range announced {expect} bytes but the body had {received}")
-        if received:
-            await to_thread.run_sync(self._save, sess, new)
+        await to_thread.run_sync(finish, last, received)
         return sha
 
-
-def _write(writer: UploadWriter, sha: "hashlib._Hash | None", data: bytes) -> None:
-    if data:
-        if sha is not None:
-            sha.update(data)
-        writer.write(data)
-
-
-async def _guarded(body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """The body's chunks; a failure to read them (client gone) becomes ClientGone."""
-    it = body.__aiter__()
-    while True:
-        try:
-            chunk = await it.__anext__()
-        except StopAsyncIteration:
-            return
-        except Exception as exc:
-            raise ClientGone(str(exc)) from exc
-        yield chunk
+    async def _pump(self, body: AsyncIterator[bytes], offset: int, sink: Callable[[list[bytes]], None]) -> tuple[int, list[bytes]]:
+        """Hand the body's chunks to ``sink`` in a worker thread, about FLUSH_BYTES at a time (the chunks
+        themselves, never copied). Returns the byte count and the chunks not yet handed on (the caller
+        handles them with its last step). When reading fails (the client went away) what arrived is
+        handed on first, then ClientGone is raised."""
+        received, batch, batched = 0, [], 0
+        chunks = body.__aiter__()
+        while True:
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except Exception as exc:
+                if batch:
+                    await to_thread.run_sync(sink, batch)
+                raise ClientGone(str(exc)) from exc
+            if not chunk:
+                continue
+            received += len(chunk)
+            if offset + received > self.max_blob_bytes:
+                raise TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes")
+            batch.append(chunk)
+            batched += len(chunk)
+            if batched >= FLUSH_BYTES:
+                await to_thread.run_sync(sink, batch)
+                batch, batched = [], 0
+        return received, batch
 
 
 def _expected_length(content_range: str | None, sess: _Session) -> int | None:

@@ -14,18 +14,28 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from registry.auth import Principal, allow, allow_listing
-from registry.blobs import check_digest
-from registry.http import next_link, read_capped, registry
+from registry.blobs import BlobRead, check_digest
+from registry.http import next_link, read_capped
 from registry.service import Registry
 from registry.uploads import UploadStatus, range_headers
 
 router = APIRouter(prefix="/v2", tags=["OCI distribution (/v2)"])
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
-Reg = Annotated[Registry, Depends(registry)]
+
+async def _registry(request: Request) -> Registry:
+    """The process's Registry. Async, unlike registry.http.registry: FastAPI runs a plain-def dependency in a
+    worker thread, a hand-off that costs more than this lookup on every request."""
+    return request.app.state.registry
+
+
+Reg = Annotated[Registry, Depends(_registry)]
 Puller = Annotated[Principal, Depends(allow("pull"))]
 Pusher = Annotated[Principal, Depends(allow("push"))]
 Deleter = Annotated[Principal, Depends(allow("delete"))]
+# The same checks as functions, for the hot routes (a blob's HEAD/GET, a monolithic upload) that run them
+# inside their own worker-thread call instead of a dependency's (one hand-off per request, not two).
+_PULL, _PUSH = allow("pull"), allow("push")
 
 
 @router.get("/", summary="API version check")
@@ -38,8 +48,12 @@ def version_check(_: Annotated[Principal, Depends(allow_listing)]) -> JSONRespon
 
 @router.post("/{name:path}/blobs/uploads", status_code=202, include_in_schema=False)
 @router.post("/{name:path}/blobs/uploads/", status_code=202, summary="Start an upload, upload a whole blob, or mount one")
-async def start_upload(name: str, request: Request, reg: Reg, principal: Pusher,
+async def start_upload(name: str, request: Request, reg: Reg,
                        digest: str | None = None, mount: str | None = None, from_: Annotated[str | None, Query(alias="from")] = None) -> Response:
+    if digest and not (mount and from_):  # a whole blob: authorized in the worker-thread call that opens the upload
+        await reg.uploads.monolithic(name, digest, request.stream(), before=lambda: _PUSH(request, name))
+        return _blob_created(name, digest)
+    principal = await run_in_threadpool(_PUSH, request, name)
     if mount and from_:
         reg.auth.authorize(principal, "pull", from_, str(request.base_url))
         if await run_in_threadpool(reg.blobs.mount, name, mount, from_):
@@ -78,8 +92,12 @@ def cancel_upload(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
 
 @router.get("/{name:path}/blobs/{digest}", summary="Get a blob (Range supported)")
 @router.head("/{name:path}/blobs/{digest}", summary="Blob existence and size")
-def get_blob(name: str, digest: str, request: Request, reg: Reg, _: Puller) -> Response:
-    blob = reg.blobs.read(name, digest, request.headers.get("range"), body=request.method == "GET")
+async def get_blob(name: str, digest: str, request: Request, reg: Reg) -> Response:
+    def read() -> BlobRead:
+        _PULL(request, name)
+        return reg.blobs.read(name, digest, request.headers.get("range"), body=request.method == "GET")
+
+    blob = await run_in_threadpool(read)
     headers = {"Docker-Content-Digest": blob.digest, "Accept-Ranges": "bytes", "Content-Length": str(blob.length)}
     if blob.redirect:
         # The digest and size travel on the redirect itself: the storage host may not send them.

@@ -10,8 +10,9 @@ the registry's business, not the driver's.
 
 from __future__ import annotations
 
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,61 @@ class UploadWriter(ABC):
         """Finish this request; return the new state (``size`` counts only bytes safely stored)."""
 
 
+class BlobWriter(ABC):
+    """One whole blob arriving in one request (a monolithic upload), kept out of sight until ``commit``.
+
+    No upload session is recorded for it: the client cannot resume such a request, so
+    when it fails the bytes are dropped (``abort``).
+    """
+
+    @abstractmethod
+    def write(self, chunks: Sequence[bytes]) -> None:
+        """Append ``chunks``, in order."""
+
+    def prepare(self) -> None:
+        """Make the bytes durable; called before the commit's transaction, so that it holds its locks briefly."""
+
+    @abstractmethod
+    def commit(self, digest: str) -> None:
+        """Make the bytes visible as blob ``digest`` (already verified)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Drop the bytes (no error when already gone)."""
+
+
+class _UploadBlobWriter(BlobWriter):
+    """A BlobWriter over any driver's upload methods: an upload of its own, never recorded in the database."""
+
+    def __init__(self, store: "BlobStore"):
+        self.store, self.upload_id = store, str(uuid.uuid4())
+        self.state = store.begin_upload(self.upload_id)
+        self.writer: UploadWriter | None = store.upload_writer(self.upload_id, self.state)
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        assert self.writer is not None
+        for chunk in chunks:
+            self.writer.write(chunk)
+
+    def _close(self) -> None:
+        if self.writer is not None:
+            writer, self.writer = self.writer, None
+            self.state = writer.close()
+
+    def prepare(self) -> None:
+        self._close()
+
+    def commit(self, digest: str) -> None:
+        self._close()
+        self.store.commit_upload(self.upload_id, self.state, digest)
+
+    def abort(self) -> None:
+        try:
+            self._close()
+        finally:
+            self.store.abort_upload(self.upload_id, self.state)
+
+
 class BlobStore(ABC):
     """A content-addressed blob store with resumable uploads."""
 
@@ -60,6 +116,11 @@ class BlobStore(ABC):
     @abstractmethod
     def list(self) -> Iterator[tuple[str, int]]:
         """Every stored blob as (digest, size), for garbage collection."""
+
+    def blob_writer(self) -> BlobWriter:
+        """A writer for one whole blob (a monolithic upload). By default an upload of its own that no
+        session records; a driver may offer a cheaper way (the filesystem driver: a temp file)."""
+        return _UploadBlobWriter(self)
 
     @abstractmethod
     def begin_upload(self, upload_id: str) -> UploadState:

@@ -2,16 +2,18 @@
 
     ROOT/blobs/sha256/<2 hex>/<64 hex>    committed blobs, renamed into place whole
     ROOT/uploads/<upload id>              bytes of an upload in progress
+    ROOT/uploads/put-<uuid hex>           a monolithic upload in progress (no session)
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWriter
+from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
 
 PREFIX = "sha256:"
 
@@ -49,6 +51,9 @@ class FilesystemStore(BlobStore):
                 if len(p.name) == 64:
                     yield PREFIX + p.name, p.stat().st_size
 
+    def blob_writer(self) -> BlobWriter:
+        return _FilePut(self.uploads / f"put-{uuid.uuid4().hex}", self)
+
     def begin_upload(self, upload_id: str) -> UploadState:
         self._upload_path(upload_id).touch()
         return UploadState(0, {})
@@ -82,6 +87,46 @@ class FilesystemStore(BlobStore):
         if not upload_id.replace("-", "").isalnum():
             raise ValueError(f"bad upload id {upload_id!r}")
         return self.uploads / upload_id
+
+
+IOV_MAX = 1024  # os.writev takes at most this many buffers (POSIX guarantees 16; Linux 1024)
+
+
+class _FilePut(BlobWriter):
+    """A monolithic upload: a temp file written with writev, fsynced, then renamed into place whole."""
+
+    def __init__(self, path: Path, store: FilesystemStore):
+        self.path, self.store = path, store
+        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+    def write(self, chunks: Sequence[bytes]) -> None:
+        assert self._fd is not None
+        for i in range(0, len(chunks), IOV_MAX):
+            group = list(chunks[i:i + IOV_MAX])
+            want = sum(len(c) for c in group)
+            done = os.writev(self._fd, group)
+            if done < want:  # a short write (rare on a regular file): the rest one buffer at a time
+                rest = memoryview(b"".join(group))[done:]
+                while rest:
+                    rest = rest[os.write(self._fd, rest):]
+
+    def prepare(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+
+    def commit(self, digest: str) -> None:
+        self.prepare()
+        dst = self.store.path(digest)
+        dst.parent.mkdir(exist_ok=True)
+        os.replace(self.path, dst)  # same content either way when the blob already exists
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.path.unlink(missing_ok=True)
 
 
 class _FileWriter(UploadWriter):
