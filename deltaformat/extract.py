@@ -11,7 +11,7 @@ import numpy as np
 
 from deltaformat._version import __version__
 from deltaformat._parallel import ordered_map
-from deltaformat.arith import combine, difference
+from deltaformat.arith import difference_checked
 from deltaformat.artifact import ArtifactWriter
 from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, get_codec
 from deltaformat.digests import chunk_hash, fingerprint, tensor_digest
@@ -144,10 +144,9 @@ def _pair_job(b: TensorRef, p: TensorRef, start: int, count: int, writer: Artifa
     res = _PairResult(base_hash, base_hash if equal else chunk_hash(pb), equal)  # equal bytes: one hash
     if b.dtype not in DELTA_DTYPES:
         return res  # integer/bool tensors: compared, never subtracted
-    d = difference(bb, b.dtype, pb, p.dtype)
+    d, bad = difference_checked(bb, b.dtype, pb, p.dtype)  # bad: where base + Δ does not give post back
     res.chunk = writer.put_blob(dcodec.encode(d))
     res.delta_hash = chunk_hash(d)
-    bad = np.flatnonzero(combine(bb, b.dtype, [(1.0, d)], p.dtype) != pb)
     if bad.size:
         res.patch = (bad.astype(np.uint64) + np.uint64(start), bb[bad], pb[bad])
     return res
