@@ -206,8 +206,10 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
     output. Once one tensor's base digest differs from the original's, the base is not
     the original model (its fingerprint cannot match), nothing can be proven any more,
     and later tensors are not hashed at all, like tensors that never can be (several
-    artifacts, alpha != 1, a new dtype). So apply on the original base hashes each
-    output once; on a new base (the ParamΔ case) it hashes about one tensor.
+    artifacts, alpha != 1, a new dtype). The smallest tensors' base digests are taken
+    first (at most about 1 % of the base): on a new base (the ParamΔ case) one of them
+    nearly always differs, and nothing else is hashed; on the original base each output
+    is hashed once.
     """
     total = sum(t.numel for t in plan)
     proofs = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
@@ -216,11 +218,13 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
     # that nothing can be proven; on the original base the first tensor's output is read
     # back once and later tensors hash their outputs. verify (no writer) hashes outputs.
     state = {"mode": "base" if writer is not None else "out"}
+    if _probe_other_base(plan, proofs):
+        state["mode"] = "none"
 
     def jobs() -> Iterator[tuple]:
         for t in plan:
             proof = proofs[t.name]
-            proof.mode = _proof_mode(t, writer, state["mode"])
+            proof.mode = _proof_mode(t, writer, state["mode"], proof.known_original)
             for i, (s, c) in enumerate(chunk_ranges(t.numel)):
                 while extra:
                     yield extra.popleft()
@@ -276,9 +280,37 @@ def compute(plan: list[_OutTensor], writer: ShardedWriter | None, device: str, w
     return bool(plan) and all(proofs[t.name].verified for t in plan)
 
 
-def _proof_mode(t: _OutTensor, writer: ShardedWriter | None, preferred: str) -> str:
+PROBE_SHARE = 0.01  # of the base's bytes, at most, hashed up front to recognise a new base
+
+
+def _probe_other_base(plan: list[_OutTensor], proofs: dict[str, "_Proof"]) -> bool:
+    """Hash the bases of the smallest provable tensors first; True once one is not the original's.
+
+    Tensors found on the original base keep their base hashes and are proven through
+    their outputs (a mismatch there is an error, as always).
+    """
+    provable = [t for t in plan if t.expect is not None and t.expect_base is not None and _base_digest_defined(t) and t.base.numel]
+    budget = max(1 << 20, int(PROBE_SHARE * sum(t.base.numel * t.base.itemsize for t in provable)))
+    for t in sorted(provable, key=lambda t: t.base.numel):
+        budget -= t.base.numel * t.base.itemsize
+        if budget < 0:
+            break
+        proof = proofs[t.name]
+        proof.base = [_base_chunk_hash(t, s, c, None) for s, c in chunk_ranges(t.numel)]
+        if not proof._on_original():
+            proof.other_base = True
+            return True
+        proof.known_original = True
+    return False
+
+
+def _proof_mode(t: _OutTensor, writer: ShardedWriter | None, preferred: str, known_original: bool = False) -> str:
     """"none" (nothing to prove), "out" (hash the output) or "base" (hash the base) while computing ``t``."""
-    if t.expect is None or preferred == "none":
+    if t.expect is None:
+        return "none"
+    if known_original:  # cheap to keep: its output must be the post's whatever the other tensors are
+        return "out"
+    if preferred == "none":
         return "none"
     if preferred == "base" and writer is not None and _base_digest_defined(t) and t.expect_base is not None:
         return "base"
@@ -303,6 +335,7 @@ class _Proof:
     verified: bool = False
     failed: bool = False
     other_base: bool = False  # this tensor's base digest is not the original base's
+    known_original: bool = False  # its base digest was found to be the original's up front
     stage: int = 0
 
     def __post_init__(self) -> None:
@@ -326,7 +359,7 @@ class _Proof:
                 if tensor_digest(self.out) == t.expect:
                     self.verified = True
                     return None
-                if t.expect_base is None:
+                if t.expect_base is None or self.known_original:
                     self.failed = True
                     return None
                 if not _base_digest_defined(t) and t.base is not None and t.base.numel != 0:
