@@ -1,8 +1,9 @@
 """The registry client: push, pull, search. Resumable, parallel, every digest verified.
 
-    push   HEAD each blob and upload only what the registry lacks (in parallel; big
-           blobs in chunks, resumed from the registry's offset, even by a later run),
-           then PUT the OCI manifest under NS/NAME:VERSION.
+    push   ask which blobs the registry has (one request; a HEAD per blob where the
+           registry lacks that extension) and upload only the others (in parallel;
+           big blobs in chunks, resumed from the registry's offset, even by a later
+           run), then PUT the OCI manifest under NS/NAME:VERSION.
     pull   resolve the tag to a digest once; then everything by digest: the OCI
            manifest, manifest.json, and the blobs the cache lacks, downloaded in
            parallel into the cache with ranged, resumable requests and checked
@@ -59,6 +60,7 @@ TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=120.0, pool=300.0)
 CHUNK_BYTES = 32 << 20  # blobs up to this size go in one request; bigger ones in chunks of it
 READ_BYTES = 1 << 20
 TRANSFER_WORKERS = 8
+PRESENT_BATCH = 1000  # digests per blobs/_present request (the registry's limit)
 
 
 @dataclass
@@ -259,9 +261,24 @@ class RegistryClient:
         resp = self._call(f"HEAD blob {digest}", "HEAD", f"/v2/{name}/blobs/{digest}", ok=(200, 404))
         return resp.status_code == 200
 
-    def upload_blob(self, name: str, digest: str, size: int, source: Path, advance: Callable[[int], Any] = lambda n: None) -> bool:
-        """Upload ``source`` as blob ``digest`` unless the registry has it; True when bytes were sent."""
-        if self.has_blob(name, digest):
+    def blobs_present(self, name: str, digests: list[str]) -> set[str] | None:
+        """Which of ``digests`` the registry has in ``name``, in one request per PRESENT_BATCH (the registry's
+        blobs/_present extension); None when the registry lacks the extension (ask with has_blob then)."""
+        found: set[str] = set()
+        for i in range(0, len(digests), PRESENT_BATCH):
+            batch = digests[i:i + PRESENT_BATCH]
+            resp = self._call(f"blobs of {name}", "POST", f"/v2/{name}/blobs/_present", ok=(200, 404, 405),
+                              json={"digests": batch})
+            if resp.status_code != 200:
+                return None
+            found.update(set(resp.json()["blobs"]) & set(batch))
+        return found
+
+    def upload_blob(self, name: str, digest: str, size: int, source: Path, advance: Callable[[int], Any] = lambda n: None,
+                    *, present: bool | None = None) -> bool:
+        """Upload ``source`` as blob ``digest`` unless the registry has it; True when bytes were sent.
+        ``present``: whether the registry has it, when already asked (blobs_present); None: ask (HEAD)."""
+        if self.has_blob(name, digest) if present is None else present:
             return False
         if size <= self.chunk_bytes:
             data = source.read_bytes()
@@ -400,7 +417,9 @@ def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, 
     total = sum(size for _, size, _ in blobs)
     with RegistryClient(url, tok, workers=workers or TRANSFER_WORKERS, chunk_bytes=chunk_bytes) as client, \
             progress(total, f"push {parsed.name}:{tag}", quiet, unit="B") as bar:
-        sent = client.parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update), blobs)
+        have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
+        sent = client.parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update,
+                                                            present=None if have is None else b[0] in have), blobs)
         digest = client.put_manifest(parsed.name, tag, oci_bytes)
     uploaded = [b for b, s in zip(blobs, sent) if s]
     return PushResult(f"{registry_prefix(url)}/{parsed.name}:{tag}", digest, len(uploaded), len(blobs) - len(uploaded),

@@ -6,7 +6,10 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from sqlalchemy import select
+
 from registry.db import Database
+from registry.db.models import Blob, RepositoryBlob
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
 from registry.errors import BlobUnknown, DigestInvalid, RangeNotSatisfiable
 from registry.gc import lock_digest
@@ -76,6 +79,19 @@ class Blobs:
         if size is None or self.store.stat(digest) is None:
             raise BlobUnknown(f"blob {digest} is not in {name}", detail={"digest": digest})
         return size
+
+    def present(self, name: str, digests: list[str]) -> dict[str, int]:
+        """Of ``digests``, the blobs readable through repository ``name`` (what a HEAD of each would find), with sizes."""
+        for digest in digests:
+            check_digest(digest)
+        with self.db.session() as s:
+            repo = find_repository(s, name)
+            if repo is None or not digests:
+                return {}
+            rows = s.execute(select(Blob.digest, Blob.size).join(RepositoryBlob, RepositoryBlob.digest == Blob.digest)
+                             .where(RepositoryBlob.repository_id == repo.id, Blob.digest.in_(set(digests))))
+            linked = {digest: size for digest, size in rows}
+        return {d: size for d, size in linked.items() if self.store.stat(d) is not None}
 
     def read(self, name: str, digest: str, range_header: str | None, *, body: bool = True) -> BlobRead:
         """Open a blob (or a range of it) for a response; redirect when the store offers a URL."""

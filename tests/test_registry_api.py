@@ -172,6 +172,41 @@ def test_blobs_mount_across_repositories_and_stay_per_repository(reg: InProcess)
     assert mounted.status_code == 201 and reg.http.get(f"/v2/acme/b/blobs/{digest}").content == data
 
 
+def test_a_monolithic_upload_records_no_session_and_leaves_nothing_when_refused(reg: InProcess):
+    auth = reg.token("acme", "push")
+    data = b"a whole blob in one request"
+    digest = sha256_digest(data)
+    uploads = reg.reg.settings.data / "blobs" / "uploads"
+    wrong = reg.http.post("/v2/acme/mono/blobs/uploads/", params={"digest": sha256_digest(b"other")}, content=data, headers=auth)
+    assert wrong.status_code == 400 and _error(wrong)["code"] == "DIGEST_INVALID"
+    assert reg.http.post("/v2/acme/mono/blobs/uploads/", params={"digest": digest}, content=data).status_code == 401
+    assert list(uploads.iterdir()) == [] and reg.http.head(f"/v2/acme/mono/blobs/{digest}").status_code == 404
+    assert reg.http.post("/v2/acme/mono/blobs/uploads/", params={"digest": digest}, content=data, headers=auth).status_code == 201
+    assert reg.http.get(f"/v2/acme/mono/blobs/{digest}").content == data
+    with reg.reg.db.session() as s:
+        assert s.query(UploadSession).count() == 0
+    assert list(uploads.iterdir()) == []
+
+
+def test_blobs_present_answers_what_a_head_of_each_would(reg: InProcess):
+    auth = reg.token("acme", "push")
+    data, absent = b"a layer", sha256_digest(b"never uploaded")
+    digest = sha256_digest(data)
+    reg.http.post("/v2/acme/a/blobs/uploads/", params={"digest": digest}, content=data, headers=auth)
+
+    def present(name: str, body: object):
+        return reg.http.post(f"/v2/{name}/blobs/_present", json=body)
+
+    assert present("acme/a", {"digests": [digest, absent]}).json() == {"blobs": {digest: len(data)}}
+    assert present("acme/b", {"digests": [digest]}).json() == {"blobs": {}}  # linked to acme/a only
+    assert present("acme/a", {"digests": []}).json() == {"blobs": {}}
+    assert _error(present("acme/a", {"digests": ["sha256:zz"]}))["code"] == "DIGEST_INVALID"
+    assert _error(present("acme/a", [digest]))["code"] == "INVALID_REQUEST"
+    assert _error(present("acme/a", {"digests": [digest] * 1001}))["code"] == "INVALID_REQUEST"
+    with reg.client(auth) as c:
+        assert c.blobs_present("acme/a", [digest, absent]) == {digest}
+
+
 def test_anonymous_pull_can_be_switched_off(tmp_path: Path, artifacts: Artifacts):
     reg = InProcess(tmp_path / "private", anonymous_pull=False)
     with reg.http:

@@ -174,6 +174,19 @@ def test_retries_give_up_and_client_errors_are_not_retried():
     assert len(calls) == 1
 
 
+def test_push_falls_back_to_a_head_per_blob_where_the_registry_lacks_blobs_present(tmp_path: Path):
+    transport, calls = _scripted(httpx.Response(405), httpx.Response(200), httpx.Response(404), httpx.Response(201))
+    source = tmp_path / "blob"
+    source.write_bytes(b"blob bytes")
+    with RegistryClient("http://registry.test", "t", transport=transport) as c:
+        assert c.blobs_present("ns/x", ["sha256:" + "a" * 64]) is None
+        assert not c.upload_blob("ns/x", "sha256:" + "a" * 64, 10, source)  # HEAD 200: the registry has it
+        assert c.upload_blob("ns/x", "sha256:" + "b" * 64, 10, source)  # HEAD 404, then the upload
+    assert [(r.method, r.url.path) for r in calls] == [
+        ("POST", "/v2/ns/x/blobs/_present"), ("HEAD", f"/v2/ns/x/blobs/sha256:{'a' * 64}"),
+        ("HEAD", f"/v2/ns/x/blobs/sha256:{'b' * 64}"), ("POST", "/v2/ns/x/blobs/uploads/")]
+
+
 def test_the_token_never_follows_a_redirect_to_another_host():
     data = b"blob bytes served by object storage"
     digest = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -3,10 +3,16 @@
 Blobs (HEAD/GET with Range), uploads (monolithic, chunked, resumable, mount),
 manifests (byte-exact, by version or digest) and tags/list. Each route translates
 HTTP to one service call and back.
+
+One extension, named with a leading underscore as OCI extensions are:
+``POST /v2/<name>/blobs/_present`` with ``{"digests": [...]}`` answers
+``{"blobs": {digest: size}}`` for those a HEAD would find, so that a push asks once
+instead of once per blob (the client falls back to HEADs where it gets 404 or 405).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -15,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 
 from registry.auth import Principal, allow, allow_listing
 from registry.blobs import BlobRead, check_digest
+from registry.errors import InvalidRequest
 from registry.http import next_link, read_capped
 from registry.service import Registry
 from registry.uploads import UploadStatus, range_headers
@@ -36,6 +43,7 @@ Deleter = Annotated[Principal, Depends(allow("delete"))]
 # The same checks as functions, for the hot routes (a blob's HEAD/GET, a monolithic upload) that run them
 # inside their own worker-thread call instead of a dependency's (one hand-off per request, not two).
 _PULL, _PUSH = allow("pull"), allow("push")
+PRESENT_MAX = 1000  # digests per _present request
 
 
 @router.get("/", summary="API version check")
@@ -88,6 +96,20 @@ def cancel_upload(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
 
 
 # -- blobs ------------------------------------------------------------------------
+
+
+@router.post("/{name:path}/blobs/_present", summary="Which of these blobs the repository has (extension: one request, not a HEAD per blob)")
+async def blobs_present(name: str, request: Request, reg: Reg, _: Puller) -> JSONResponse:
+    data = await read_capped(request, 80 * PRESENT_MAX + 1024, "digest list")
+    try:
+        digests = json.loads(data)["digests"]
+    except (ValueError, KeyError, TypeError):
+        raise InvalidRequest('expected a JSON body {"digests": ["sha256:...", ...]}') from None
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise InvalidRequest('"digests" must be a list of strings')
+    if len(digests) > PRESENT_MAX:
+        raise InvalidRequest(f"at most {PRESENT_MAX} digests per request; got {len(digests)}")
+    return JSONResponse({"blobs": await run_in_threadpool(reg.blobs.present, name, digests)})
 
 
 @router.get("/{name:path}/blobs/{digest}", summary="Get a blob (Range supported)")
