@@ -34,10 +34,10 @@ from sqlalchemy import select, update
 from registry.blobs import check_digest
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
-from registry.db.queries import ensure_repository, link_blob
+from registry.db.queries import record_blob
 from registry.errors import BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable, TooLarge
 from registry.settings import Settings
-from registry.gc import lock_digest, touch_blob
+from registry.gc import lock_digest
 from registry.storage import BlobStore, BlobWriter, UploadState
 
 log = logging.getLogger("paramdelta.registry")
@@ -138,8 +138,7 @@ class Uploads:
         with self.db.session() as s:
             lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
             self.store.commit_upload(sess.id, sess.state, digest)
-            link_blob(s, ensure_repository(s, sess.name), digest, sess.state.size)
-            touch_blob(s, digest)  # committed again: its GC grace period starts over
+            record_blob(s, sess.name, digest, sess.state.size)  # linked, and its GC grace period starts over
             row = s.get(UploadSession, sess.id)
             if row is not None:
                 s.delete(row)
@@ -199,8 +198,7 @@ class Uploads:
             with self.db.session() as s:
                 lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
                 put.commit(digest)
-                link_blob(s, ensure_repository(s, name), digest, size)
-                touch_blob(s, digest)  # committed again: its GC grace period starts over
+                record_blob(s, name, digest, size)  # linked, and its GC grace period starts over
 
         try:
             size, last = await self._pump(body, 0, sink)

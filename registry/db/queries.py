@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -44,6 +44,23 @@ def link_blob(s: Session, repo: Repository, digest: str, size: int) -> None:
     """Record a committed blob and make it readable through ``repo``."""
     insert_ignore(s, Blob, digest=digest, size=size, created_at=utcnow())
     insert_ignore(s, RepositoryBlob, repository_id=repo.id, digest=digest, created_at=utcnow())
+
+
+def record_blob(s: Session, name: str, digest: str, size: int) -> None:
+    """An upload's commit, under the digest's GC lock: record blob ``digest``, link it into repository ``name``
+    (created if needed) and restart its GC grace period (``created_at``), in three statements on the connection
+    (what ensure_repository, link_blob and registry.gc.touch_blob do in six, through the ORM)."""
+    insert = _INSERTS.get(s.get_bind().dialect.name)
+    if insert is None:
+        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {s.get_bind().dialect.name}")
+    conn, now = s.connection(), utcnow()
+    conn.execute(insert(Repository).values(name=name, namespace=name.split("/", 1)[0], created_at=now, updated_at=now)
+                 .on_conflict_do_nothing())
+    blob = insert(Blob).values(digest=digest, size=size, created_at=now)
+    conn.execute(blob.on_conflict_do_update(index_elements=[Blob.digest], set_={"created_at": blob.excluded.created_at}))
+    link = select(Repository.id, literal(digest, Blob.digest.type), literal(now, RepositoryBlob.created_at.type))
+    conn.execute(insert(RepositoryBlob).from_select(["repository_id", "digest", "created_at"], link.where(Repository.name == name))
+                 .on_conflict_do_nothing())
 
 
 def linked_size(s: Session, repo_id: int, digest: str) -> int | None:
