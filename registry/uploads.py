@@ -135,6 +135,7 @@ class Uploads:
                 s.delete(row)
 
     def _commit(self, sess: _Session, digest: str) -> None:
+        self.store.prepare_commit(sess.id, sess.state)  # durable before the transaction, which then holds its lock briefly
         with self.db.session() as s:
             lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
             self.store.commit_upload(sess.id, sess.state, digest)

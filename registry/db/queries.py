@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, literal, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -50,17 +50,30 @@ def record_blob(s: Session, name: str, digest: str, size: int) -> None:
     """An upload's commit, under the digest's GC lock: record blob ``digest``, link it into repository ``name``
     (created if needed) and restart its GC grace period (``created_at``), in three statements on the connection
     (what ensure_repository, link_blob and registry.gc.touch_blob do in six, through the ORM)."""
-    insert = _INSERTS.get(s.get_bind().dialect.name)
-    if insert is None:
-        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {s.get_bind().dialect.name}")
-    conn, now = s.connection(), utcnow()
-    conn.execute(insert(Repository).values(name=name, namespace=name.split("/", 1)[0], created_at=now, updated_at=now)
-                 .on_conflict_do_nothing())
-    blob = insert(Blob).values(digest=digest, size=size, created_at=now)
-    conn.execute(blob.on_conflict_do_update(index_elements=[Blob.digest], set_={"created_at": blob.excluded.created_at}))
-    link = select(Repository.id, literal(digest, Blob.digest.type), literal(now, RepositoryBlob.created_at.type))
-    conn.execute(insert(RepositoryBlob).from_select(["repository_id", "digest", "created_at"], link.where(Repository.name == name))
-                 .on_conflict_do_nothing())
+    dialect = s.get_bind().dialect.name
+    statements = _RECORD_BLOB.get(dialect)
+    if statements is None:
+        if dialect not in _INSERTS:
+            raise NotImplementedError(f"no INSERT ... ON CONFLICT for {dialect}")
+        statements = _RECORD_BLOB[dialect] = _record_blob_statements(_INSERTS[dialect])
+    conn = s.connection()
+    params = {"name": name, "namespace": name.split("/", 1)[0], "digest": digest, "size": size, "now": utcnow()}
+    for statement in statements:
+        conn.execute(statement, params)
+
+
+def _record_blob_statements(insert: Any) -> tuple[Any, ...]:
+    """record_blob's statements, built once per dialect (building them costs more than running them)."""
+    now = bindparam("now", type_=Blob.created_at.type)
+    repo = insert(Repository).values(name=bindparam("name"), namespace=bindparam("namespace"), created_at=now, updated_at=now)
+    blob = insert(Blob).values(digest=bindparam("digest"), size=bindparam("size"), created_at=now)
+    link = select(Repository.id, bindparam("digest", type_=Blob.digest.type), now).where(Repository.name == bindparam("name"))
+    return (repo.on_conflict_do_nothing(),
+            blob.on_conflict_do_update(index_elements=[Blob.digest], set_={"created_at": blob.excluded.created_at}),
+            insert(RepositoryBlob).from_select(["repository_id", "digest", "created_at"], link).on_conflict_do_nothing())
+
+
+_RECORD_BLOB: dict[str, tuple[Any, ...]] = {}
 
 
 def linked_size(s: Session, repo_id: int, digest: str) -> int | None:

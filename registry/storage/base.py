@@ -135,6 +135,10 @@ class BlobStore(ABC):
     def upload_digest(self, upload_id: str, state: UploadState) -> str:
         """sha256 digest of the ``state.size`` bytes uploaded so far (the registry compares it)."""
 
+    def prepare_commit(self, upload_id: str, state: UploadState) -> None:
+        """Make the upload's ``state.size`` bytes durable ahead of ``commit_upload``, which runs under the
+        digest's lock (a database transaction): the slow part goes here. Optional."""
+
     @abstractmethod
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         """Make the upload's bytes visible as blob ``digest`` (already verified) and drop the upload."""

@@ -68,11 +68,16 @@ class FilesystemStore(BlobStore):
                 h.update(chunk)
         return PREFIX + h.hexdigest()
 
+    def prepare_commit(self, upload_id: str, state: UploadState) -> None:
+        with open(self._upload_path(upload_id), "r+b") as f:
+            f.truncate(state.size)
+            os.fsync(f.fileno())
+
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         src, dst = self._upload_path(upload_id), self.path(digest)
         with open(src, "r+b") as f:
             f.truncate(state.size)
-            os.fsync(f.fileno())
+            os.fsync(f.fileno())  # quick after prepare_commit (nothing left to write), needed without it
         dst.parent.mkdir(exist_ok=True)
         os.replace(src, dst)  # same content either way when the blob already exists
 
