@@ -760,6 +760,9 @@ def machine() -> dict:
 
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "deltaformat", "bench/run.py", "bench/codec_bench.py"],
+                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        commit += " + uncommitted changes to the measured code" if dirty else ""
     except OSError:
         commit = "?"
     return {
