@@ -127,13 +127,19 @@ def apply(
 
 
 def preflight(manifest: Manifest, model: ModelSource, location: str = "the artifact") -> None:
-    """Fail with a list of mismatches unless ``model`` has the tensors the delta was taken on."""
+    """Fail with a list of mismatches unless ``model`` has the tensors the delta was taken on.
+
+    A tensor the delta removes may be missing from the new base: the output drops it anyway
+    (e.g. a buffer such as ``position_ids`` that newer transformers no longer save).
+    """
     problems = []
     expected = {t.name: t.base for t in manifest.tensors if t.base is not None}
+    removed = {t.name for t in manifest.tensors if t.kind == "removed"}
     for name, info in expected.items():
         ref = model.tensors.get(name)
         if ref is None:
-            problems.append(f"{name}: missing")
+            if name not in removed:
+                problems.append(f"{name}: missing")
         elif list(ref.shape) != info.shape or ref.dtype != info.dtype:
             problems.append(f"{name}: expected {info.dtype}{info.shape}, found {ref.dtype}{list(ref.shape)}")
     problems += [f"{n}: not in the delta's base" for n in model.tensors if n not in expected]

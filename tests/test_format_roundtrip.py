@@ -141,6 +141,21 @@ def test_added_removed_and_unchanged_tensors(tmp_path):
     assert torch.equal(bits(out["w"]), bits((new_w.float() + (post_w.float() - w.float())).bfloat16()))
 
 
+def test_new_base_may_lack_a_tensor_the_delta_removes(tmp_path):
+    """A buffer the post model no longer saves (e.g. position_ids) need not exist in the new base."""
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(8, 8, generator=g).bfloat16()
+    base = _write_model(tmp_path / "b", {"w": w, "position_ids": torch.arange(8)})
+    post = _write_model(tmp_path / "p", {"w": (w.float() * 1.01).bfloat16()})
+    deltaformat.extract(base, post, tmp_path / "a", quiet=True)
+    newbase = _write_model(tmp_path / "n", {"w": torch.randn(8, 8, generator=g).bfloat16()})
+    deltaformat.apply([tmp_path / "a"], newbase, tmp_path / "out", quiet=True)
+    assert set(load_file(tmp_path / "out" / "model.safetensors")) == {"w"}
+    other = _write_model(tmp_path / "o", {"v": w})
+    with pytest.raises(deltaformat.ParamDeltaError, match="w: missing"):
+        deltaformat.apply([tmp_path / "a"], other, tmp_path / "out2", quiet=True)
+
+
 def test_exactness_where_fp32_difference_rounds(tmp_path):
     """Elements whose fp32 Δ rounds (far-apart exponents), NaN payloads, signed zeros, infinities."""
     g = torch.Generator().manual_seed(0)
