@@ -50,6 +50,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# threads sleep rather than spin while waiting: this runs on shared 2-core machines
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -702,24 +704,37 @@ def make_markdown(results, mean, sd, checks, meta, plot_rel) -> str:
         L.append("How far base′ may move from base: A-training learning rate ×1/×3/×9 (same steps); "
                  f"seed{'s' if len(swept) > 1 else ''} {', '.join(str(r['seed']) for r in swept)}; "
                  "‖base′ − base‖ is given relative to ‖post − base‖. ParamΔ at α=1. "
-                 "*transfer* = (ParamΔ − base′)/(post′ − base′) on the A×T margin.")
+                 "*gain* = A×T margin minus base′'s; *transfer* = ParamΔ's gain / post′'s gain (n/a when post′ "
+                 "gains < 0.01).")
         L.append("")
         L.append("| base′ strength | ‖base′−base‖/‖Δ‖ | A R@1 base′ | T R@1 base′ / ParamΔ / post′ | "
-                 "A×T R@1 base′ / ParamΔ / post′ | A×T margin base′ / ParamΔ / post′ | transfer |")
-        L.append("|---|---|---|---|---|---|---|")
+                 "A×T R@1 base′ / ParamΔ / post′ | A×T margin base′ / ParamΔ / post′ | gain ParamΔ / post′ | transfer |")
+        L.append("|---|---|---|---|---|---|---|---|")
         for i, s in enumerate(STRENGTHS):
             rows = [r["distance"][i] for r in swept]
 
             def m(who, k):
                 return float(np.mean([row[who][k] for row in rows]))
-            tr = [(row["ParamΔ"]["AxT_m"] - row["base'"]["AxT_m"]) / max(row["post'"]["AxT_m"] - row["base'"]["AxT_m"], 1e-9)
-                  for row in rows]
+            g_pd = [row["ParamΔ"]["AxT_m"] - row[BP]["AxT_m"] for row in rows]
+            g_pp = [row[PP]["AxT_m"] - row[BP]["AxT_m"] for row in rows]
+            tr_txt = pm([a / b for a, b in zip(g_pd, g_pp)]) if min(g_pp) >= 0.01 else "n/a"
+
             L.append(f"| ×{s:g} | {np.mean([row['rel_dist'] for row in rows]):.2f} | {m(BP, 'A'):.3f} | "
                      f"{m(BP, 'T'):.3f} / {m('ParamΔ', 'T'):.3f} / {m(PP, 'T'):.3f} | "
                      f"{m(BP, 'AxT'):.3f} / {m('ParamΔ', 'AxT'):.3f} / {m(PP, 'AxT'):.3f} | "
                      f"{m(BP, 'AxT_m'):+.3f} / {m('ParamΔ', 'AxT_m'):+.3f} / {m(PP, 'AxT_m'):+.3f} | "
-                     f"{pm(tr)} |")
+                     f"{np.mean(g_pd):+.3f} / {np.mean(g_pp):+.3f} | {tr_txt} |")
         L.append("")
+        notes = []
+        for i, st in enumerate(STRENGTHS):
+            t_pd = float(np.mean([r["distance"][i]["ParamΔ"]["T"] for r in swept]))
+            t_pp = float(np.mean([r["distance"][i][PP]["T"] for r in swept]))
+            if t_pp < 0.9 or t_pd < 0.9:
+                notes.append(f"at ×{st:g} ParamΔ's T R@1 is {t_pd:.2f} and post′'s {t_pp:.2f}")
+        if notes:
+            L.append("Where post′ is below 0.9 on T, the same T recipe did not converge from that base′ either, so "
+                     "post′ is no ceiling there: " + "; ".join(notes) + ".")
+            L.append("")
 
     eq = [e for r in results for e in r["equality"]]
     bit = [e.get("bitwise_frac", 0.0) for e in eq]
@@ -749,7 +764,8 @@ def make_markdown(results, mean, sd, checks, meta, plot_rel) -> str:
     per_seed = ", ".join(f"{r['seed']}: {r['timing']['seed_s']:.0f} s{' (earlier run, --resume)' if r.get('reused') else ''}"
                          for r in results)
     L.append(f"Run: `{meta['command']}` — wall time {meta['wall_s']:.0f} s ({meta['cpu_s']:.0f} s CPU) for this "
-             f"invocation; per seed {per_seed}; torch {meta['torch']}, "
+             f"invocation; per seed {per_seed} (sum {sum(r['timing']['seed_s'] for r in results):.0f} s); "
+             f"torch {meta['torch']}, "
              f"transformers {meta['transformers']}, {meta['machine']}, {meta['threads']} torch threads; load average "
              f"{meta['load'][0]:.1f} at start, {meta['load'][1]:.1f} at end (a shared machine: wall times include "
              f"waiting for the CPU).")
@@ -806,11 +822,18 @@ def make_plot(results, mean, sd, path: Path) -> None:
             for x, y, s in zip(xs, ys, STRENGTHS):
                 if who == "ParamΔ":
                     ax.annotate(f"×{s:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax2 = ax.twinx()
+        for who, mk, c in (("base'", "s", "tab:gray"), ("ParamΔ", "o", "tab:red"), ("post'", "^", "black")):
+            xs = [np.mean([r["distance"][i]["rel_dist"] for r in swept]) for i in range(len(STRENGTHS))]
+            ys = [np.mean([r["distance"][i][who]["T"] for r in swept]) for i in range(len(STRENGTHS))]
+            ax2.plot(xs, ys, marker=mk, color=c, ls=":", alpha=0.6, mfc="none")
+        ax2.set_ylabel("T recall@1 (dotted, hollow)")
+        ax2.set_ylim(0, 1.05)
         ax.set_xscale("log")
-        ax.set_xlabel("‖base′ − base‖ / ‖post − base‖")
-        ax.set_ylabel("A×T margin")
-        ax.set_title("transfer vs how far base′ moved")
-        ax.legend(fontsize=8)
+        ax.set_xlabel("‖base′ − base‖ / ‖post − base‖   (A-training lr ×1, ×3, ×9)")
+        ax.set_ylabel("A×T margin (solid)")
+        ax.set_title("transfer vs how far base′ moved (α=1)")
+        ax.legend(fontsize=8, loc="center left", framealpha=0.9)
         ax.grid(alpha=0.3)
     else:
         ax.text(0.5, 0.5, "distance sweep not run (--fast)", ha="center", va="center", transform=ax.transAxes)
@@ -916,6 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     cmd = "python bench/transfer.py" + (f" --seeds {args.seeds}" if args.seeds != 3 else "") + (" --fast" if args.fast else "")
     if args.resume:
         cmd += f" --resume {args.resume}"
+    if args.json:
+        cmd += f" --json {args.json}"
     meta = {
         "command": cmd, "seeds": ", ".join(map(str, seeds)), "wall_s": wall, "torch": torch.__version__,
         "transformers": transformers.__version__,
