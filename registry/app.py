@@ -109,7 +109,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientGone)
     async def client_gone(request: Request, exc: ClientGone) -> Response:
-        log.info("%s %s: client went away mid-body; the bytes received are kept", request.method, request.url.path)
+        log.info("%s %s: client went away mid-body; %s", request.method, request.url.path,
+                 "the bytes received are dropped (a monolithic upload)" if request.method == "POST" else
+                 "the bytes received are kept (the upload resumes from them)")
         return Response(status_code=400)
 
     @app.exception_handler(Exception)

@@ -58,4 +58,5 @@ class RangeNotSatisfiable(RegistryError):
 
 
 class ClientGone(Exception):
-    """The request body ended early: the client went away mid-upload (what arrived is kept)."""
+    """The request body ended early: the client went away mid-upload (what arrived is kept for a session's
+    PATCH or PUT, dropped for a monolithic POST, which cannot be resumed)."""
