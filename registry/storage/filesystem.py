@@ -102,18 +102,20 @@ class _FilePut(BlobWriter):
 
     def __init__(self, path: Path, store: FilesystemStore):
         self.path, self.store = path, store
-        self._fd: int | None = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+        self._fd: int | None = os.open(path, flags, 0o666)
 
     def write(self, chunks: Sequence[bytes]) -> None:
         assert self._fd is not None
+        if not hasattr(os, "writev"):  # Windows
+            for chunk in chunks:
+                _write_all(self._fd, chunk)
+            return
         for i in range(0, len(chunks), IOV_MAX):
             group = list(chunks[i:i + IOV_MAX])
-            want = sum(len(c) for c in group)
             done = os.writev(self._fd, group)
-            if done < want:  # a short write (rare on a regular file): the rest one buffer at a time
-                rest = memoryview(b"".join(group))[done:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest):]
+            if done < sum(len(c) for c in group):  # a short write (rare on a regular file): the rest one by one
+                _write_all(self._fd, b"".join(group)[done:])
 
     def prepare(self) -> None:
         if self._fd is not None:
@@ -132,6 +134,12 @@ class _FilePut(BlobWriter):
             os.close(self._fd)
             self._fd = None
         self.path.unlink(missing_ok=True)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _FileWriter(UploadWriter):
