@@ -19,7 +19,7 @@ from deltaformat.dtypes import DELTA_DTYPES
 from deltaformat.errors import ModelError
 from deltaformat.fsutil import atomic_folder
 from deltaformat.manifest import (
-    CHUNK_ELEMENTS, Architecture, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
+    CHUNK_ELEMENTS, Architecture, check_metadata, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
     TensorEntry, TensorInfo, ToolInfo,
 )
 from deltaformat.models import ModelSource, TensorRef, open_model
@@ -75,6 +75,7 @@ def extract(
     artifact is lossless: applying it to ``base`` with alpha 1 gives ``post`` bit for bit,
     which is checked for every element while extracting. Returns the manifest written.
     """
+    check_metadata(name, version, description, license)  # before any work, not after it
     base_m, post_m = open_model(base), open_model(post)
     plan = _plan(base_m, post_m)
     total = sum(p.numel if p else b.numel for _, b, p in plan)

@@ -24,7 +24,10 @@ CHUNK_ELEMENTS = 1 << 22
 MAX_TENSOR_ELEMENTS = 1 << 40
 MAX_DIMS = 8
 
-Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", description="sha256:<64 lowercase hex>")]
+DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
+NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)+$"  # NS/NAME, lowercase
+VERSION_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$"
+Digest = Annotated[str, Field(pattern=DIGEST_PATTERN, description="sha256:<64 lowercase hex>")]
 DType = Literal["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2"]
 TensorKind = Literal["changed", "unchanged", "added", "removed", "resized"]
 
@@ -177,8 +180,8 @@ class ToolInfo(_Strict):
 class Manifest(_Strict):
     format_version: Literal[1] = FORMAT_VERSION
     media_type: Literal["application/vnd.paramdelta.manifest.v1+json"] = MANIFEST_MEDIA_TYPE
-    name: str | None = Field(None, pattern=r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)+$", description="NS/NAME")
-    version: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+    name: str | None = Field(None, pattern=NAME_PATTERN, description="NS/NAME")
+    version: str | None = Field(None, pattern=VERSION_PATTERN)
     description: str | None = Field(None, max_length=10000)
     license: str | None = Field(None, max_length=200)
     created_at: datetime
@@ -240,6 +243,17 @@ class Manifest(_Strict):
             "patched_elements": sum(t.patch.count for t in self.tensors if t.patch is not None),
             "files": [f.path for f in self.files],
         }
+
+
+def check_metadata(name: str | None, version: str | None, description: str | None = None, license: str | None = None) -> None:
+    """Raise ValueError, naming the rule, for descriptive fields a manifest cannot hold."""
+    if name is not None and not re.match(NAME_PATTERN, name):
+        raise ValueError(f"name {name!r} must be NS/NAME: lowercase letters and digits, runs joined by . _ - (e.g. meta/llama3-inst)")
+    if version is not None and not re.match(VERSION_PATTERN, version):
+        raise ValueError(f"version {version!r} must match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
+    for field, value, limit in (("description", description, 10000), ("license", license, 200)):
+        if value is not None and len(value) > limit:
+            raise ValueError(f"{field} has {len(value)} characters; at most {limit}")
 
 
 def parse_manifest(data: bytes) -> Manifest:

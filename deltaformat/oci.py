@@ -26,7 +26,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deltaformat.errors import FormatError
-from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, Digest, Manifest
+from deltaformat.manifest import (
+    ARTIFACT_TYPE, DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, NAME_PATTERN, VERSION_PATTERN, Digest, Manifest,
+)
 
 OCI_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 CHUNK_MEDIA_TYPE = "application/vnd.paramdelta.chunk.v1"
@@ -36,10 +38,10 @@ TENSOR_ANNOTATION = "vnd.paramdelta.tensor"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
 LATEST = "latest"
 
-# Same grammar as Manifest.name: lowercase components, at least NS/NAME.
-NAME_RE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)+$")
-TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The same grammars as the manifest's name, version and digests.
+NAME_RE = re.compile(NAME_PATTERN)
+TAG_RE = re.compile(VERSION_PATTERN)
+DIGEST_RE = re.compile(DIGEST_PATTERN)
 
 
 class Descriptor(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -201,6 +202,15 @@ def test_sigterm_during_extract_leaves_nothing(tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "interrupted" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "p"]
+
+
+def test_bad_name_is_refused_before_any_work(trio, tmp_path, monkeypatch):
+    ex = importlib.import_module("deltaformat.extract")  # the module, not the function of that name
+
+    monkeypatch.setattr(ex, "open_model", lambda *_: pytest.fail("models were opened before the name was checked"))
+    with pytest.raises(ValueError, match="must be NS/NAME"):
+        deltaformat.extract(trio[0], trio[1], tmp_path / "a", name="Bench-Transfer", quiet=True)
+    assert not (tmp_path / "a").exists()
 
 
 def test_pickled_weights_are_refused(tmp_path):
