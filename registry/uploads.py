@@ -223,8 +223,10 @@ class Uploads:
                 writer.write(chunk)
 
         def finish(last: list[bytes], received: int) -> None:
-            sink(last)
-            new = writer.close()
+            try:
+                sink(last)
+            finally:
+                new = writer.close()
             if expect is not None and received != expect:
                 raise BlobUploadInvalid(f"Content-Range announced {expect} bytes but the body had {received}")
             if received:
