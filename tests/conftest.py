@@ -9,76 +9,24 @@ restarted on the same port and data.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 import deltaformat
+from support.serve import ServeProcess
 from support.tiny_models import make_trio
 
-START_TIMEOUT = 60.0  # seconds; generous, the machine is shared
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class RegistryServer:
-    """``paramdelta serve`` in a subprocess; its log (uvicorn access log included) is in ``log``."""
+class RegistryServer(ServeProcess):
+    """The embedded default (SQLite + a blob folder in ``data``), with no PARAMDELTA_* from the environment."""
 
     def __init__(self, data: Path, *, port: int | None = None, args: tuple[str, ...] = ()):
-        self.data, self.port, self.args = data, port or free_port(), args
-        self.log = data.parent / f"{data.name}-server.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> "RegistryServer":
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARAMDELTA_")}
-        cmd = [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), "--data", str(self.data), *self.args]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"registry exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"registry did not answer /healthz within {START_TIMEOUT}s:\n{self.log_text()[-3000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        super().__init__("registry", data.parent / f"{data.name}-server.log", ("--data", str(data), *args), env, port)
+        self.data = data
 
     def token(self, namespace: str, scope: str) -> str:
         """A new token, created in the server's database the way `paramdelta token create` does."""

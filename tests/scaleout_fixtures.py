@@ -19,18 +19,13 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
 import pytest
 
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE
@@ -38,13 +33,14 @@ from deltaformat.manifest import parse_manifest
 from deltaformat.oci import build_oci_manifest
 
 try:  # plain `pytest` puts tests/ on sys.path; `python -m pytest` the repo root
-    from support.services import PostgresService, S3Service, free_ports, start_postgres, start_s3
+    from support.serve import ServeProcess
+    from support.services import PostgresService, S3Service, start_postgres, start_s3
 except ImportError:  # pragma: no cover
-    from tests.support.services import PostgresService, S3Service, free_ports, start_postgres, start_s3
+    from tests.support.serve import ServeProcess
+    from tests.support.services import PostgresService, S3Service, start_postgres, start_s3
 
 BUCKET = "paramdelta-scaleout"
 PART_BYTES = 5 << 20
-START_TIMEOUT = 90.0
 
 
 @dataclass
@@ -96,62 +92,14 @@ class Backends:
             db.dispose()
 
 
-class Replica:
+class Replica(ServeProcess):
     """``paramdelta serve`` on the shared PostgreSQL and bucket, in a subprocess."""
 
+    probe = "/readyz"  # database and storage both answer
+
     def __init__(self, backends: Backends, name: str, *args: str, **env: str):
-        self.backends, self.name, self.args, self.extra_env = backends, name, args, env
-        self.port = free_ports(1)[0]
-        self.log = backends.workdir / f"replica-{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def launch(self) -> "Replica":
-        cmd = [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), *self.args]
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=self.backends.env(**self.extra_env))
-        return self
-
-    def wait_ready(self) -> "Replica":
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"replica {self.name} exited:\n{self.log_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"replica {self.name} not ready within {START_TIMEOUT}s:\n{self.log_text()[-3000:]}")
-
-    def start(self) -> "Replica":
-        return self.launch().wait_ready()
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
+        super().__init__(f"replica {name}", backends.workdir / f"replica-{name}.log", args, backends.env(**env))
+        self.backends = backends
 
 
 @dataclass
