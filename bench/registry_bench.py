@@ -14,7 +14,8 @@ What runs, all on 127.0.0.1 with free ports, each server its own process:
   (SQLite + filesystem blobs), started exactly as a user starts it.
 * Two floors serving the artifact's blob files (hard links under the run folder) and
   accepting uploads:
-    - ``asgi``: uvicorn (same version, same h11/asyncio stack as the registry) with
+    - ``asgi``: uvicorn (same version, same HTTP parser and event loop as the registry:
+      httptools when installed, which uvicorn picks by default, else h11) with
       Starlette ``StaticFiles`` for GET, and a minimal PUT handler (raw ASGI: hash
       every body chunk with sha256, write it to a file, fsync and rename it into place in
       a worker thread, answer 201 with the digest);
@@ -33,8 +34,8 @@ What runs, all on 127.0.0.1 with free ports, each server its own process:
 Measured:
 
 1. Push: ``deltaformat.client.push`` (what ``paramdelta push`` calls) of the artifact into
-   a repository that holds none of its blobs (a new repository name per repeat: HEAD
-   answers 404 for every blob, so every byte is uploaded, verified, fsynced and
+   a repository that holds none of its blobs (a new repository name per repeat: the
+   registry has none of them, so every byte is uploaded, verified, fsynced and
    committed). Floor: the same blob files PUT to each floor from 8 threads (the
    client's TRANSFER_WORKERS), one request per blob, through one httpx.Client.
    Pull: ``deltaformat.client.pull`` into an empty cache (a new PARAMDELTA_CACHE per
@@ -565,7 +566,7 @@ def machine_info() -> dict:
     except (OSError, IndexError):
         pass
     versions = {}
-    for p in ("httpx", "httpcore", "h11", "uvicorn", "starlette", "fastapi", "SQLAlchemy", "torch"):
+    for p in ("httpx", "httpcore", "h11", "httptools", "uvicorn", "starlette", "fastapi", "SQLAlchemy", "torch"):
         try:
             versions[p] = md.version(p)
         except md.PackageNotFoundError:
@@ -614,7 +615,8 @@ def report(r: dict) -> str:
           "fsyncs, renames; `threaded` = stdlib ThreadingHTTPServer/SimpleHTTPRequestHandler (GET) + the same PUT. "
           "The floor clients use the same httpx version and thread count as the paramdelta client and do the same "
           "client-side work (downloads: stream to a file while hashing, check the digest; uploads: read the blob file, "
-          "one PUT per blob). Push also pays one HEAD per blob and the manifest PUT; pull also pays the tag resolve, "
+          "one PUT per blob). Push also pays one request asking which blobs the registry has (`blobs/_present`) and "
+          "the manifest PUT; pull also pays the tag resolve, "
           "the OCI manifest and the output folder's hard links.", ""]
     if r.get("cli"):
         c = r["cli"]
