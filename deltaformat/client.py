@@ -424,10 +424,20 @@ def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, 
     total = sum(size for _, size, _ in blobs)
     with RegistryClient(url, tok, workers=workers or TRANSFER_WORKERS, chunk_bytes=chunk_bytes) as client, \
             progress(total, f"push {parsed.name}:{tag}", quiet, unit="B") as bar:
-        have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
-        sent = client.parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update,
-                                                            present=None if have is None else b[0] in have), blobs)
-        digest = client.put_manifest(parsed.name, tag, oci_bytes)
+        sent = [False] * len(blobs)
+        for attempt in (1, 2):
+            have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
+            now = client.parallel(lambda b: client.upload_blob(parsed.name, *b, advance=bar.update,
+                                                               present=None if have is None else b[0] in have), blobs)
+            sent = [a or b for a, b in zip(sent, now)]
+            try:
+                digest = client.put_manifest(parsed.name, tag, oci_bytes)
+                break
+            except RegistryError as exc:
+                # A garbage collection can sweep a blob uploaded moments ago, before the manifest
+                # referencing it arrives: upload what is missing once more, then give up.
+                if attempt == 2 or getattr(exc, "code", None) != "MANIFEST_BLOB_UNKNOWN":
+                    raise
     uploaded = [b for b, s in zip(blobs, sent) if s]
     return PushResult(f"{registry_prefix(url)}/{parsed.name}:{tag}", digest, len(uploaded), len(blobs) - len(uploaded),
                       sum(size for _, size, _ in uploaded), total)

@@ -224,3 +224,36 @@ def test_the_environment_token_goes_only_to_the_configured_registry(monkeypatch:
     assert _endpoint(parse_reference("evil.test:8000/ns/x:1"), None, None) == ("https://evil.test:8000", None)
     assert _endpoint(parse_reference("ns/x:1"), "127.0.0.1:9000", None) == ("http://127.0.0.1:9000", "env-token")
     assert _endpoint(parse_reference("ns/x:1"), None, "explicit")[1] == "explicit"
+
+
+def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(registry_server: RegistryServer, artifacts,
+                                                                          monkeypatch: pytest.MonkeyPatch):
+    """A GC with no grace can sweep a blob between its upload and the manifest PUT (the registry then
+    answers MANIFEST_BLOB_UNKNOWN): push uploads what is missing once more and publishes."""
+    from deltaformat import client as client_mod
+
+    real = RegistryClient.put_manifest
+    calls = {"n": 0}
+
+    def swept_first(self, name, tag, data):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            err = RegistryError("manifest: MANIFEST_BLOB_UNKNOWN: blob unknown to registry")
+            err.status, err.code = 400, "MANIFEST_BLOB_UNKNOWN"
+            raise err
+        return real(self, name, tag, data)
+
+    monkeypatch.setattr(RegistryClient, "put_manifest", swept_first)
+    token = registry_server.token("swept", "push")
+    result = client_mod.push(artifacts.delta, "swept/delta:1.0", registry=registry_server.url, token=token, quiet=True)
+    assert calls["n"] == 2 and result.digest.startswith("sha256:")
+    assert httpx.get(f"{registry_server.url}/v2/swept/delta/manifests/1.0").status_code == 200
+
+    def refused(self, name, tag, data):
+        err = RegistryError("manifest: MANIFEST_INVALID: no")
+        err.status, err.code = 400, "MANIFEST_INVALID"
+        raise err
+
+    monkeypatch.setattr(RegistryClient, "put_manifest", refused)
+    with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
+        client_mod.push(artifacts.delta, "swept/delta:2.0", registry=registry_server.url, token=token, quiet=True)
