@@ -226,7 +226,7 @@ def test_the_environment_token_goes_only_to_the_configured_registry(monkeypatch:
     assert _endpoint(parse_reference("ns/x:1"), None, "explicit")[1] == "explicit"
 
 
-def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(registry_server: RegistryServer, artifacts,
+def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(artifacts, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch):
     """A GC with no grace can sweep a blob between its upload and the manifest PUT (the registry then
     answers MANIFEST_BLOB_UNKNOWN): push uploads what is missing once more and publishes."""
@@ -243,17 +243,20 @@ def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(regist
             raise err
         return real(self, name, tag, data)
 
-    monkeypatch.setattr(RegistryClient, "put_manifest", swept_first)
-    token = registry_server.token("swept", "push")
-    result = client_mod.push(artifacts.delta, "swept/delta:1.0", registry=registry_server.url, token=token, quiet=True)
-    assert calls["n"] == 2 and result.digest.startswith("sha256:")
-    assert httpx.get(f"{registry_server.url}/v2/swept/delta/manifests/1.0").status_code == 200
-
     def refused(self, name, tag, data):
         err = RegistryError("manifest: MANIFEST_INVALID: no")
         err.status, err.code = 400, "MANIFEST_INVALID"
         raise err
 
-    monkeypatch.setattr(RegistryClient, "put_manifest", refused)
-    with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
-        client_mod.push(artifacts.delta, "swept/delta:2.0", registry=registry_server.url, token=token, quiet=True)
+    server = RegistryServer(tmp_path / "data").start()  # its own: the shared one's search results stay exact
+    try:
+        token = server.token("swept", "push")
+        monkeypatch.setattr(RegistryClient, "put_manifest", swept_first)
+        result = client_mod.push(artifacts.delta, "swept/delta:1.0", registry=server.url, token=token, quiet=True)
+        assert calls["n"] == 2 and result.digest.startswith("sha256:")
+        assert httpx.get(f"{server.url}/v2/swept/delta/manifests/1.0").status_code == 200
+        monkeypatch.setattr(RegistryClient, "put_manifest", refused)  # any other refusal is not retried
+        with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
+            client_mod.push(artifacts.delta, "swept/delta:2.0", registry=server.url, token=token, quiet=True)
+    finally:
+        server.stop()
