@@ -994,8 +994,9 @@ def limits(p: dict, m: dict) -> list[str]:
         f"base, the post and the fp32 Δ chunks, 8 bytes hashed per parameter), against {fx:.2f} for its floor. Best case on {cores} "
         f"idle cores ≈ {x_cpu / cores / fx:.1f}× (target 2×): the required digests alone are {hx / fx:.1f}× the floor's CPU. A cheaper "
         "Δ stream digest (it hashes 4 bytes per parameter, half of the total) would need a format change.",
-        "- The measured ratios above are higher than these best cases because the cores were shared (see \"cores used\": this "
-        "process got less than its two cores while the single-threaded floor lost less).",
+        "- Measured ratios differ from these best cases where the cores were shared (see \"cores used\": a process that got less "
+        "than its cores while the single-threaded floor lost less) and where a floor's time includes the page cache writing back "
+        "earlier output (the floors do not fsync; apply does): both move from run to run on this machine.",
     ]
 
 
