@@ -198,6 +198,33 @@ class _Stopper:
 # PostgreSQL
 
 
+def _bring_up(service: str, env: dict[str, str], log_dir: Path, timeout: float, down_timeout: float,
+              private_dir: Path | None) -> tuple[str, float, "_Stopper"]:
+    """Run scripts/services/<service>-up.sh; return (its last line, seconds taken, a stopper).
+
+    The stopper runs <service>-down.sh and removes ``private_dir``; it also runs when the
+    up-script fails (the script cleans up after itself; this covers a killed one).
+    """
+
+    def down() -> None:
+        try:
+            _run_script(f"{service}-down.sh", env, log_dir, timeout=down_timeout, output=False)
+        finally:
+            if private_dir is not None:
+                shutil.rmtree(private_dir, ignore_errors=True)
+
+    started = time.monotonic()
+    try:
+        url = _run_script(f"{service}-up.sh", env, log_dir, timeout)
+    except BaseException:
+        try:
+            down()
+        except Exception:
+            pass
+        raise
+    return url, time.monotonic() - started, _Stopper(down)
+
+
 @dataclass
 class PostgresService:
     """A running scratch PostgreSQL 15 cluster (trust auth, user ``postgres``)."""
@@ -259,29 +286,8 @@ def start_postgres(workdir: Path, *, timeout: float = 120.0) -> PostgresService:
     port = free_ports(1)[0]
     env = {"PGDATA_DIR": str(data_dir), "PG_PORT": str(port), "PG_BIN": str(PG_BIN)}
 
-    def down() -> None:
-        try:
-            _run_script("pg-down.sh", env, log_dir, timeout=60, output=False)
-        finally:
-            if private:
-                shutil.rmtree(data_dir, ignore_errors=True)
-
-    started = time.monotonic()
-    try:
-        url = _run_script("pg-up.sh", env, log_dir, timeout)
-    except BaseException:
-        try:
-            down()  # pg-up cleans up after itself; this covers a killed script
-        except Exception:
-            pass
-        raise
-    return PostgresService(
-        url=url,
-        port=port,
-        data_dir=data_dir,
-        startup_seconds=time.monotonic() - started,
-        _stopper=_Stopper(down),
-    )
+    url, seconds, stopper = _bring_up("pg", env, log_dir, timeout, 60, data_dir if private else None)
+    return PostgresService(url=url, port=port, data_dir=data_dir, startup_seconds=seconds, _stopper=stopper)
 
 
 # --------------------------------------------------------------------------- #
@@ -363,22 +369,7 @@ def start_s3(workdir: Path, *, timeout: float = 180.0) -> S3Service:
         "S3_UP_TIMEOUT": str(int(min(timeout, 120))),
     }
 
-    def down() -> None:
-        try:
-            _run_script("s3-down.sh", env, log_dir, timeout=120, output=False)
-        finally:
-            if private:
-                shutil.rmtree(state_dir, ignore_errors=True)
-
-    started = time.monotonic()
-    try:
-        url = _run_script("s3-up.sh", env, log_dir, timeout)
-    except BaseException:
-        try:
-            down()  # s3-up cleans up after itself; this covers a killed script
-        except Exception:
-            pass
-        raise
+    url, seconds, stopper = _bring_up("s3", env, log_dir, timeout, 120, state_dir if private else None)
     return S3Service(
         endpoint_url=url,
         access_key=S3_ACCESS_KEY,
@@ -387,8 +378,8 @@ def start_s3(workdir: Path, *, timeout: float = 180.0) -> S3Service:
         state_dir=state_dir,
         rgw_port=rgw_port,
         mon_ports=(mon_v2, mon_v1),
-        startup_seconds=time.monotonic() - started,
-        _stopper=_Stopper(down),
+        startup_seconds=seconds,
+        _stopper=stopper,
     )
 
 
