@@ -16,7 +16,7 @@ from deltaformat._version import __version__
 from deltaformat.arith import cast, combine
 from deltaformat.artifact import Artifact, open_artifact
 from deltaformat.digests import chunk_hash, tensor_digest
-from deltaformat.dtypes import ITEMSIZE
+from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
 from deltaformat.extract import chunk_ranges
 from deltaformat.fsutil import atomic_folder
@@ -47,7 +47,7 @@ class _OutTensor:
     dtype: str
     shape: list[int]
     base: TensorRef | None
-    terms: list[_Term]
+    terms: list[_Term]  # the artifacts whose Δ touches this tensor (none: copy the base)
     values: tuple[Artifact, Stream, int] | None = None  # (artifact, stream, first output element)
     patch: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     expect: str | None = None  # post digest the output must have (original base, alpha 1)
@@ -176,7 +176,7 @@ def plan_outputs(arts: list[Artifact], alphas: list[float], model: ModelSource) 
                                    expect=e.post.digest))
             continue
         ref = model.tensors[name]
-        out = _OutTensor(name, ref.dtype, list(ref.shape), ref, [t for t in terms if t.entry.kind != "unchanged"])
+        out = _OutTensor(name, ref.dtype, list(ref.shape), ref, [t for t in terms if t.entry.delta is not None])
         resized = [t for t in terms if t.entry.kind == "resized"]
         if len(resized) > 1:
             raise IncompatibleBaseError(f"tensor {name!r}: resized by several artifacts; combining resizes is not defined")
@@ -411,11 +411,11 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
     base_bits = t.base.read(start, n_base) if n_base else None
     base_hash = _base_chunk_hash(t, start, count, base_bits) if hash_base else None
     if n_base:
-        if not t.terms:
+        if not t.terms:  # unchanged by every artifact: the new base's own bits
             parts.append(base_bits)
         else:
-            deltas = [(term.alpha, _delta_range(term, start, n_base)) for term in term_list(t)]
-            out = combine(base_bits, t.base.dtype, deltas, t.dtype, device) if deltas else base_bits
+            deltas = [(term.alpha, _delta_range(term, start, n_base)) for term in t.terms]
+            out = combine(base_bits, t.base.dtype, deltas, t.dtype, device)
             if t.patch is not None:
                 out = _patch_chunk(out, base_bits, t.patch, start)
             parts.append(out)
@@ -426,12 +426,8 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
             vals = cast(vals, stream.dtype, t.dtype)
         parts.append(vals)
     if not parts:  # a 0-element tensor
-        return base_hash, np.empty(0, np.dtype(f"u{ITEMSIZE[t.dtype]}"))
+        return base_hash, np.empty(0, uint_dtype(t.dtype))
     return base_hash, parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-def term_list(t: _OutTensor) -> list[_Term]:
-    return [term for term in t.terms if term.entry.delta is not None]
 
 
 def _delta_range(term: _Term, start: int, count: int) -> np.ndarray:
@@ -444,10 +440,10 @@ def _delta_range(term: _Term, start: int, count: int) -> np.ndarray:
 
 def _stream_range(art: Artifact, stream: Stream, start: int, count: int, name: str) -> np.ndarray:
     """Decode elements [start, start+count) of a stream (one chunk when aligned, else several)."""
-    C = stream.chunk_elements
-    first, last = start // C, (start + count - 1) // C if count else start // C
     if count == 0:
-        return np.empty(0, np.dtype(f"u{ITEMSIZE[stream.dtype]}"))
+        return np.empty(0, uint_dtype(stream.dtype))
+    C = stream.chunk_elements
+    first, last = start // C, (start + count - 1) // C
     pieces = [art.decode_chunk(stream, i, f"tensor {name!r}") for i in range(first, last + 1)]
     joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     off = start - first * C
