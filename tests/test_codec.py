@@ -123,12 +123,14 @@ def _cases(dtype) -> dict[str, np.ndarray]:
         cases["odd sizes 4095"] = d[:4095]
         cases["odd sizes 4096"] = d[:4096]
         cases["odd sizes 4097"] = d[:4097]
+        cases["odd size 131071 (symbols looked up in pairs)"] = d[:131071]
         cases["subnormal deltas"] = rng.integers(0, 1 << 23, 50_000, dtype=np.uint32) | (
             rng.integers(0, 2, 50_000, dtype=np.uint32) << 31
         )
     if bits == 16:
         cases["bf16 weights"] = _bf16_bits(rng.normal(0, 0.02, 200_000))
         cases["fp16 weights"] = rng.normal(0, 0.02, 200_000).astype(np.float16).view(np.uint16)
+        cases["bf16 weights, odd size"] = cases["bf16 weights"][:199_999]
     return cases
 
 

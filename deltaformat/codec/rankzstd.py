@@ -363,7 +363,7 @@ class RankZstd(Codec):
         lut[:k] = table
         if mode == MODE_TABLE:
             sym = r.stream(numel, "symbols")
-            out = np.take(lut, sym)
+            out = _lookup(lut, sym)
             esc_pos = np.flatnonzero(sym >= k)
         else:
             m = r.u32("count of elements other than the top value")
@@ -382,7 +382,7 @@ class RankZstd(Codec):
             if m:
                 sym = r.stream(m, "symbols")
                 pos = np.flatnonzero(rest)
-                out[pos] = np.take(lut, sym)
+                out[pos] = _lookup(lut, sym)
                 esc_pos = pos[np.flatnonzero(sym >= k)]
             else:
                 esc_pos = np.empty(0, dtype=np.intp)
@@ -392,3 +392,30 @@ class RankZstd(Codec):
             out[esc_pos] = r.planes(esc_count, w, "escapes")
         r.end()
         return out
+
+
+_PAIR_LUT_FROM = 1 << 16  # below this many symbols, building the pair table costs more than it saves
+
+
+def _lookup(lut: np.ndarray, sym: np.ndarray) -> np.ndarray:
+    """``lut[sym]`` for a 256-entry ``lut`` and uint8 ``sym``, two symbols per gather.
+
+    Why: numpy's gather costs about 1 ns per index on this hardware whatever the element
+    size (it converts every index to intp), so reading symbols in pairs (as uint16) from
+    a 65,536-entry table of value pairs halves the work: 4.2 -> 1.6 ms for 2^22 symbols.
+    The pair table (512 KiB for fp32) stays in a core's L2 cache.
+    """
+    w = lut.dtype.itemsize
+    n = sym.size
+    if n < _PAIR_LUT_FROM or w > 4 or not _LITTLE:
+        return np.take(lut, sym)
+    wide = np.dtype(f"<u{2 * w}")
+    pairs = np.arange(1 << 16, dtype=np.uint32)
+    pair_lut = lut[pairs & 0xFF].astype(wide) | (lut[pairs >> 8].astype(wide) << wide.type(8 * w))
+    if n % 2 == 0:
+        return np.take(pair_lut, sym.view(np.uint16)).view(lut.dtype)
+    out = np.empty(n, dtype=lut.dtype)
+    # mode="clip": every uint16 is in range, and with out= the default mode buffers a copy
+    np.take(pair_lut, sym[:-1].view(np.uint16), out=out[:-1].view(wide), mode="clip")
+    out[-1] = lut[sym[-1]]
+    return out
