@@ -19,6 +19,7 @@ import numpy as np
 
 from deltaformat.codec.base import UINT_FOR_ITEMSIZE
 from deltaformat.dtypes import ITEMSIZE
+from deltaformat.fsutil import start_writeback
 from deltaformat.models import INDEX_FILE, SINGLE_FILE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
@@ -87,6 +88,7 @@ class ShardedWriter:
         fd, pos, done = self._fds[slot.file], slot.offset + start * slot.itemsize, 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], pos + done)
+        start_writeback(fd, pos, done)
 
     def read(self, name: str, start: int, count: int) -> np.ndarray:
         """Read back ``count`` elements of tensor ``name`` from ``start``, as written (raw bits)."""
