@@ -78,31 +78,39 @@ def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float
         e = min(n, s + BLOCK)
         a = acc[: e - s]
         a.copy_(base_t[s:e])  # what .to(float32) does: exact widening
-        for alpha, d in terms:
-            a.add_(d[s:e], alpha=alpha)
-        out_t[s:e].copy_(a)  # what .to(out_dtype) does: round to nearest even
+        _add_and_narrow(a, [(alpha, d[s:e]) for alpha, d in terms], out_t[s:e])
     return out
+
+
+def _add_and_narrow(acc: "torch.Tensor", terms: list, out: "torch.Tensor") -> None:
+    """The block step of ``combine``: ``acc`` (fp32 base) += Σ alpha * Δ, rounded into ``out``."""
+    for alpha, d in terms:
+        acc.add_(d, alpha=alpha)
+    out.copy_(acc)  # what .to(out_dtype) does: round to nearest even
 
 
 def difference_checked(base_bits: np.ndarray, base_dtype: str, post_bits: np.ndarray, post_dtype: str) -> tuple[np.ndarray, np.ndarray]:
     """``difference`` and the indices where ``combine(base, [(1, Δ)], post_dtype)`` is not the post.
 
     Block by block (see BLOCK), so base and post are read from memory once; the check
-    is ``combine`` itself, so what extract records as exact is what apply computes.
+    runs ``combine``'s own block step, so what extract records as exact is what apply computes.
     """
     torch = _torch()
     n = base_bits.size
     d = np.empty(n, dtype=np.uint32)
+    check = np.empty(min(n, BLOCK), dtype=post_bits.dtype)
     base_t, post_t, d_t = bits_to_torch(base_bits, base_dtype), bits_to_torch(post_bits, post_dtype), bits_to_torch(d, "F32")
+    check_t = bits_to_torch(check, post_dtype)
     pf, bf = torch.empty(min(n, BLOCK), dtype=torch.float32), torch.empty(min(n, BLOCK), dtype=torch.float32)
     bad = []
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
         p, b = pf[: e - s], bf[: e - s]
         p.copy_(post_t[s:e])
-        b.copy_(base_t[s:e])
+        b.copy_(base_t[s:e])  # fp32(base), widened as combine widens it
         torch.sub(p, b, out=d_t[s:e])
-        wrong = np.flatnonzero(combine(base_bits[s:e], base_dtype, [(1.0, d[s:e])], post_dtype) != post_bits[s:e])
+        _add_and_narrow(b, [(1.0, d_t[s:e])], check_t[: e - s])
+        wrong = np.flatnonzero(check[: e - s] != post_bits[s:e])
         if wrong.size:
             bad.append(wrong + s)
     return d, (np.concatenate(bad) if bad else np.empty(0, dtype=np.int64))

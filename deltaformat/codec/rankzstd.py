@@ -62,7 +62,7 @@ and any violation of the above raises ``CorruptBlobError``.
 
 Encoder policy (not part of the format; any choice decodes): ``numel == 0`` -> m = 0;
 ``numel < 4096`` -> every mode is tried and the smallest blob kept; otherwise a
-histogram of the top 16 bits ("heads") of about 2^20 evenly strided elements picks the
+histogram of the top 16 bits ("heads") of about 2^18 evenly strided elements picks the
 K <= 255 most frequent heads (ties: smaller head first), whose values with all lower
 bits 0 form ``T`` in that order; an element is coded as ``T[s]`` only when it equals it
 exactly, else it is an escape. If the sample predicts more than 45 % escapes: m = 1;
@@ -89,7 +89,7 @@ _ESC = 255
 MODE_RAW, MODE_PLANES, MODE_TABLE, MODE_TABLE_FLAGS = 0, 1, 2, 3
 
 # Tuning (measured on the stand-in, see bench/codec_bench.py).
-_HIST_SAMPLE = 1 << 20  # histogram from about this many elements (every s-th one)
+_HIST_SAMPLE = 1 << 18  # histogram from about this many elements (every s-th one): 2^20 gave 0.01 % smaller blobs, 10 % slower
 _PLANES_IF_ESCAPES_ABOVE = 0.45  # estimated escape fraction above which planes win
 _FLAGS_IF_TOP_ABOVE = 0.30  # top value share above which its bitmap beats its Huffman code
 _TRY_ALL_BELOW = 4096  # small chunks: encode every mode and keep the smallest
