@@ -1054,9 +1054,9 @@ def targets(sizes: list[dict], codec_rows, speed, mk) -> list[str]:
 FULL = {
     "quick": False,
     "sizes": [("0.25 GB", 5, 32000), ("1 GB", 34, 32000), ("2 GB", 73, 32000)],
-    "reps_last": (1, 2),  # extract, apply repeats at the largest size (time budget)
+    "reps_last": (2, 3),  # extract, apply repeats at the largest size (time budget)
     "size_layers": 2, "size_vocab": 8000,
-    "reps_extract": 2, "reps_apply": 3, "reps_orig": 1,
+    "reps_extract": 3, "reps_apply": 5, "reps_orig": 1,
     "codec_numel": 1 << 24, "codec_repeats": 3,
     "mergekit_size": 1, "mergekit_reps": 2, "cold_size": 1, "minilm_reps": 3, "profile_size": 0,
 }
