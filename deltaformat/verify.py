@@ -62,7 +62,7 @@ def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | 
 
 
 def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
-    bits = art.decode_chunk(s, i, f"tensor {name!r}")
+    bits = art.decode_chunk(s, i, f"tensor {name!r}").array()
     return s, chunk_hash(bits), bits.size
 
 

@@ -448,3 +448,51 @@ def test_threads_give_the_same_blobs(codec_id):
         assert list(pool.map(codec.encode, chunks)) == serial
         outs = list(pool.map(lambda b: codec.decode(b, 50_000, 4), serial))
     assert all(np.array_equal(o, c) for o, c in zip(outs, chunks))
+
+
+# ------------------------------------------------------------------ block-by-block decoding
+
+
+def _with_escapes(n: int, seed: int) -> np.ndarray:
+    """A stand-in Δ with some elements no table holds (rank-zstd-v1 escapes)."""
+    rng = _rng(seed)
+    return np.where(rng.random(n) < 0.002, rng.integers(0, 2**32, n, dtype=np.uint32), _standin_delta(n, seed=seed))
+
+
+@pytest.mark.parametrize("codec_id", CODECS)
+def test_blocks_give_the_same_elements_as_a_whole_decode(codec_id):
+    """apply fills Δ block by block; every block must be that slice of the whole decode."""
+    codec = get_codec(codec_id)
+    big = _with_escapes(700_001, seed=9)  # odd, and over two of combine's 2^18-element blocks
+    blobs = [(codec.encode(big), big.size, 4)] + _sample_blobs(codec_id)
+    rng = _rng(10)
+    for blob, numel, w in blobs:
+        whole = codec.decode(blob, numel, w)
+        blocks = codec.decode_blocks(blob, numel, w)
+        assert np.array_equal(blocks.array(), whole)
+        if numel == big.size:
+            assert np.array_equal(whole, big)
+        for _ in range(20):  # odd and even starts and sizes
+            s = int(rng.integers(0, numel))
+            out = np.empty(int(rng.integers(0, numel - s + 1)), whole.dtype)
+            blocks.fill(s, out)
+            assert np.array_equal(out, whole[s : s + out.size]), (s, out.size)
+        out = np.empty(numel, whole.dtype)
+        for s in range(0, numel, 1 << 18):
+            blocks.fill(s, out[s : s + (1 << 18)])
+        assert np.array_equal(out, whole)
+
+
+def test_combine_from_blocks_equals_combine_from_arrays():
+    """The arithmetic gives the same bits whether Δ comes decoded whole or block by block."""
+    from deltaformat.arith import combine
+
+    n = 3 * (1 << 18) + 12_345
+    base = _bf16_bits(_rng(11).normal(0, 0.02, n))
+    codec = get_codec(RANK)
+    deltas = [_with_escapes(n, seed=12), _standin_delta(n, rel=0.03, seed=13)]
+    blobs = [codec.encode(d) for d in deltas]
+    for alphas in ([1.0], [0.5, -1.25]):
+        as_arrays = combine(base, "BF16", [(a, d) for a, d in zip(alphas, deltas)], "BF16")
+        as_blocks = combine(base, "BF16", [(a, codec.decode_blocks(b, n, 4)) for a, b in zip(alphas, blobs)], "BF16")
+        assert np.array_equal(as_arrays, as_blocks), alphas

@@ -81,7 +81,7 @@ import threading
 import numpy as np
 import zstandard
 
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Codec
+from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Codec, Decoded, Materialized
 from deltaformat.errors import CorruptBlobError
 
 _U32 = struct.Struct("<I")
@@ -320,26 +320,29 @@ class RankZstd(Codec):
 
     # ---------------------------------------------------------------- decode
     def decode(self, data: bytes, numel: int, itemsize: int) -> np.ndarray:
+        return self.decode_blocks(data, numel, itemsize).array()
+
+    def decode_blocks(self, data: bytes, numel: int, itemsize: int) -> Decoded:
         if itemsize not in UINT_FOR_ITEMSIZE:
             raise CorruptBlobError(f"{self.id}: unsupported element width {itemsize}")
         if numel < 0:
             raise CorruptBlobError(f"{self.id}: negative element count {numel}")
-        out = self._decode(data, numel, itemsize, depth=0)
-        return out.astype(UINT_FOR_ITEMSIZE[itemsize], copy=False)
+        return self._decode(data, numel, itemsize, depth=0)
 
-    def _decode(self, data, numel: int, itemsize: int, depth: int) -> np.ndarray:
+    def _decode(self, data, numel: int, itemsize: int, depth: int) -> Decoded:
         r = _Reader(data, self.id if depth == 0 else f"{self.id} (bitmap level {depth})", numel)
         mode = r.u8("mode byte")
+        native = UINT_FOR_ITEMSIZE[itemsize]
         if mode == MODE_RAW:
             if len(r.view) - 1 != numel * itemsize:
                 r.fail(f"raw payload is {len(r.view) - 1} bytes, manifest says {numel} elements of {itemsize} bytes")
             raw = r.take(numel * itemsize, "raw elements")
             r.end()
-            return np.frombuffer(raw, dtype=f"<u{itemsize}").copy()
+            return Materialized(np.frombuffer(raw, dtype=f"<u{itemsize}").astype(native))
         if mode == MODE_PLANES:
             out = r.planes(numel, itemsize, "planes")
             r.end()
-            return out
+            return Materialized(out.astype(native, copy=False))
         if mode in (MODE_TABLE, MODE_TABLE_FLAGS):
             if not 0 < numel < _MAX_TABLE_NUMEL:
                 r.fail(f"mode {mode} cannot hold {numel} elements")
@@ -351,7 +354,7 @@ class RankZstd(Codec):
             return self._decode_table(r, mode, numel, itemsize, depth)
         r.fail(f"unknown mode {mode}")
 
-    def _decode_table(self, r: _Reader, mode: int, numel: int, w: int, depth: int) -> np.ndarray:
+    def _decode_table(self, r: _Reader, mode: int, numel: int, w: int, depth: int) -> Decoded:
         k = r.u8("table size")
         if k == 0:
             r.fail("empty table")
@@ -363,59 +366,85 @@ class RankZstd(Codec):
         lut[:k] = table
         if mode == MODE_TABLE:
             sym = r.stream(numel, "symbols")
-            out = _lookup(lut, sym)
             esc_pos = np.flatnonzero(sym >= k)
-        else:
-            m = r.u32("count of elements other than the top value")
-            if not esc_count <= m <= numel:
-                r.fail(f"{m} elements other than the top value, {esc_count} escapes, {numel} elements")
-            nbytes = (numel + 7) // 8
-            blob = r.take(r.u32("bitmap length"), "bitmap")
-            bitmap = self._decode(blob, nbytes, 1, depth + 1).view(np.uint8)
-            if numel % 8 and bitmap[-1] >> (numel % 8):
-                r.fail("bitmap padding bits are not 0")
-            rest = np.unpackbits(bitmap, count=numel, bitorder="little").view(bool)
-            ones = int(np.count_nonzero(rest))
-            if ones != m:
-                r.fail(f"bitmap has {ones} bits set, header says {m}")
-            out = np.full(numel, table[0], dtype=UINT_FOR_ITEMSIZE[w])
-            if m:
-                sym = r.stream(m, "symbols")
-                pos = np.flatnonzero(rest)
-                out[pos] = _lookup(lut, sym)
-                esc_pos = pos[np.flatnonzero(sym >= k)]
-            else:
-                esc_pos = np.empty(0, dtype=np.intp)
+            if esc_pos.size != esc_count:
+                r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
+            escapes = r.planes(esc_count, w, "escapes")
+            r.end()
+            return _TableLookup(lut, sym, esc_pos, escapes)  # looked up block by block, when asked
+        m = r.u32("count of elements other than the top value")
+        if not esc_count <= m <= numel:
+            r.fail(f"{m} elements other than the top value, {esc_count} escapes, {numel} elements")
+        nbytes = (numel + 7) // 8
+        blob = r.take(r.u32("bitmap length"), "bitmap")
+        bitmap = self._decode(blob, nbytes, 1, depth + 1).array()
+        if numel % 8 and bitmap[-1] >> (numel % 8):
+            r.fail("bitmap padding bits are not 0")
+        rest = np.unpackbits(bitmap, count=numel, bitorder="little").view(bool)
+        ones = int(np.count_nonzero(rest))
+        if ones != m:
+            r.fail(f"bitmap has {ones} bits set, header says {m}")
+        out = np.full(numel, table[0], dtype=UINT_FOR_ITEMSIZE[w])
+        esc_pos = np.empty(0, dtype=np.intp)
+        if m:
+            sym = r.stream(m, "symbols")
+            pos = np.flatnonzero(rest)
+            out[pos] = _TableLookup(lut, sym).array()
+            esc_pos = pos[np.flatnonzero(sym >= k)]
         if esc_pos.size != esc_count:
             r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
         if esc_count:
             out[esc_pos] = r.planes(esc_count, w, "escapes")
         r.end()
-        return out
+        return Materialized(out)
 
 
 _PAIR_LUT_FROM = 1 << 16  # below this many symbols, building the pair table costs more than it saves
+_NO_ESCAPES = np.empty(0, dtype=np.intp)
 
 
-def _lookup(lut: np.ndarray, sym: np.ndarray) -> np.ndarray:
-    """``lut[sym]`` for a 256-entry ``lut`` and uint8 ``sym``, two symbols per gather.
+class _TableLookup(Decoded):
+    """Elements ``lut[sym]``, then ``escapes`` put at ``esc_pos`` (ascending): mode 2, block by block.
 
-    Why: numpy's gather costs about 1 ns per index on this hardware whatever the element
-    size (it converts every index to intp), so reading symbols in pairs (as uint16) from
-    a 65,536-entry table of value pairs halves the work: 4.2 -> 1.6 ms for 2^22 symbols.
-    The pair table (512 KiB for fp32) stays in a core's L2 cache.
+    Lookups go two symbols at a time where that pays: numpy's gather costs about 1 ns
+    per index here whatever the element size (it converts every index to intp), so
+    reading symbols in pairs (as uint16) from a 65,536-entry table of value pairs halves
+    the work (4.2 -> 1.6 ms for 2^22 symbols); the pair table (512 KiB for fp32) stays in
+    a core's L2 cache.
     """
-    w = lut.dtype.itemsize
-    n = sym.size
-    if n < _PAIR_LUT_FROM or w > 4 or not _LITTLE:
-        return np.take(lut, sym)
-    wide = np.dtype(f"<u{2 * w}")
-    pairs = np.arange(1 << 16, dtype=np.uint32)
-    pair_lut = lut[pairs & 0xFF].astype(wide) | (lut[pairs >> 8].astype(wide) << wide.type(8 * w))
-    if n % 2 == 0:
-        return np.take(pair_lut, sym.view(np.uint16)).view(lut.dtype)
-    out = np.empty(n, dtype=lut.dtype)
-    # mode="clip": every uint16 is in range, and with out= the default mode buffers a copy
-    np.take(pair_lut, sym[:-1].view(np.uint16), out=out[:-1].view(wide), mode="clip")
-    out[-1] = lut[sym[-1]]
-    return out
+
+    def __init__(self, lut: np.ndarray, sym: np.ndarray, esc_pos: np.ndarray = _NO_ESCAPES, escapes: np.ndarray | None = None):
+        super().__init__(sym.size, lut.dtype)
+        self.lut, self.sym, self.esc_pos, self.escapes = lut, sym, esc_pos, escapes
+        w = lut.dtype.itemsize
+        self.pair_lut = None
+        if sym.size >= _PAIR_LUT_FROM and w <= 4 and _LITTLE:
+            # entry (hi << 8 | lo), the uint16 of the symbol pair (lo, hi), holds lut[lo] then lut[hi]
+            wide = lut.astype(np.dtype(f"<u{2 * w}"))
+            self.pair_lut = ((wide[:, None] << wide.dtype.type(8 * w)) | wide[None, :]).reshape(-1)
+
+    def array(self) -> np.ndarray:
+        if self.pair_lut is None or self.numel % 2:
+            return super().array()
+        out = np.take(self.pair_lut, self.sym.view(np.uint16)).view(self.dtype)  # faster than into a new buffer
+        self._put_escapes(0, out)
+        return out
+
+    def fill(self, start: int, out: np.ndarray) -> None:
+        n = out.size
+        sym = self.sym[start : start + n]
+        # mode="clip": every index is in range, and with out= the default mode buffers a copy
+        if self.pair_lut is not None and start % 2 == 0:
+            even = n & ~1
+            np.take(self.pair_lut, sym[:even].view(np.uint16), out=out[:even].view(self.pair_lut.dtype), mode="clip")
+            if even < n:
+                out[-1] = self.lut[sym[-1]]
+        else:
+            np.take(self.lut, sym, out=out, mode="clip")
+        self._put_escapes(start, out)
+
+    def _put_escapes(self, start: int, out: np.ndarray) -> None:
+        if self.esc_pos.size:
+            lo, hi = np.searchsorted(self.esc_pos, (start, start + out.size))
+            if hi > lo:
+                out[self.esc_pos[lo:hi] - start] = self.escapes[lo:hi]
