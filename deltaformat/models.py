@@ -55,9 +55,9 @@ class TensorRef:
     def itemsize(self) -> int:
         return ITEMSIZE[self.dtype]
 
-    def read(self, start: int, count: int) -> np.ndarray:
-        """Read elements [start, start+count) as raw bits (numpy unsigned ints)."""
-        out = np.empty(count, dtype=uint_dtype(self.dtype))
+    def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
+        """Read elements [start, start+count) as raw bits (numpy unsigned ints), into ``out`` when given."""
+        out = np.empty(count, dtype=uint_dtype(self.dtype)) if out is None else out[:count]
         buf = memoryview(out).cast("B")
         pos = self.offset + start * self.itemsize
         with open(self.path, "rb", buffering=0) as f:
