@@ -554,6 +554,21 @@ def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
 
+def run_settled(argv: list[str], out: Path) -> dict:
+    """Run a child twice, removing ``out`` before each, and return the second run.
+
+    Why: on this virtual machine a run's time depends on the command before it. apply
+    right after the load+save floor took 1.60-1.85 s at 1 GB and 1.04-1.42 s right after
+    another apply (the floor, which frees 1 GB of memory at exit, was not affected
+    by the order). Each timed run follows an untimed run of the same command, so every
+    command meets the state it leaves itself.
+    """
+    _rm(out)
+    run_child(argv)
+    _rm(out)
+    return run_child(argv)
+
+
 def speed_at(info: dict, work: Path, reps_extract: int, reps_apply: int, reps_orig: int, cold: bool = False) -> dict:
     """extract and apply against their floors, interleaved; one artifact kept for the apply runs."""
     work.mkdir(parents=True, exist_ok=True)
@@ -561,12 +576,10 @@ def speed_at(info: dict, work: Path, reps_extract: int, reps_apply: int, reps_or
     art = work / "art"
     ex, fx = [], []
     for _ in range(reps_extract):
-        _rm(art)
         _warm([base, post])
-        ex.append(run_child(["--child", "extract", str(base), str(post), str(art)]))
+        ex.append(run_settled(["--child", "extract", str(base), str(post), str(art)], art))
         nbytes = sum(f.stat().st_size for f in art.rglob("*") if f.is_file())
-        _rm(work / "fx")
-        fx.append(run_child(["--child", "floor-extract", str(base), str(post), str(nbytes), str(work / "fx")]))
+        fx.append(run_settled(["--child", "floor-extract", str(base), str(post), str(nbytes), str(work / "fx")], work / "fx"))
         _rm(work / "fx")
     ap, fa, orig = [], [], []
     _warm([base, newbase, art])
@@ -574,11 +587,10 @@ def speed_at(info: dict, work: Path, reps_extract: int, reps_apply: int, reps_or
         for kind in ("floor", "apply", "orig"):
             if kind == "orig" and r >= reps_orig:
                 continue
-            _rm(work / "out")
             if kind == "floor":
-                fa.append(run_child(["--child", "floor-apply", str(newbase), str(work / "out")]))
+                fa.append(run_settled(["--child", "floor-apply", str(newbase), str(work / "out")], work / "out"))
             else:
-                res = run_child(["--child", "apply", str(art), str(newbase if kind == "apply" else base), str(work / "out")])
+                res = run_settled(["--child", "apply", str(art), str(newbase if kind == "apply" else base), str(work / "out")], work / "out")
                 (ap if kind == "apply" else orig).append(res)
             _rm(work / "out")
     row = {"params": info["params"], "bytes": info.get("bytes", 2 * info["params"]),
@@ -609,15 +621,14 @@ def where_cpu_goes(info: dict, work: Path) -> dict:
     _rm(art)
     _warm([info["base"], info["post"], info["newbase"]])
     out = {"bytes": info["bytes"]}
-    out["extract"] = run_child(["--child", "profile-extract", str(info["base"]), str(info["post"]), str(art)])
+    out["extract"] = run_settled(["--child", "profile-extract", str(info["base"]), str(info["post"]), str(art)], art)
     nbytes = sum(f.stat().st_size for f in art.rglob("*") if f.is_file())
-    out["floor_extract"] = run_child(["--child", "floor-extract", str(info["base"]), str(info["post"]), str(nbytes), str(work / "fx")])
+    out["floor_extract"] = run_settled(["--child", "floor-extract", str(info["base"]), str(info["post"]), str(nbytes), str(work / "fx")], work / "fx")
     _rm(work / "fx")
-    _rm(work / "out")  # the floor first: it also brings the new base into the page cache, as in the timed runs
-    out["floor_apply"] = run_child(["--child", "floor-apply", str(info["newbase"]), str(work / "out")])
+    # the floor first: it also brings the new base into the page cache, as in the timed runs
+    out["floor_apply"] = run_settled(["--child", "floor-apply", str(info["newbase"]), str(work / "out")], work / "out")
     for key, base in (("apply", info["newbase"]), ("apply_orig", info["base"])):
-        _rm(work / "out")
-        out[key] = run_child(["--child", "profile-apply", str(art), str(base), str(work / "out")])
+        out[key] = run_settled(["--child", "profile-apply", str(art), str(base), str(work / "out")], work / "out")
     _rm(work / "out")
     _rm(art)
     return out
@@ -913,7 +924,9 @@ def report(m: dict, cfg: dict, sizes: list[dict], codec_rows: list[dict] | str, 
              "cheapest possible load, stricter than `safetensors.torch.load`) plus writing as many bytes as the artifact holds. Times exclude interpreter start and imports (measured inside the child). "
              f"Repeats: extract {cfg['reps_extract']}, apply {cfg['reps_apply']} (original base {cfg['reps_orig']}); at the largest size "
              f"extract {cfg['reps_last'][0]}, apply {cfg['reps_last'][1]}; medians. The floor of apply on the original base is the "
-             "new base's floor of the same repeat (same size).")
+             "new base's floor of the same repeat (same size). Every timed run (floors included) follows an untimed run of the "
+             "same command: on this virtual machine a run's time depends on the command before it (apply right after the floor "
+             "took 1.60-1.85 s at 1 GB, right after another apply 1.04-1.42 s; the floor did not depend on the order).")
     L.append("")
     L += _speed_table(speed)
     if minilm_speed:
