@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaformat._parallel import ordered_map
+from deltaformat._parallel import ordered_map, scratch
 from deltaformat._version import __version__
 from deltaformat.arith import cast, combine
 from deltaformat.artifact import Artifact, open_artifact
@@ -413,9 +412,8 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
         return None, _stream_range(art, stream, start, count, t.name)
     n_base = max(0, min(count, min(t.base.numel, t.numel) - start))
     parts = []
-    # Base bits that only feed the arithmetic are read into this thread's reused buffer:
-    # a new chunk-sized array each time costs page faults (reads 2-5x the CPU here).
-    into = _scratch(n_base * t.base.itemsize).view(uint_dtype(t.base.dtype)) if t.terms and n_base else None
+    # Base bits that only feed the arithmetic (not copied out as they are) go to a reused buffer.
+    into = scratch("base", n_base * t.base.itemsize).view(uint_dtype(t.base.dtype)) if t.terms and n_base else None
     base_bits = t.base.read(start, n_base, into) if n_base else None
     base_hash = _base_chunk_hash(t, start, count, base_bits) if hash_base else None
     if n_base:
@@ -436,17 +434,6 @@ def _chunk(t: _OutTensor, start: int, count: int, device: str, hash_base: bool =
     if not parts:  # a 0-element tensor
         return base_hash, np.empty(0, uint_dtype(t.dtype))
     return base_hash, parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-_local = threading.local()
-
-
-def _scratch(nbytes: int) -> np.ndarray:
-    """This thread's reused byte buffer, at least ``nbytes`` long (valid until its next call)."""
-    buf = getattr(_local, "buf", None)
-    if buf is None or buf.size < nbytes:
-        buf = _local.buf = np.empty(nbytes, dtype=np.uint8)
-    return buf[:nbytes]
 
 
 def _delta_range(term: _Term, start: int, count: int) -> np.ndarray | Decoded:
