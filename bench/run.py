@@ -1052,9 +1052,11 @@ def targets(sizes: list[dict], codec_rows, speed, mk) -> list[str]:
             spread = max(slopes) / min(slopes) if min(slopes) > 0 else float("inf")
             c = [median([x["cpu"] for x in r[what]]) for _, r in speed]
             cs = [(c[i + 1] - c[i]) / (gb[i + 1] - gb[i]) for i in range(len(c) - 1)]
+            ft = [median([x["wall"] for x in r[f"floor_{what}"]]) for _, r in speed]
+            fs = [(ft[i + 1] - ft[i]) / (gb[i + 1] - gb[i]) for i in range(len(ft) - 1)]
             line(f"{what} wall time linear in size (marginal s per GB between the sizes)", " → ".join(f"{x:.2f}" for x in slopes)
                  + f" s/GB (ratio {spread:.2f}; total " + ", ".join(f"{x:.1f}" for x in t) + " s); CPU: " + " → ".join(f"{x:.2f}" for x in cs)
-                 + " CPU s/GB", spread <= 1.5)
+                 + " CPU s/GB; its floor on this machine: " + " → ".join(f"{x:.2f}" for x in fs) + " s/GB", spread <= 1.5)
         for what in ("apply", "extract"):
             rss = [max(x["rss_mb"] for x in r[what]) for _, r in speed]
             line(f"{what} peak RSS flat in model size", " → ".join(f"{x:.0f}" for x in rss) + " MB for "
