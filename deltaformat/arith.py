@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Decoded
+from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Decoded, Materialized
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +89,7 @@ class _BlockSource:
     """Blocks of one Δ as fp32 tensors: views of an array, or a ``Decoded`` chunk filled into one reused buffer."""
 
     def __init__(self, d: np.ndarray | Decoded, block: int):
-        self.d = d
+        self.d = d = d.array() if isinstance(d, Materialized) else d  # decoded whole already: use views of it
         if isinstance(d, np.ndarray):
             self.t = bits_to_torch(d, "F32")
         else:

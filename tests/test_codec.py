@@ -483,13 +483,14 @@ def test_blocks_give_the_same_elements_as_a_whole_decode(codec_id):
         assert np.array_equal(out, whole)
 
 
-def test_combine_from_blocks_equals_combine_from_arrays():
+@pytest.mark.parametrize("codec_id", CODECS)
+def test_combine_from_blocks_equals_combine_from_arrays(codec_id):
     """The arithmetic gives the same bits whether Δ comes decoded whole or block by block."""
     from deltaformat.arith import combine
 
     n = 3 * (1 << 18) + 12_345
     base = _bf16_bits(_rng(11).normal(0, 0.02, n))
-    codec = get_codec(RANK)
+    codec = get_codec(codec_id)
     deltas = [_with_escapes(n, seed=12), _standin_delta(n, rel=0.03, seed=13)]
     blobs = [codec.encode(d) for d in deltas]
     for alphas in ([1.0], [0.5, -1.25]):
