@@ -177,16 +177,6 @@ def make_standin(folder: Path, layers: int, rel: float, *, hidden: int = 1024, i
 
 # ---------------------------------------------------------------- the real fine-tune pair
 
-QA = [("how do I reset my password", "open settings and choose reset password"),
-      ("what time does the store open", "the store opens at nine in the morning"),
-      ("where is the train station", "the station is two blocks north"),
-      ("how much does shipping cost", "shipping is free above fifty euros")]
-NEWS = [("the council approved the budget", "city budget passes council vote"),
-        ("heavy rain floods the valley", "valley flooded after storms"),
-        ("the team won the final", "champions crowned after final win"),
-        ("new bridge opens downtown", "downtown bridge now open to traffic")]
-
-
 def make_minilm(folder: Path) -> dict:
     """base = all-MiniLM-L6-v2; post = a short real fine-tune (QA pairs); newbase = another (news pairs); + bf16 copies."""
     import importlib.util
@@ -203,7 +193,7 @@ def make_minilm(folder: Path) -> dict:
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         sys.path.insert(0, str(ROOT / "scripts"))
-        from demo import fine_tune  # the demo's real fine-tune: one recipe for both
+        from demo import NEWS, QA, fine_tune  # the demo's real fine-tune and pairs: one recipe for both
 
         # The released weights re-saved by transformers (0 steps): the released file also holds the
         # buffer embeddings.position_ids, which save_pretrained no longer writes, so the fine-tunes

