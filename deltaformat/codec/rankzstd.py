@@ -365,13 +365,9 @@ class RankZstd(Codec):
         lut = np.zeros(256, dtype=UINT_FOR_ITEMSIZE[w])
         lut[:k] = table
         if mode == MODE_TABLE:
-            sym = r.stream(numel, "symbols")
-            esc_pos = np.flatnonzero(sym >= k)
-            if esc_pos.size != esc_count:
-                r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
-            escapes = r.planes(esc_count, w, "escapes")
+            elements = self._symbols_and_escapes(r, lut, k, numel, esc_count, w)
             r.end()
-            return _TableLookup(lut, sym, esc_pos, escapes)  # looked up block by block, when asked
+            return elements  # looked up block by block, when asked
         m = r.u32("count of elements other than the top value")
         if not esc_count <= m <= numel:
             r.fail(f"{m} elements other than the top value, {esc_count} escapes, {numel} elements")
@@ -385,26 +381,26 @@ class RankZstd(Codec):
         if ones != m:
             r.fail(f"bitmap has {ones} bits set, header says {m}")
         out = np.full(numel, table[0], dtype=UINT_FOR_ITEMSIZE[w])
-        esc_pos = np.empty(0, dtype=np.intp)
-        if m:
-            sym = r.stream(m, "symbols")
-            pos = np.flatnonzero(rest)
-            out[pos] = _TableLookup(lut, sym).array()
-            esc_pos = pos[np.flatnonzero(sym >= k)]
-        if esc_pos.size != esc_count:
-            r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
-        if esc_count:
-            out[esc_pos] = r.planes(esc_count, w, "escapes")
+        if m:  # (m = 0 means no symbols and, as esc_count <= m, no escapes)
+            out[np.flatnonzero(rest)] = self._symbols_and_escapes(r, lut, k, m, esc_count, w).array()
         r.end()
         return Materialized(out)
 
+    @staticmethod
+    def _symbols_and_escapes(r: _Reader, lut: np.ndarray, k: int, n: int, esc_count: int, w: int) -> "_TableLookup":
+        """A stream of ``n`` symbols, then the escaped elements: element i is ``lut[s_i]``, or the next escape where s_i >= k."""
+        sym = r.stream(n, "symbols")
+        esc_pos = np.flatnonzero(sym >= k)
+        if esc_pos.size != esc_count:
+            r.fail(f"symbols hold {esc_pos.size} escapes, header says {esc_count}")
+        return _TableLookup(lut, sym, esc_pos, r.planes(esc_count, w, "escapes"))
+
 
 _PAIR_LUT_FROM = 1 << 16  # below this many symbols, building the pair table costs more than it saves
-_NO_ESCAPES = np.empty(0, dtype=np.intp)
 
 
 class _TableLookup(Decoded):
-    """Elements ``lut[sym]``, then ``escapes`` put at ``esc_pos`` (ascending): mode 2, block by block.
+    """Elements ``lut[sym]``, then ``escapes`` put at ``esc_pos`` (ascending), block by block.
 
     Lookups go two symbols at a time where that pays: numpy's gather costs about 1 ns
     per index here whatever the element size (it converts every index to intp), so
@@ -413,7 +409,7 @@ class _TableLookup(Decoded):
     a core's L2 cache.
     """
 
-    def __init__(self, lut: np.ndarray, sym: np.ndarray, esc_pos: np.ndarray = _NO_ESCAPES, escapes: np.ndarray | None = None):
+    def __init__(self, lut: np.ndarray, sym: np.ndarray, esc_pos: np.ndarray, escapes: np.ndarray):
         super().__init__(sym.size, lut.dtype)
         self.lut, self.sym, self.esc_pos, self.escapes = lut, sym, esc_pos, escapes
         w = lut.dtype.itemsize
