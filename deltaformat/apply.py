@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -16,16 +18,16 @@ from deltaformat._version import __version__
 from deltaformat.arith import cast, combine
 from deltaformat.artifact import Artifact, open_artifact
 from deltaformat.codec.base import Decoded
-from deltaformat.digests import chunk_hash, tensor_digest
 from deltaformat.dtypes import ITEMSIZE, uint_dtype
-from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
+from deltaformat.digests import blob_digest, chunk_hash, tensor_digest
+from deltaformat.errors import FormatError, IncompatibleBaseError, NoSpaceError, VerificationError
 from deltaformat.extract import chunk_ranges
-from deltaformat.fsutil import atomic_folder
-from deltaformat.manifest import Manifest, Patch, Stream, TensorEntry
+from deltaformat.fsutil import TEMP_MARK, atomic_folder
+from deltaformat.manifest import Manifest, Patch, Stream, TensorEntry, check_carried_content
 from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
-from deltaformat.writer import ShardedWriter, parse_size
+from deltaformat.writer import ShardedWriter, parse_size, planned_bytes
 
 # config.json keys taken from the post model: the tokens it was trained to use.
 POST_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
@@ -115,16 +117,36 @@ def apply(
     plan = plan_outputs(arts, alphas, model)
     shard_bytes = parse_size(shard_size)
     total = sum(t.numel for t in plan)
+    tensors = [(t.name, t.dtype, t.shape) for t in plan]
+    _check_space(Path(out), planned_bytes(tensors) + sum(f.size for f in arts[0].manifest.files), len(plan), quiet)
     with atomic_folder(out, force=force) as tmp:
-        writer = ShardedWriter(tmp, [(t.name, t.dtype, t.shape) for t in plan], shard_bytes)
+        writer = ShardedWriter(tmp, tensors, shard_bytes)
         try:
             verified = compute(plan, writer, device, workers, quiet)
             writer.close()
         finally:
             writer.abort()
         changes = _write_side_files(tmp, arts, model, plan)
-        _write_provenance(tmp, arts, alphas, model)
+        _write_provenance(tmp, arts, alphas, model, verified, _record_files(tmp, writer.digests))
     return ApplyResult(Path(out), len(plan), total, verified, changes)
+
+
+HEADROOM_BYTES = 16 << 20  # shard headers, index, config.json: small, but counted
+
+
+def _check_space(out: Path, nbytes: int, tensors: int, quiet: bool) -> None:
+    """Say how big the output will be, and fail before writing when the disk cannot hold it.
+
+    The output's size follows from the shapes alone (a manifest cannot make apply write
+    more than them), so it is known before any chunk is decoded.
+    """
+    needed = nbytes + HEADROOM_BYTES
+    if not quiet:
+        print(f"apply: writing {tensors} tensors, {nbytes:,} bytes, to {out}", file=sys.stderr)
+    parent = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(parent).free
+    if free < needed:
+        raise NoSpaceError(f"not enough space for {out}: the output needs {needed:,} bytes, {parent} has {free:,} free")
 
 
 def preflight(manifest: Manifest, model: ModelSource, location: str = "the artifact") -> None:
@@ -489,9 +511,10 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
     if config:
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for f in m.files:
-        dest = folder / f.path
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(first.read_blob(f.digest, f.size, f"file {f.path!r}"))
+        data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+        check_carried_content(f.path, data)
+        (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
+        _create(folder / f.path, data)
     keys = set(m.base_config) | set(m.post_config) | set(model.config)
     return {
         k: (m.base_config.get(k), m.post_config.get(k), model.config.get(k))
@@ -500,13 +523,51 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
     }
 
 
-def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], model: ModelSource) -> None:
+def _create(path: Path, data: bytes) -> None:
+    """Write a new file; an existing one (or a symlink) is an error, never overwritten."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:
+        raise FormatError(f"carried file {path.name!r} collides with a file apply writes") from None
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+def _record_files(folder: Path, shard_digests: dict[str, tuple[str, int]]) -> dict[str, dict]:
+    """sha256 and size of every file in the output (shards as hashed while written).
+
+    The output folder started empty; anything in it that apply did not write as a
+    regular file is an error, so the record covers the whole folder.
+    """
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if rel == TEMP_MARK or path.is_dir() and not path.is_symlink():
+            continue
+        if path.is_symlink() or not path.is_file():
+            raise VerificationError(f"{rel}: the output holds something apply did not write as a file")
+        if rel in shard_digests:
+            digest, size = shard_digests[rel]
+        else:
+            data = path.read_bytes()
+            digest, size = blob_digest(data), len(data)
+        files[rel] = {"sha256": digest, "size": size}
+    return files
+
+
+def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], model: ModelSource, verified: bool,
+                      files: dict[str, dict]) -> None:
+    """paramdelta.json: the inputs, whether the output was proven to be the post model, and
+    the sha256 of every other file in the folder (what was proven is exactly what is there)."""
     record = {
         "tool": {"name": "paramdelta", "version": __version__},
         "base": {"id": model.id, "source": model.source, "revision": model.revision, "commit": model.commit},
         "deltas": [
-            {"location": a.location, "manifest_digest": a.digest, "name": a.manifest.name, "version": a.manifest.version, "alpha": al}
+            {"location": a.location, "manifest_digest": a.digest, "name": a.manifest.name, "version": a.manifest.version,
+             "source": a.source, "alpha": al}
             for a, al in zip(arts, alphas)
         ],
+        "verified_exact": verified,
+        "files": files,
     }
-    (folder / PROVENANCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    _create(folder / PROVENANCE_FILE, (json.dumps(record, indent=2) + "\n").encode())

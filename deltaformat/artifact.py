@@ -4,6 +4,7 @@
       manifest.json           the manifest (deltaformat.manifest.Manifest), UTF-8 JSON
       manifest.json.sha256    "sha256:<hex>\\n" of manifest.json's exact bytes
       blobs/sha256/<hex>      every blob named by the sha256 of its bytes
+      source.json             written by pull: {"reference", "pinned", "registry"}, where it came from
 
 There is deliberately no config.json or model.safetensors at the root: a delta must
 never be mistaken for a loadable model.
@@ -12,6 +13,7 @@ never be mistaken for a loadable model.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import uuid
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ from deltaformat.manifest import Chunk, Manifest, Stream, dump_manifest, parse_m
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FILE = "manifest.json.sha256"
+SOURCE_FILE = "source.json"
+MAX_SOURCE_BYTES = 64 << 10
 BLOB_DIR = Path("blobs") / "sha256"
 
 
@@ -72,6 +76,7 @@ class Artifact:
     manifest_bytes: bytes
     blob_dir: Path
     location: str
+    source: str | None = None  # the registry reference it was pulled as (NS/NAME:VERSION@sha256:...), when it was
 
     @property
     def digest(self) -> str:
@@ -89,11 +94,16 @@ class Artifact:
         path = blob_path(self.blob_dir, digest)
         try:
             with open(path, "rb") as f:
-                data = f.read(size + 1)
+                # The file's size is checked before reading: a manifest may not make us
+                # allocate more than the bytes really there, nor read more than it says.
+                actual = os.fstat(f.fileno()).st_size
+                if actual != size:
+                    raise CorruptBlobError(f"{what}: blob {digest} has {actual} bytes, manifest says {size}")
+                data = f.read(size)
         except FileNotFoundError:
             raise CorruptBlobError(f"{what}: blob {digest} is missing from {self.location}") from None
         if len(data) != size:
-            raise CorruptBlobError(f"{what}: blob {digest} has {'more than ' if len(data) > size else ''}{min(len(data), size)} bytes, manifest says {size}")
+            raise CorruptBlobError(f"{what}: blob {digest} changed while it was read ({len(data)} of {size} bytes)")
         if PREFIX + hashlib.sha256(data).hexdigest() != digest:
             raise CorruptBlobError(f"{what}: blob {digest} is corrupt (its sha256 does not match its name)")
         return data
@@ -128,4 +138,16 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     recorded = dpath.read_text().strip()
     if blob_digest(data) != recorded:
         raise FormatError(f"{folder}: {MANIFEST_FILE} is corrupt: its sha256 does not match {DIGEST_FILE}")
-    return Artifact(parse_manifest(data), data, folder / BLOB_DIR, str(folder))
+    return Artifact(parse_manifest(data), data, folder / BLOB_DIR, str(folder), _pulled_from(folder / SOURCE_FILE))
+
+
+def _pulled_from(path: Path) -> str | None:
+    """The reference recorded by pull, if any (informative: a damaged record is ignored, not trusted)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        with os.fdopen(fd, "rb") as f:
+            record = json.loads(f.read(MAX_SOURCE_BYTES))
+        reference = record["reference"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    return reference if isinstance(reference, str) else None

@@ -1,17 +1,20 @@
 """The ``paramdelta`` command: a thin shell that parses, calls the library, prints.
 
 Every verb is one library call (deltaformat.extract, .apply, ...). Errors are shown
-here, once, as one line on stderr with a non-zero exit status.
+here, once, as one line on stderr with the exit status of their class (the table is in
+deltaformat.errors.EXIT_CODES and in --help); PARAMDELTA_DEBUG=1 adds the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import traceback
 from collections.abc import Callable
 
-from deltaformat.errors import ParamDeltaError
+from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -62,6 +65,8 @@ def _inspect(a: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2))
         return 0
     print(f"{info['name'] or '(unnamed)'}:{info['version'] or '-'}  manifest {info['manifest_digest']}")
+    if info["source"]:
+        print(f"  pulled from: {info['source']}")
     for side in ("base", "post"):
         ref = info[side]
         rev = f"@{ref['commit'] or ref['revision']}" if (ref["commit"] or ref["revision"]) else ""
@@ -203,7 +208,10 @@ def _table(rows: list[tuple]) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from deltaformat._version import __version__
 
-    p = argparse.ArgumentParser(prog="paramdelta", description="Extract, share and apply ParamΔ delta artifacts.")
+    codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+    p = argparse.ArgumentParser(prog="paramdelta", description="Extract, share and apply ParamΔ delta artifacts.",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=f"exit status:\n{codes}\n\nPARAMDELTA_DEBUG=1 prints a traceback with any error.")
     p.add_argument("--version", action="version", version=f"paramdelta {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -311,15 +319,29 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ParamDeltaError as exc:
-        print(f"paramdelta: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except ValueError as exc:
-        print(f"paramdelta: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
+        _debug_traceback()
         print("paramdelta: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # every failure is one line; the traceback only when asked for
+        _debug_traceback()
+        err = _as_error(exc)
+        print(f"paramdelta: error: {err}", file=sys.stderr)
+        return err.exit_code if isinstance(err, ParamDeltaError) else (EXIT_USAGE if isinstance(exc, ValueError) else 1)
+
+
+def _as_error(exc: Exception) -> Exception:
+    """The error to show: ours as they are; a file error as ours; anything else named by its type."""
+    if isinstance(exc, (ParamDeltaError, ValueError)):
+        return exc
+    if isinstance(exc, OSError):
+        return from_os_error(exc)
+    return RuntimeError(f"unexpected {type(exc).__name__}: {exc} (PARAMDELTA_DEBUG=1 shows where)")
+
+
+def _debug_traceback() -> None:
+    if os.environ.get("PARAMDELTA_DEBUG", "").lower() in ("1", "true", "yes"):
+        traceback.print_exc()
 
 
 if __name__ == "__main__":

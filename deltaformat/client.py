@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import logging
 import os
 import random
@@ -39,9 +40,11 @@ from typing import Any, TypeVar
 import httpx
 
 from deltaformat._version import __version__
-from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, Artifact, blob_path, open_artifact
+from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, SOURCE_FILE, Artifact, blob_path, open_artifact
 from deltaformat.cache import Cache, offline
-from deltaformat.errors import CorruptBlobError, FormatError, OfflineError, RegistryError
+from deltaformat.errors import (
+    CorruptBlobError, FormatError, IdentityError, NoSpaceError, OfflineError, RegistryError, from_os_error,
+)
 from deltaformat.fsutil import atomic_folder, write_file_atomic
 from deltaformat.manifest import Manifest, parse_manifest
 from deltaformat.oci import (
@@ -218,6 +221,7 @@ class RegistryClient:
         oci = parse_oci_manifest(oci_bytes)
         self.cache.put_manifest(digest, oci_bytes)
         todo = [d for d in [oci.config, *oci.layers] if not self.cache.has_blob(d.digest, d.size)]
+        _check_space(self.cache.root, sum(d.size for d in todo), f"pull {name}")
         with progress(sum(d.size for d in todo), f"pull {name}", quiet, unit="B") as bar:
             self.parallel(lambda d: self.download_blob(name, d, bar.update), todo)
         return artifact_from_cache(self.cache, oci, f"{registry_prefix(self.url)}/{name}@{digest}")
@@ -230,7 +234,10 @@ class RegistryClient:
             part = self.cache.part_path(blob.digest)
             state = _PartialDownload.resume(part, blob.size)
             advance(state.offset)
-            self._retrying(f"blob {blob.digest} of {name}", lambda: self._download_attempt(name, blob, state, advance))
+            try:
+                self._retrying(f"blob {blob.digest} of {name}", lambda: self._download_attempt(name, blob, state, advance))
+            except OSError as exc:  # the cache's disk (a full one: "no space left on device writing <part>")
+                raise from_os_error(exc, part) from None
             if state.digest() != blob.digest:
                 part.unlink(missing_ok=True)
                 raise CorruptBlobError(f"blob {blob.digest} of {name} from {self.url}: the bytes received have digest "
@@ -452,13 +459,47 @@ def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None =
     url, tok = _endpoint(parsed, registry, token)
     cache = Cache()
     if offline():
-        return _from_cache(cache, parsed, url)
+        art = _from_cache(cache, parsed, url)
+        check_identity(art.manifest, parsed, url)
+        art.source = _source(parsed, url, art.location.rpartition("@")[2])
+        return art
     with RegistryClient(url, tok, cache=cache) as client:
         digest, oci_bytes = client.resolve(parsed.name, parsed.reference)  # the only use of the tag
         art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet)
+    check_identity(art.manifest, parsed, url)
     if not parsed.digest:
         cache.set_ref(url, parsed.name, parsed.tag or LATEST, digest)
+    art.source = _source(parsed, url, digest)
     return art
+
+
+def check_identity(manifest: Manifest, ref: Reference, url: str) -> None:
+    """Refuse a manifest.json that is not the delta ``ref`` asked for.
+
+    Our registry checks name and version at push, but the client cannot know it talks to
+    ours: a registry serving another delta's bytes under this name would otherwise be
+    applied as if it were the one asked for. ``latest`` names whatever is newest.
+    """
+    if manifest.name != ref.name:
+        raise IdentityError(f"{registry_prefix(url)}/{ref}: its manifest.json names {manifest.name or '(no name)'}, "
+                            f"not {ref.name}; refusing what the registry served")
+    if ref.tag and ref.tag != LATEST and manifest.version != ref.tag:
+        raise IdentityError(f"{registry_prefix(url)}/{ref}: its manifest.json is version {manifest.version or '(none)'}, "
+                            f"not {ref.tag}; refusing what the registry served")
+
+
+def _source(ref: Reference, url: str, digest: str) -> str:
+    """The reference as asked for, pinned to the digest it resolved to: REGISTRY/NS/NAME[:TAG]@sha256:..."""
+    tag = f":{ref.tag}" if ref.tag else ""
+    return f"{registry_prefix(url)}/{ref.name}{tag}@{digest}"
+
+
+def _check_space(folder: Path, nbytes: int, what: str) -> None:
+    """Fail before downloading when the cache's disk cannot hold what is to be downloaded."""
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < nbytes:
+        raise NoSpaceError(f"not enough space for {what}: it needs {nbytes:,} bytes in {folder}, which has {free:,} free")
 
 
 def pull(ref: str, out: str | os.PathLike, *, registry: str | None = None, token: str | None = None,
@@ -468,6 +509,8 @@ def pull(ref: str, out: str | os.PathLike, *, registry: str | None = None, token
     with atomic_folder(out, force=force) as tmp:
         write_file_atomic(tmp / MANIFEST_FILE, art.manifest_bytes)
         write_file_atomic(tmp / DIGEST_FILE, (sha256_digest(art.manifest_bytes) + "\n").encode())
+        record = {"reference": art.source, "pinned": art.location}
+        write_file_atomic(tmp / SOURCE_FILE, (json.dumps(record, indent=1) + "\n").encode())
         (tmp / BLOB_DIR).mkdir(parents=True)
         for digest in art.manifest.blob_digests():
             _link_or_copy(blob_path(art.blob_dir, digest), blob_path(tmp / BLOB_DIR, digest))
@@ -479,9 +522,12 @@ def fetch_manifest(ref: str, *, registry: str | None = None, token: str | None =
     parsed = parse_reference(ref)
     url, tok = _endpoint(parsed, registry, token)
     if offline():
-        return _from_cache(Cache(), parsed, url).manifest
-    with RegistryClient(url, tok) as client:
-        return client.manifest_json(parsed.name, parsed.reference)
+        manifest = _from_cache(Cache(), parsed, url).manifest
+    else:
+        with RegistryClient(url, tok) as client:
+            manifest = client.manifest_json(parsed.name, parsed.reference)
+    check_identity(manifest, parsed, url)
+    return manifest
 
 
 def preflight(ref: str, base: str | os.PathLike, *, registry: str | None = None, token: str | None = None) -> Manifest:

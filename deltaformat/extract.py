@@ -16,11 +16,11 @@ from deltaformat.artifact import ArtifactWriter
 from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, get_codec
 from deltaformat.digests import chunk_hash, fingerprint, tensor_digest
 from deltaformat.dtypes import DELTA_DTYPES
-from deltaformat.errors import ModelError
+from deltaformat.errors import FormatError, ModelError
 from deltaformat.fsutil import atomic_folder
 from deltaformat.manifest import (
-    CHUNK_ELEMENTS, Architecture, check_metadata, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
-    TensorEntry, TensorInfo, ToolInfo,
+    CHUNK_ELEMENTS, MAX_CARRIED_FILE_BYTES, Architecture, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
+    TensorEntry, TensorInfo, ToolInfo, check_carried_content, check_metadata,
 )
 from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import encode_patch
@@ -78,6 +78,7 @@ def extract(
     check_metadata(name, version, description, license)  # before any work, not after it
     base_m, post_m = open_model(base), open_model(post)
     plan = _plan(base_m, post_m)
+    carried = _read_carried(post_m)  # refused before any work, like a bad name
     total = sum(p.numel if p else b.numel for _, b, p in plan)
     with atomic_folder(out, force=force) as tmp:
         writer = ArtifactWriter(tmp)
@@ -95,7 +96,7 @@ def extract(
             tool=ToolInfo(version=__version__),
             base=_model_ref(base_m, entries, "base"), post=_model_ref(post_m, entries, "post"),
             codec=CodecInfo(delta=delta_codec, values=values_codec),
-            tensors=entries, files=_carry(post_m, writer),
+            tensors=entries, files=_carry(carried, writer),
             base_config=base_m.config, post_config=post_m.config,
         )
         writer.finish(manifest)
@@ -219,10 +220,24 @@ def _int(cfg: dict, key: str) -> int | None:
     return v if isinstance(v, int) else None
 
 
-def _carry(post: ModelSource, writer: ArtifactWriter) -> list[CarriedFile]:
-    files = []
+def _read_carried(post: ModelSource) -> list[tuple[str, bytes]]:
+    """The post model's side files to carry, each checked as a reader will check it."""
+    carried = []
     for rel in post.carried_files():
-        data = (post.path / rel).read_bytes()
+        data = post.read_side_file(rel)
+        if len(data) > MAX_CARRIED_FILE_BYTES:
+            raise ModelError(f"{post.path / rel}: {len(data):,} bytes; a carried file may have at most {MAX_CARRIED_FILE_BYTES:,}")
+        try:
+            check_carried_content(rel, data)
+        except FormatError as exc:
+            raise ModelError(f"{post.path}: {exc}") from None
+        carried.append((rel, data))
+    return carried
+
+
+def _carry(carried: list[tuple[str, bytes]], writer: ArtifactWriter) -> list[CarriedFile]:
+    files = []
+    for rel, data in carried:
         chunk = writer.put_blob(data)
         files.append(CarriedFile(path=rel, digest=chunk.digest, size=chunk.size))
     return files

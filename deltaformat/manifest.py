@@ -13,6 +13,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
+import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deltaformat.errors import FormatError
@@ -20,9 +21,29 @@ from deltaformat.errors import FormatError
 FORMAT_VERSION = 1
 MANIFEST_MEDIA_TYPE = "application/vnd.paramdelta.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.paramdelta.delta.v1"
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 22  # fixed in v1: every stream and digest uses it, so it bounds each decoded chunk
 MAX_TENSOR_ELEMENTS = 1 << 40
 MAX_DIMS = 8
+# Every blob is read into memory whole, so its recorded size is capped before it is read.
+# An encoded chunk is at most its raw bytes (mode 0) plus framing; 1 GiB is far above that.
+MAX_BLOB_BYTES = 1 << 30
+MAX_CARRIED_FILE_BYTES = 256 << 20  # the largest tokenizer.json on the Hub is ~35 MB
+
+# Carried files: only the side files a tokenizer, chat template or generation settings
+# need. Never weights, the index, config.json (kept inline in the manifest), Python, or
+# anything else a loader could execute or that could name code to run; see spec §3.3.
+CARRIED_FILES = (
+    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
+    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
+    "generation_config.json", "preprocessor_config.json",
+)
+CARRIED_DIRS = {"additional_chat_templates": ".jinja"}  # folder -> the one suffix its files may have
+# Files transformers reads as settings whose top-level "auto_map" names classes to import
+# (from the Hub with trust_remote_code): a carried file must not name code.
+CODE_NAMING_KEYS = ("auto_map",)
+_SETTINGS_FILES = ("tokenizer_config.json", "preprocessor_config.json", "generation_config.json",
+                   "special_tokens_map.json", "added_tokens.json", "chat_template.json")
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
 NAME_PATTERN = r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)+$"  # NS/NAME, lowercase
@@ -31,7 +52,7 @@ Digest = Annotated[str, Field(pattern=DIGEST_PATTERN, description="sha256:<64 lo
 DType = Literal["BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32", "F64", "I64", "U64", "F8_E4M3", "F8_E5M2"]
 TensorKind = Literal["changed", "unchanged", "added", "removed", "resized"]
 
-_SAFE_PATH = re.compile(r"^(?!/)(?!.*(^|/)\.\.(/|$))[A-Za-z0-9._\-/]+$")
+_PATH_PART = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")  # no empty, ".", ".." or hidden components
 
 
 class _Strict(BaseModel):
@@ -41,7 +62,7 @@ class _Strict(BaseModel):
 class TensorInfo(_Strict):
     """One side (base or post) of a tensor: its shape, dtype and content digest."""
 
-    shape: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_DIMS)
+    shape: list[Annotated[int, Field(ge=0, le=MAX_TENSOR_ELEMENTS)]] = Field(max_length=MAX_DIMS)
     dtype: DType
     digest: Digest = Field(description="Chunked sha256 of the raw little-endian bytes (spec: Tensor digests)")
 
@@ -62,7 +83,7 @@ class Chunk(_Strict):
     """One encoded chunk of a stream, stored as one content-addressed blob."""
 
     digest: Digest
-    size: int = Field(ge=0, description="Encoded size in bytes")
+    size: int = Field(ge=0, le=MAX_BLOB_BYTES, description="Encoded size in bytes")
 
 
 class Stream(_Strict):
@@ -71,7 +92,7 @@ class Stream(_Strict):
     codec: str
     dtype: DType = Field(description="dtype of the decoded elements")
     numel: int = Field(ge=0, le=MAX_TENSOR_ELEMENTS)
-    chunk_elements: int = Field(ge=1, le=1 << 30)
+    chunk_elements: Literal[4194304] = Field(CHUNK_ELEMENTS, description="elements per chunk: 2^22 in v1")
     chunks: list[Chunk]
     digest: Digest = Field(description="Chunked sha256 of the decoded elements' raw bytes")
 
@@ -91,8 +112,8 @@ class Patch(_Strict):
     """
 
     digest: Digest
-    size: int = Field(ge=0)
-    count: int = Field(ge=1)
+    size: int = Field(ge=0, le=MAX_BLOB_BYTES)
+    count: int = Field(ge=1, le=MAX_TENSOR_ELEMENTS, description="patched elements: at most the elements base and post share")
 
 
 class TensorEntry(_Strict):
@@ -125,7 +146,26 @@ class TensorEntry(_Strict):
             raise ValueError(f"tensor {self.name!r}: delta streams are F32")
         if self.patch is not None and self.kind not in ("changed", "resized"):
             raise ValueError(f"tensor {self.name!r}: only changed or resized tensors carry a patch")
+        self._sizes_follow_shapes()
         return self
+
+    def _sizes_follow_shapes(self) -> None:
+        """Every stream and patch size is implied by the shapes: a reader allocates by them,
+        so a manifest may not claim more (or other) elements than its tensor has."""
+        post_n = self.post.numel if self.post is not None else 0
+        shared = min(self.base.numel, post_n) if self.base is not None else 0
+        if self.delta is not None and self.delta.numel != shared:
+            raise ValueError(f"tensor {self.name!r}: delta has {self.delta.numel} elements; its shapes imply {shared}")
+        if self.kind == "resized" and (self.delta is not None) != (shared > 0):
+            raise ValueError(f"tensor {self.name!r}: a resized tensor has a delta exactly when it shares elements ({shared})")
+        if self.values is not None and self.values.numel != post_n - shared:
+            raise ValueError(f"tensor {self.name!r}: values has {self.values.numel} elements; its shapes imply {post_n - shared}")
+        if self.kind == "resized" and (self.values is not None) != (post_n > shared):
+            raise ValueError(f"tensor {self.name!r}: a resized tensor has values exactly when post is longer than base")
+        if self.values is not None and self.values.dtype != self.post.dtype:
+            raise ValueError(f"tensor {self.name!r}: values are {self.values.dtype}, post is {self.post.dtype}")
+        if self.patch is not None and self.patch.count > shared:
+            raise ValueError(f"tensor {self.name!r}: patch of {self.patch.count} elements; the tensor shares {shared}")
 
 
 class CarriedFile(_Strict):
@@ -133,13 +173,12 @@ class CarriedFile(_Strict):
 
     path: str = Field(max_length=255)
     digest: Digest
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, le=MAX_CARRIED_FILE_BYTES)
 
     @field_validator("path")
     @classmethod
-    def _safe(cls, path: str) -> str:
-        if not _SAFE_PATH.match(path) or path.startswith("./"):
-            raise ValueError(f"unsafe carried file path {path!r}: relative paths of [A-Za-z0-9._-/] only, no '..'")
+    def _allowed(cls, path: str) -> str:
+        check_carried_path(path)
         return path
 
 
@@ -188,7 +227,7 @@ class Manifest(_Strict):
     tool: ToolInfo
     base: ModelRef
     post: ModelRef
-    chunk_elements: int = Field(CHUNK_ELEMENTS, ge=1, le=1 << 30)
+    chunk_elements: Literal[4194304] = Field(CHUNK_ELEMENTS, description="elements per digest chunk: 2^22 in v1")
     codec: CodecInfo
     tensors: list[TensorEntry]
     files: list[CarriedFile] = []
@@ -245,6 +284,38 @@ class Manifest(_Strict):
         }
 
 
+def check_carried_path(path: str) -> None:
+    """Raise ValueError unless ``path`` is on the carried-file allow-list (spec §3.3).
+
+    Why an allow-list: a carried file lands in the output model folder, next to the
+    weights apply verified; anything a loader reads as weights, config or code there
+    would replace what was proven.
+    """
+    parts = path.split("/")
+    if not all(_PATH_PART.match(p) for p in parts):
+        raise ValueError(f"unsafe carried file path {path!r}: components of [A-Za-z0-9._-], none empty, hidden, '.' or '..'")
+    allowed = path in CARRIED_FILES or (
+        len(parts) == 2 and parts[0] in CARRIED_DIRS and parts[1].endswith(CARRIED_DIRS[parts[0]]))
+    if not allowed:
+        raise ValueError(f"carried file {path!r} is not a tokenizer, chat template or generation file paramdelta may carry "
+                         f"(allowed: {', '.join(CARRIED_FILES)}, additional_chat_templates/*.jinja)")
+
+
+def check_carried_content(path: str, data: bytes) -> None:
+    """Raise FormatError when a carried settings file names code for a loader to import."""
+    if path not in _SETTINGS_FILES:
+        return
+    try:
+        doc = pydantic_core.from_json(data)
+    except ValueError as exc:
+        raise FormatError(f"carried file {path!r} is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"carried file {path!r} must hold a JSON object")
+    named = [k for k in CODE_NAMING_KEYS if k in doc]
+    if named:
+        raise FormatError(f"carried file {path!r} has {named[0]!r}, which names code to import; paramdelta never carries code")
+
+
 def check_metadata(name: str | None, version: str | None, description: str | None = None, license: str | None = None) -> None:
     """Raise ValueError, naming the rule, for descriptive fields a manifest cannot hold."""
     if name is not None and not re.match(NAME_PATTERN, name):
@@ -257,12 +328,14 @@ def check_metadata(name: str | None, version: str | None, description: str | Non
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse manifest bytes, rejecting other format versions with a message that says so."""
-    import json
+    """Parse manifest bytes, rejecting other format versions with a message that says so.
 
+    pydantic_core's parser bounds nesting depth (json.loads recursed until RecursionError
+    on a manifest nested 5000 deep) and refuses out-of-range numbers, both as ValueError.
+    """
     try:
-        raw = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = pydantic_core.from_json(data)
+    except ValueError as exc:
         raise FormatError(f"manifest.json is not valid JSON: {exc}") from None
     if not isinstance(raw, dict):
         raise FormatError("manifest.json must hold a JSON object")

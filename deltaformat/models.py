@@ -11,14 +11,17 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pydantic_core
 
 from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import ModelError
+from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_FILE = "model.safetensors.index.json"
@@ -26,14 +29,8 @@ SINGLE_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 # Files of a post model that make the output usable as the post model was: tokenizer,
-# chat template, generation settings. config.json is kept inline in the manifest instead.
-CARRIED_FILES = (
-    "tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json",
-    "added_tokens.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
-    "sentencepiece.bpe.model", "chat_template.jinja", "chat_template.json",
-    "generation_config.json", "preprocessor_config.json",
-)
-CARRIED_DIRS = ("additional_chat_templates",)
+# chat template, generation settings (the allow-list lives with the manifest, which
+# enforces it). config.json is kept inline in the manifest instead.
 _HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)(@(?P<rev>[A-Za-z0-9._/-]+))?$")
 
 
@@ -83,12 +80,51 @@ class ModelSource:
     config: dict = field(default_factory=dict)
 
     def carried_files(self) -> list[str]:
-        """Relative paths of the side files present (tokenizer, chat template, ...)."""
-        found = [f for f in CARRIED_FILES if (self.path / f).is_file()]
-        for d in CARRIED_DIRS:
-            if (self.path / d).is_dir():
-                found += sorted(str(p.relative_to(self.path)) for p in (self.path / d).rglob("*") if p.is_file())
+        """Relative paths of the side files present (tokenizer, chat template, ...).
+
+        Each must be a regular file (a symlink could carry any file of the machine into a
+        published artifact); a folder's other entries are refused, not silently left out.
+        """
+        found = [f for f in CARRIED_FILES if self.side_file(f) is not None]
+        for d, suffix in CARRIED_DIRS.items():
+            folder = self.side_file(d, folder=True)
+            if folder is None:
+                continue
+            for entry in sorted(folder.iterdir()):
+                rel = f"{d}/{entry.name}"
+                if not entry.name.endswith(suffix) or entry.name.startswith("."):
+                    raise ModelError(f"{self.path}: {rel} is not a {suffix} file; {d}/ may hold only those")
+                self.side_file(rel)
+                found.append(rel)
         return found
+
+    def side_file(self, rel: str, *, folder: bool = False) -> Path | None:
+        """The path of side file ``rel`` when present (None when absent); refuses anything but a
+        regular file (or folder), so no symlink, FIFO or device is ever read as one.
+
+        A Hub snapshot is made of symlinks into its own blobs/ folder: those, and only
+        those, are followed.
+        """
+        path = self.path / rel
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return None
+        if stat.S_ISLNK(st.st_mode) and self.source == "hub" and _inside(path.resolve(), self.path.parent.parent / "blobs"):
+            st = path.stat()
+        elif stat.S_ISLNK(st.st_mode):
+            raise ModelError(f"{path}: is a symbolic link; paramdelta reads side files only as regular files")
+        if not (stat.S_ISDIR(st.st_mode) if folder else stat.S_ISREG(st.st_mode)):
+            raise ModelError(f"{path}: is not a regular {'folder' if folder else 'file'}")
+        return path
+
+    def read_side_file(self, rel: str) -> bytes:
+        """The bytes of side file ``rel``, opened without following a final symlink (unless a Hub blob)."""
+        path = self.side_file(rel)
+        flags = os.O_RDONLY | (0 if self.source == "hub" else os.O_NOFOLLOW)
+        fd = os.open(path, flags)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
 
     @property
     def num_parameters(self) -> int:
@@ -111,9 +147,13 @@ def open_model(spec: str | os.PathLike) -> ModelSource:
         if not match:
             raise ModelError(f"{spec}: no such folder, and not a Hub id of the form org/name[@revision]")
         model = _open_hub(match["repo"], match["rev"])
-    model.config = _read_config(model.path)
+    model.config = _read_config(model)
     model.tensors = _index_tensors(model.path)
     return model
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path.is_relative_to(folder.resolve())
 
 
 def _open_hub(repo: str, revision: str | None) -> ModelSource:
@@ -133,13 +173,13 @@ def _open_hub(repo: str, revision: str | None) -> ModelSource:
     return ModelSource(id=repo, source="hub", path=path, revision=revision, commit=path.name)
 
 
-def _read_config(folder: Path) -> dict:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
+def _read_config(model: ModelSource) -> dict:
+    cfg = model.path / "config.json"
+    if model.side_file("config.json") is None:  # (config.json goes into the manifest: no symlinks either)
         return {}
     try:
-        data = json.loads(cfg.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = pydantic_core.from_json(model.read_side_file("config.json"))  # depth-bounded, unlike json.loads
+    except ValueError as exc:
         raise ModelError(f"{cfg}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise ModelError(f"{cfg}: must hold a JSON object")

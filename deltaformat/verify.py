@@ -12,7 +12,7 @@ from deltaformat.artifact import Artifact
 from deltaformat.digests import chunk_hash, tensor_digest
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, VerificationError
-from deltaformat.manifest import Stream
+from deltaformat.manifest import Stream, check_carried_content
 from deltaformat.models import open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
@@ -50,7 +50,7 @@ def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | 
             data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
             decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
     for f in m.files:
-        art.read_blob(f.digest, f.size, f"file {f.path!r}")
+        check_carried_content(f.path, art.read_blob(f.digest, f.size, f"file {f.path!r}"))
     round_trip = False
     if base is not None:
         model = open_model(base)
@@ -72,6 +72,7 @@ def inspect(artifact: str | os.PathLike | Artifact) -> dict[str, Any]:
     m = art.manifest
     return {
         "location": art.location,
+        "source": art.source,
         "manifest_digest": art.digest,
         "name": m.name, "version": m.version, "description": m.description, "license": m.license,
         "format_version": m.format_version, "created_at": m.created_at.isoformat(), "tool": m.tool.model_dump(),

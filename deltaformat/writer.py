@@ -4,14 +4,22 @@ All shapes and dtypes of the output are known before any value is computed, so e
 shard's header is written first and every chunk is then written at its final offset
 (``os.pwrite``) by whichever thread computed it: no shard is ever held in memory.
 The files follow the safetensors format exactly and load with safetensors/transformers.
+
+Each shard's sha256 is taken as it is written, for apply's record of the output:
+chunks arrive in file order (apply's single consuming thread writes them in plan order),
+so a running hash per shard, fed on one background thread, covers every byte without
+reading the output back. A shard written out of order is hashed by reading it at close.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +31,7 @@ from deltaformat.fsutil import start_writeback
 from deltaformat.models import INDEX_FILE, SINGLE_FILE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
+HASH_BACKLOG = 8  # chunks queued for the hashing thread at most (bounds the memory they hold)
 _UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
@@ -61,6 +70,11 @@ class ShardedWriter:
         self.files = [folder / (SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors") for i in range(n)]
         self.slots: dict[str, Slot] = {}
         self._fds: dict[Path, int] = {}
+        self._sha = {p: hashlib.sha256() for p in self.files}
+        self._hashed_to = dict.fromkeys(self.files, 0)  # bytes fed to each running hash, from the start
+        self._hasher = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-hash")  # one thread: FIFO order
+        self._backlog = threading.BoundedSemaphore(HASH_BACKLOG)
+        self.digests: dict[str, tuple[str, int]] = {}  # file name -> (sha256 digest, size), after close
         for path, group in zip(self.files, groups):
             self._write_header(path, group)
 
@@ -74,21 +88,37 @@ class ShardedWriter:
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
         start = 8 + len(raw)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.pwrite(fd, struct.pack("<Q", len(raw)) + raw, 0)
-        os.ftruncate(fd, start + offset)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         self._fds[path] = fd
+        head = struct.pack("<Q", len(raw)) + raw
+        os.pwrite(fd, head, 0)
+        os.ftruncate(fd, start + offset)
+        self._sha[path].update(head)
+        self._hashed_to[path] = len(head)
         for name, dtype, _ in group:
             self.slots[name] = Slot(path, start + header[name]["data_offsets"][0], ITEMSIZE[dtype])
 
     def write(self, name: str, start: int, bits: np.ndarray) -> None:
-        """Write elements starting at element ``start`` of tensor ``name``."""
+        """Write elements starting at element ``start`` of tensor ``name``.
+
+        ``bits`` is hashed on another thread afterwards: the caller must not change it.
+        """
         slot = self.slots[name]
         data = memoryview(np.ascontiguousarray(bits)).cast("B")
         fd, pos, done = self._fds[slot.file], slot.offset + start * slot.itemsize, 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], pos + done)
         start_writeback(fd, pos, done)
+        if pos == self._hashed_to[slot.file]:
+            self._hashed_to[slot.file] += len(data)
+            self._backlog.acquire()
+            self._hasher.submit(self._hash_piece, slot.file, data)
+
+    def _hash_piece(self, path: Path, data: memoryview) -> None:
+        try:
+            self._sha[path].update(data)  # hashlib releases the GIL on big buffers
+        finally:
+            self._backlog.release()
 
     def read(self, name: str, start: int, count: int) -> np.ndarray:
         """Read back ``count`` elements of tensor ``name`` from ``start``, as written (raw bits)."""
@@ -113,6 +143,11 @@ class ShardedWriter:
             os.fsync(fd)
             os.close(fd)
         self._fds.clear()
+        self._hasher.shutdown(wait=True)
+        for path in self.files:
+            size = path.stat().st_size
+            sha = self._sha[path] if self._hashed_to[path] == size else _hash_file(path)
+            self.digests[path.name] = ("sha256:" + sha.hexdigest(), size)
         if len(self.files) > 1:
             total = sum(p.stat().st_size for p in self.files)
             index = {"metadata": {"total_size": total}, "weight_map": {n: s.file.name for n, s in self.slots.items()}}
@@ -122,3 +157,14 @@ class ShardedWriter:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        self._hasher.shutdown(wait=True, cancel_futures=True)
+
+
+def planned_bytes(tensors: list[tuple[str, str, list[int]]]) -> int:
+    """The output's tensor bytes (what the shards hold besides their small headers)."""
+    return sum(ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64)) for _, dtype, shape in tensors)
+
+
+def _hash_file(path: Path) -> "hashlib._Hash":
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256")
