@@ -6,18 +6,25 @@ Errors raised by the services are rendered here, once: the OCI error envelope fo
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import logging
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from deltaformat._version import __version__
 from registry import metrics
-from registry.auth import credential
+from registry.auth import Principal, allow_listing, credential
 from registry.errors import ClientGone, RegistryError, Unauthorized
 from registry.routers import api, oci, pages
 from registry.schemas import Health
@@ -26,6 +33,13 @@ from registry.settings import Settings
 
 log = logging.getLogger("paramdelta.registry")
 _MACHINE_PREFIXES = ("/v2", "/api", "/auth", "/healthz", "/readyz", "/metrics")
+# Pages load their style and script from /static, so no inline code runs: injected markup cannot script.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY")]
+SWAGGER_CDN = "https://cdn.jsdelivr.net"  # where FastAPI's Swagger UI page loads its script and style from
+Lister = Annotated[Principal, Depends(allow_listing)]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,13 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reg.close()
 
     app = FastAPI(title="paramdelta registry", version=__version__, lifespan=lifespan,
-                  description="Publish, find and pull ParamΔ delta artifacts. OCI Distribution under /v2, native API under /api/v1.")
+                  description="Publish, find and pull ParamΔ delta artifacts. OCI Distribution under /v2, native API under /api/v1.",
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served below, under the same rule as pulls
     app.state.registry = reg
     app.include_router(oci.router)
     app.include_router(api.router)
     app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
+    _add_docs(app)
     _add_error_handlers(app)
     metrics.install(app, reg, settings)  # /readyz, /metrics, request logs
+    app.add_middleware(_SecurityHeaders)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Health:
@@ -80,6 +98,53 @@ def _redact(url: str) -> str:
     from sqlalchemy.engine import make_url
 
     return make_url(url).render_as_string(hide_password=True)
+
+
+def _add_docs(app: FastAPI) -> None:
+    """/openapi.json and /docs, which need a token when pulls do (they describe what the registry serves)."""
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(_: Lister) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(_: Lister) -> HTMLResponse:
+        page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")
+        page.headers["content-security-policy"] = _docs_csp(page.body.decode())
+        return page
+
+
+def _docs_csp(html: str) -> str:
+    """The Swagger UI page's policy: its CDN, and its one inline script allowed by hash, not 'unsafe-inline'."""
+    hashes = " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(code.encode()).digest()).decode()}'"
+                      for code in re.findall(r"<script>(.*?)</script>", html, re.S))
+    return (f"default-src 'self'; script-src 'self' {SWAGGER_CDN} {hashes}; style-src 'self' {SWAGGER_CDN}; "
+            "img-src 'self' data: https://fastapi.tiangolo.com; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
+
+
+class _SecurityHeaders:
+    """ASGI middleware: every response gets nosniff, no-referrer and a strict CSP (unless the route set its own).
+    Plain ASGI rather than BaseHTTPMiddleware, so that blob streams pass through untouched."""
+
+    def __init__(self, app: Any):
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in SECURITY_HEADERS if k not in names]
+                if b"content-security-policy" not in names:
+                    headers.append((b"content-security-policy", CSP.encode()))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -116,6 +181,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
+        # The envelope names no internals (no traceback, no exception text): the log has them.
         log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"errors": [{"code": "UNKNOWN", "message": f"internal error: {type(exc).__name__}", "detail": None}]},
-                            status_code=500)
+        return JSONResponse({"errors": [{"code": "UNKNOWN", "message": "internal error; the registry's log has the details",
+                                         "detail": None}]}, status_code=500)

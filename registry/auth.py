@@ -16,20 +16,25 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
 from dataclasses import dataclass
 
 from fastapi import Request
 from sqlalchemy import bindparam, select
 
-from deltaformat.oci import NAME_RE
+from deltaformat.manifest import NAME_PATTERN
+from registry.blobs import MAX_NAME, check_name
 from registry.db import Database, utcnow
 from registry.db.models import Token
-from registry.errors import Denied, InvalidRequest, NameInvalid, Unauthorized
+from registry.errors import Denied, InvalidRequest, Unauthorized
 
 SCOPES = ("pull", "push", "admin")
 ACTIONS = ("pull", "push", "delete")
 TOKEN_PREFIX = "pdt_"
+# The first component of NAME_PATTERN: a namespace a repository name can have. A token for any other
+# (``Meta``, ``a/b``) could never match a repository, so it is refused at creation, not silently useless.
+NAMESPACE_RE = re.compile(NAME_PATTERN.split("(/", 1)[0] + "$")
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,21 @@ def create_token(db: Database, namespace: str, scope: str, name: str | None = No
         raise ValueError(f"scope {scope!r}: choose one of {', '.join(SCOPES)}")
     if scope == "admin":
         namespace = "*"
+    check_namespace(namespace)
+    if name is not None and not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"token name has {len(name)} characters; give 1 to {MAX_NAME}")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     with db.session() as s:
         s.add(Token(name=name or f"{scope}:{namespace}", token_hash=hash_token(token), scope=scope, namespace=namespace))
     return token
+
+
+def check_namespace(namespace: str) -> str:
+    """A namespace a token may act in: ``*`` or the first component of a repository name (lowercase)."""
+    if namespace != "*" and not (len(namespace) <= MAX_NAME and NAMESPACE_RE.fullmatch(namespace)):
+        raise ValueError(f"namespace {namespace[:300]!r} can never match a repository: use lowercase letters and digits, "
+                         "runs joined by . _ - (the NS of NS/NAME), or * for every namespace")
+    return namespace
 
 
 def list_tokens(db: Database) -> list[Token]:
@@ -170,8 +186,7 @@ def allow(action: str):
         raise ValueError(action)
 
     def dependency(request: Request, name: str) -> Principal:
-        if not NAME_RE.match(name):
-            raise NameInvalid(f"repository name {name!r} must be NS/NAME in lowercase letters, digits and . _ -")
+        check_name(name)
         auth: Authenticator = request.app.state.registry.auth
         principal = current_principal(request)
         auth.authorize(principal, action, name, str(request.base_url))

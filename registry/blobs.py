@@ -11,7 +11,8 @@ from sqlalchemy import select
 from registry.db import Database
 from registry.db.models import Blob, RepositoryBlob
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
-from registry.errors import BlobUnknown, DigestInvalid, RangeNotSatisfiable
+from deltaformat.oci import NAME_RE, TAG_RE
+from registry.errors import BlobUnknown, DigestInvalid, NameInvalid, RangeNotSatisfiable, TagInvalid
 from registry.gc import lock_digest
 from registry.storage import BlobStore
 
@@ -36,10 +37,31 @@ class BlobRead:
         return self.end - self.start + 1
 
 
+MAX_NAME = 255  # the repositories.name column, and distribution's limit on a repository name
+
+
+def check_name(name: str) -> str:
+    """The repository name if it fits NAME_PATTERN and the column; NAME_INVALID (the name quoted, never raw) otherwise."""
+    if len(name) > MAX_NAME:
+        raise NameInvalid(f"repository name has {len(name)} characters; at most {MAX_NAME}")
+    if not NAME_RE.fullmatch(name):  # fullmatch: "$" alone also matches before a final newline
+        raise NameInvalid(f"repository name {name!r} must be NS/NAME in lowercase letters, digits and . _ -")
+    return name
+
+
+def check_reference(reference: str) -> str:
+    """A manifest reference: a digest, or a tag of the version grammar (``latest`` included); TAG_INVALID otherwise."""
+    if reference.startswith("sha256:"):
+        return check_digest(reference)
+    if not TAG_RE.fullmatch(reference):
+        raise TagInvalid(f"reference {reference[:200]!r} is neither a digest nor a tag of [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
+    return reference
+
+
 def check_digest(digest: str) -> str:
     """The digest if well-formed; only sha256 is supported."""
-    if not DIGEST_RE.match(digest):
-        raise DigestInvalid(f"digest {digest!r} is not sha256:<64 lowercase hex>")
+    if not DIGEST_RE.fullmatch(digest):  # fullmatch: "$" alone also matches before a final newline
+        raise DigestInvalid(f"digest {digest[:100]!r} is not sha256:<64 lowercase hex>")
     return digest
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,8 @@ from sqlalchemy import Select, case, false, func, or_, select, tuple_
 
 from deltaformat.oci import LATEST, base_architecture_key, registry_prefix
 from registry.db import Database
-from registry.db.models import Manifest, Repository, Version
+from registry.blobs import MAX_NAME, check_name
+from registry.db.models import Manifest, ManifestTensor, Repository, Version
 from registry.db.queries import get_repository, latest_versions
 from registry.errors import InvalidRequest
 from registry.publish import Manifests
@@ -23,6 +25,8 @@ from registry.schemas import (
 )
 
 MAX_LIMIT = 100
+MAX_CURSOR = 1024  # characters: a cursor this registry issues holds at most two sort keys
+MAX_QUERY = 255  # characters of a search filter: every column searched holds at most 255
 # sort name -> (key columns, descending); the last column makes the key unique.
 SORTS: dict[str, tuple[tuple[Any, ...], bool]] = {
     "updated": ((Version.id,), True),
@@ -56,6 +60,7 @@ class Catalog:
         """Deltas (one row each, described by their newest version) matching ``query``."""
         if query.sort not in SORTS:
             raise InvalidRequest(f"sort {query.sort!r}: choose one of {', '.join(SORTS)}")
+        _check_lengths(q=query.text, base=query.base, architecture=query.architecture, namespace=query.namespace)
         columns, descending = SORTS[query.sort]
         latest = latest_versions()
         q = (select(Repository, Version, Manifest)
@@ -95,32 +100,39 @@ class Catalog:
             latest=versions[0].version if versions else None, versions=versions, tags=tags,
         )
 
-    def version(self, name: str, reference: str, base_url: str) -> VersionDetail:
-        """One version (by version, ``latest`` or digest), from its parsed manifest.json."""
-        vm = self.manifests.version_manifest(name, reference)
-        digest, m = vm.digest, vm.manifest
-        version = None if reference.startswith("sha256:") else reference
-        if version == LATEST:
-            version = self.delta(name).latest
-        s = m.summary()
-        tensors = [
-            TensorSummary(name=t.name, kind=t.kind, dtype=(t.post or t.base).dtype, shape=(t.post or t.base).shape,
-                          stored_bytes=sum(c.size for st in (t.delta, t.values) if st for c in st.chunks)
-                          + (t.patch.size if t.patch else 0))
-            for t in m.tensors
-        ]
+    def version(self, name: str, reference: str, base_url: str, tensor_limit: int = MAX_LIMIT) -> VersionDetail:
+        """One version (by version, ``latest`` or digest) from its summary stored at push, with the first
+        ``tensor_limit`` tensors: a constant cost whatever the number of tensors (manifest.json is not read)."""
+        vs = self.manifests.version_summary(name, reference)
+        s = vs.summary
+        tensors = self.tensors(name, reference, tensor_limit, None, manifest_id=vs.manifest_id)
         return VersionDetail(
-            name=name, version=version, digest=digest, config_digest=vm.config_digest,
-            format_version=m.format_version, created_at=m.created_at, description=m.description, license=m.license,
-            base=m.base, post=m.post, base_shapes_key=base_architecture_key(m), codec=m.codec,
-            tensors=s["tensors"], kinds=s["kinds"], post_parameters=s["post_parameters"], stored_bytes=s["stored_bytes"],
-            bytes_per_parameter=s["bytes_per_parameter"], patched_elements=s["patched_elements"], files=m.files,
-            tensor_list=tensors, commands=commands(base_url, name, version or digest, digest),
+            name=name, version=vs.version, digest=vs.digest, config_digest=vs.config_digest,
+            format_version=s["format_version"], created_at=s["created_at"], description=s["description"],
+            license=s["license"], base=s["base"], post=s["post"], base_shapes_key=s["base_shapes_key"], codec=s["codec"],
+            tensors=vs.tensors, kinds=s["kinds"], post_parameters=vs.post_parameters, stored_bytes=vs.stored_bytes,
+            bytes_per_parameter=s["bytes_per_parameter"], patched_elements=s["patched_elements"], files=s["files"],
+            file_count=s["file_count"], tensor_list=tensors.items, tensor_list_next_cursor=tensors.next_cursor,
+            commands=commands(base_url, name, vs.version or vs.digest, vs.digest),
         )
+
+    def tensors(self, name: str, reference: str, limit: int, cursor: str | None, *,
+                manifest_id: int | None = None) -> Page[TensorSummary]:
+        """A version's tensors in manifest order, one page at a time (MoE models have 10^5)."""
+        if manifest_id is None:
+            manifest_id = self.manifests.version_summary(name, reference).manifest_id
+        q = select(ManifestTensor).where(ManifestTensor.manifest_id == manifest_id)
+        rows, next_cursor = _page(self.db, q, (ManifestTensor.position,), False, limit, cursor, lambda r: [r[0].position])
+        return Page[TensorSummary](items=[
+            TensorSummary(name=t.name, kind=t.kind, dtype=t.dtype, shape=json.loads(t.shape) if t.shape else None,
+                          stored_bytes=t.stored_bytes)
+            for (t,) in rows
+        ], next_cursor=next_cursor)
 
     def compatible(self, *, base_id: str | None = None, fingerprint: str | None = None, shapes: str | None = None,
                    limit: int = 20, cursor: str | None = None, visible: set[str] | None = None) -> Page[CompatibleVersion]:
         """Live versions whose base is this model (fingerprint), has this id, or has the same tensor shapes."""
+        _check_lengths(base_id=base_id, fingerprint=fingerprint, shapes=shapes)
         tests = [(Manifest.base_fingerprint == fingerprint, "fingerprint") if fingerprint else None,
                  (func.lower(Manifest.base_id) == base_id.lower(), "id") if base_id else None,
                  (Manifest.base_architecture == shapes, "shapes") if shapes else None]
@@ -143,6 +155,9 @@ class Catalog:
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
         """Tags in lexical order after ``last``, at most ``n``; and whether more follow."""
+        check_name(name)
+        if last is not None and len(last) > 128:  # the versions.name column; a longer one follows no tag anyway
+            raise InvalidRequest(f"last has {len(last)} characters; a tag has at most 128")
         with self.db.session() as s:
             repo = get_repository(s, name)
             names = list(s.scalars(select(Version.name).where(Version.repository_id == repo.id, Version.deleted_at.is_(None))))
@@ -155,12 +170,14 @@ class Catalog:
 
 
 def commands(base_url: str, name: str, reference: str, digest: str) -> Commands:
-    """The exact pull and apply commands for a version, naming this registry."""
+    """The exact pull and apply commands for a version, naming this registry. Every argument is shell-quoted:
+    people paste these into a shell, and the registry's host comes from the request's Host header."""
     sep = "@" if reference.startswith("sha256:") else ":"
     repo = f"{registry_prefix(base_url)}/{name}"
     folder = name.rsplit("/", 1)[-1] + ("" if sep == "@" else f"-{reference}")
-    return Commands(pull=f"paramdelta pull {repo}{sep}{reference} --out {folder}.delta",
-                    apply=f"paramdelta apply {repo}{sep}{reference} --base NEW_BASE --out {folder}-model",
+    ref, q = f"{repo}{sep}{reference}", shlex.quote
+    return Commands(pull=f"paramdelta pull {q(ref)} --out {q(folder + '.delta')}",
+                    apply=f"paramdelta apply {q(ref)} --base NEW_BASE --out {q(folder + '-model')}",
                     pinned=f"{repo}@{digest}")
 
 
@@ -168,14 +185,30 @@ def encode_cursor(values: list[Any]) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str, n: int) -> list[Any]:
+def decode_cursor(cursor: str, columns: tuple[Any, ...]) -> list[Any]:
+    """The sort key a cursor holds, each value of its column's type (anything else is a 400, never a database error)."""
+    if len(cursor) > MAX_CURSOR:
+        raise InvalidRequest(f"cursor has {len(cursor)} characters; this registry issues at most {MAX_CURSOR}")
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-    except (binascii.Error, ValueError):
-        raise InvalidRequest(f"cursor {cursor!r} is not one this registry issued") from None
-    if not isinstance(values, list) or len(values) != n:
-        raise InvalidRequest(f"cursor {cursor!r} does not fit this query")
+    except (binascii.Error, ValueError, RecursionError):
+        raise InvalidRequest(f"cursor {cursor[:100]!r} is not one this registry issued") from None
+    if not (isinstance(values, list) and len(values) == len(columns) and all(map(_fits, values, columns))):
+        raise InvalidRequest(f"cursor {cursor[:100]!r} does not fit this query")
     return values
+
+
+def _fits(value: Any, column: Any) -> bool:
+    """Whether a cursor value can be compared with ``column``: an int in range, or a string the column could hold."""
+    if column.type.python_type is int:
+        return type(value) is int and -(1 << 63) <= value < (1 << 63)
+    return isinstance(value, str) and len(value) <= MAX_NAME
+
+
+def _check_lengths(**filters: str | None) -> None:
+    for field, value in filters.items():
+        if value is not None and len(value) > MAX_QUERY:
+            raise InvalidRequest(f"{field} has {len(value)} characters; at most {MAX_QUERY}")
 
 
 def _page(db: Database, q: Select, columns: tuple, descending: bool, limit: int, cursor: str | None, key) -> tuple[list, str | None]:  # noqa: ANN001
@@ -183,7 +216,7 @@ def _page(db: Database, q: Select, columns: tuple, descending: bool, limit: int,
     if not 1 <= limit <= MAX_LIMIT:
         raise InvalidRequest(f"limit {limit}: between 1 and {MAX_LIMIT}")
     if cursor:
-        values = decode_cursor(cursor, len(columns))
+        values = decode_cursor(cursor, columns)
         left, right = (tuple_(*columns), tuple_(*values)) if len(columns) > 1 else (columns[0], values[0])
         q = q.where(left < right if descending else left > right)
     q = q.order_by(*(c.desc() if descending else c.asc() for c in columns)).limit(limit + 1)

@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
@@ -52,7 +53,11 @@ def install(app: FastAPI, registry: Any, settings: Any) -> None:
     metrics = _Metrics.create() if settings.metrics else None
     if metrics is not None:
 
-        @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this replica", include_in_schema=False)
+        from registry.auth import allow_listing
+
+        # Under the pull rule: with anonymous pull off, a scraper sends a token (Prometheus: authorization.credentials).
+        @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this replica", include_in_schema=False,
+                 dependencies=[Depends(allow_listing)])
         def prometheus() -> Response:
             from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -162,6 +167,22 @@ class _Observe:
 
 # -- logs ---------------------------------------------------------------------------------
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with control characters written as escapes (``\\n``, ``\\x1b``): a request's path or a pushed
+    name in a log message cannot start a forged log line or drive the terminal that shows it."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+
+
+class SafeLogRecord(logging.LogRecord):
+    """Every log message of the process, escaped in this one place (installed by configure_logging)."""
+
+    def getMessage(self) -> str:  # noqa: N802 - logging's name
+        return escape_controls(super().getMessage())
+
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, and an ``http`` object for request logs."""
@@ -182,6 +203,7 @@ class JsonFormatter(logging.Formatter):
 def configure_logging(settings: Any) -> dict[str, Any]:
     """Set up the root logger; returns the keyword arguments for ``uvicorn.run`` that go with it."""
     level = settings.log_level.upper()
+    logging.setLogRecordFactory(SafeLogRecord)
     if settings.log_format != "json":
         logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         return {}

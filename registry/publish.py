@@ -9,10 +9,13 @@ again is a no-op, other content under a published (or deleted) version is 409.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -23,10 +26,12 @@ from deltaformat.manifest import Manifest as DeltaManifest
 from deltaformat.manifest import parse_manifest
 from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest, sha256_digest
 from registry.auth import Principal
-from registry.blobs import DIGEST_RE
+from registry.blobs import DIGEST_RE, check_name, check_reference
 from registry.db import Database, utcnow
-from registry.db.models import Manifest, ManifestBlob, Version
-from registry.db.queries import ensure_repository, get_repository, insert_ignore, linked_size, live_manifest, live_version
+from registry.db.models import Manifest, ManifestBlob, ManifestTensor, Version
+from registry.db.queries import (
+    ensure_repository, get_repository, insert_ignore, insert_ignore_many, linked_size, live_manifest, live_version, too_long,
+)
 from registry.errors import (
     BlobUnknown, DigestInvalid, Immutable, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TooLarge, Unsupported,
 )
@@ -43,12 +48,59 @@ class StoredManifest:
     content: bytes
 
 
+MAX_SUMMARY_BYTES = 256 << 10  # the model descriptions a version's page shows; real ones take a few KiB
+FILES_SHOWN = 100  # carried files listed in a version's summary (the count is always whole)
+
+
 @dataclass
 class VersionManifest:
     digest: str  # of the OCI manifest
     config_digest: str  # of manifest.json
-    manifest: DeltaManifest
-    data: bytes
+    data: bytes  # manifest.json, byte-exact (never parsed on a read)
+
+
+@dataclass
+class VersionSummary:
+    """A version as its page and the API show it, from the database alone."""
+
+    digest: str
+    config_digest: str
+    version: str | None  # None when asked by digest
+    manifest_id: int
+    summary: dict[str, Any]
+    tensors: int
+    post_parameters: int
+    stored_bytes: int
+
+
+class ByteLRU:
+    """A least-recently-used map of bytes bounded by their total size, not their number: a count bound lets
+    64 manifests of 16 MiB each pin 1 GiB. Thread-safe (routes run in a thread pool)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._items: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> bytes | None:
+        with self._lock:
+            value = self._items.get(key)
+            if value is not None:
+                self._items.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: bytes) -> None:
+        if len(value) > self.max_bytes:  # would evict everything and still not fit
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            self.bytes -= len(old) if old is not None else 0
+            self._items[key] = value
+            self.bytes += len(value)
+            while self.bytes > self.max_bytes:
+                _, evicted = self._items.popitem(last=False)
+                self.bytes -= len(evicted)
 
 
 @dataclass
@@ -60,14 +112,16 @@ class Published:
 class Manifests:
     """Manifest PUT/GET/DELETE, and reading a version's manifest.json."""
 
-    def __init__(self, db: Database, store: BlobStore, max_manifest_bytes: int):
+    def __init__(self, db: Database, store: BlobStore, max_manifest_bytes: int, cache_bytes: int = 64 << 20):
         self.db = db
         self.store = store
         self.max_bytes = max_manifest_bytes
-        self.delta_manifest = lru_cache(maxsize=64)(self._read_delta_manifest)  # content-addressed: never stale
+        self.config_cache = ByteLRU(cache_bytes)  # manifest.json bytes by digest: content-addressed, never stale
 
     def put(self, name: str, reference: str, content_type: str | None, data: bytes, principal: Principal) -> Published:
         """Validate and store a manifest; tag it when ``reference`` is a version."""
+        check_name(name)
+        check_reference(reference)
         digest = sha256_digest(data)
         if DIGEST_RE.match(reference) and reference != digest:
             raise DigestInvalid(f"manifest bytes have digest {digest}, not {reference}")
@@ -77,6 +131,7 @@ class Manifests:
             raise Unsupported("'latest' is managed by the registry (it is the newest version); push a version instead")
         oci = _parse(data)
         delta = self._validate(name, oci)
+        _check_identity(name, reference, delta)
         for attempt in range(3):  # a concurrent push of the same version may win the race; look again
             try:
                 with self.db.session() as s:
@@ -88,12 +143,14 @@ class Manifests:
 
     def get(self, name: str, reference: str) -> StoredManifest:
         """A manifest by version, ``latest`` or digest, byte-exact."""
+        check_reference(reference)
         with self.db.session() as s:
             row = _resolve(s, name, reference)
             return StoredManifest(row.digest, row.media_type, row.content)
 
     def delete(self, name: str, reference: str, principal: Principal) -> None:
         """By digest: delete the manifest and untag its versions. By version: untag it (the name stays reserved)."""
+        check_reference(reference)
         if reference == LATEST:
             raise Unsupported("'latest' cannot be deleted; delete the version it points to")
         with self.db.session() as s:
@@ -114,16 +171,44 @@ class Manifests:
         log.info("deleted %s:%s by %s", name, reference, principal)
 
     def version_manifest(self, name: str, reference: str) -> VersionManifest:
-        """The manifest.json of a version (by version, ``latest`` or digest), parsed and as bytes."""
+        """The manifest.json of a version (by version, ``latest`` or digest), as bytes: read, checked, not parsed."""
+        check_reference(reference)
         with self.db.session() as s:
             row = _resolve(s, name, reference)
             digest, config = row.digest, row.config_digest
-        manifest, data = self.delta_manifest(config)
-        return VersionManifest(digest, config, manifest, data)
+        data = self.config_cache.get(config)
+        if data is None:
+            data = self._read_config(config)
+            self.config_cache.put(config, data)
+        return VersionManifest(digest, config, data)
+
+    def version_summary(self, name: str, reference: str) -> VersionSummary:
+        """A version's summary from the database. A manifest pushed before summaries were stored is summarised
+        on its first read, once, and stored."""
+        check_reference(reference)
+        with self.db.session() as s:
+            row, version = _resolve_version(s, name, reference)
+            found = VersionSummary(row.digest, row.config_digest, version, row.id, {}, row.tensors, row.post_parameters,
+                                   row.stored_bytes)
+            stored = row.summary
+        if stored is None:
+            stored = self._backfill_summary(found.manifest_id, found.config_digest)
+        found.summary = json.loads(stored)
+        return found
 
     # -- internals -------------------------------------------------------------------
 
-    def _read_delta_manifest(self, config_digest: str) -> tuple[DeltaManifest, bytes]:
+    def _backfill_summary(self, manifest_id: int, config_digest: str) -> str:
+        try:
+            summary, tensors = summarize(parse_manifest(self._read_config(config_digest)))
+        except (FormatError, RecursionError) as exc:
+            raise ManifestInvalid(f"manifest.json {config_digest}: {str(exc)[:300]}") from None
+        with self.db.session() as s:
+            insert_ignore_many(s, ManifestTensor, [{"manifest_id": manifest_id, **t} for t in tensors])
+            s.get(Manifest, manifest_id).summary = summary
+        return summary
+
+    def _read_config(self, config_digest: str) -> bytes:
         size = self.store.stat(config_digest)
         if size is None:
             raise BlobUnknown(f"config blob {config_digest} is missing from the store")
@@ -132,7 +217,7 @@ class Manifests:
         data = b"".join(self.store.open_range(config_digest))
         if sha256_digest(data) != config_digest:
             raise ManifestInvalid(f"config blob {config_digest} does not match its digest in the store")
-        return parse_manifest(data), data
+        return data
 
     def _validate(self, name: str, oci: OciManifest) -> DeltaManifest:
         with self.db.session() as s:
@@ -144,10 +229,12 @@ class Manifests:
                 if size != desc.size:
                     raise ManifestInvalid(f"blob {desc.digest} has {size} bytes, the manifest says {desc.size}")
         try:
-            delta, _ = self.delta_manifest(oci.config.digest)
+            delta = parse_manifest(self._read_config(oci.config.digest))  # once per push: reads never parse it
             check_layers(oci, delta)
         except FormatError as exc:
             raise ManifestInvalid(f"{name}: {exc}") from None
+        except RecursionError:  # deltaformat refuses deep nesting itself; this keeps a 400 whatever its parser does
+            raise ManifestInvalid(f"{name}: manifest.json {oci.config.digest} is nested too deeply") from None
         except (BlobUnknown, FileNotFoundError):  # garbage-collected since the check above
             raise ManifestBlobUnknown(f"blob {oci.config.digest} is no longer in the registry (garbage-collected); push it again",
                                       detail={"digest": oci.config.digest}) from None
@@ -161,13 +248,15 @@ class Manifests:
         row = s.scalar(select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest))
         created = row is None or row.deleted_at is not None
         if row is None:
+            summary, tensors = summarize(delta)
             row = Manifest(repository_id=repo.id, digest=digest, media_type=oci.mediaType or OCI_IMAGE_MANIFEST,
                            size=len(data), content=data, config_digest=oci.config.digest, pushed_by=principal.name,
-                           created_at=utcnow(), **index_fields(delta))
+                           created_at=utcnow(), summary=summary, **index_fields(delta))
             s.add(row)
             s.flush()
             for d in {oci.config.digest, *(layer.digest for layer in oci.layers)}:
                 insert_ignore(s, ManifestBlob, manifest_id=row.id, digest=d)
+            insert_ignore_many(s, ManifestTensor, [{"manifest_id": row.id, **t} for t in tensors])
         row.deleted_at = None
         if not DIGEST_RE.match(reference):
             created = self._tag(s, repo.id, name, reference, row, principal) or created
@@ -195,8 +284,24 @@ class Manifests:
         return undeleted
 
 
+# manifest.json's name for each indexed column, for errors that name the field a pusher wrote.
+_SOURCE_FIELDS = {"base_id": "base.id", "base_revision": "base.revision", "base_commit": "base.commit",
+                  "model_type": "base.architecture.model_type", "post_id": "post.id", "post_revision": "post.revision",
+                  "codec": "codec.delta", "license": "license"}
+
+
 def index_fields(delta: DeltaManifest) -> dict:
-    """The columns search and "deltas for a base" read, from a delta's manifest.json."""
+    """The columns search and "deltas for a base" read, from a delta's manifest.json; MANIFEST_INVALID for a
+    value longer than its column (PostgreSQL would refuse it with a 500; SQLite would store it)."""
+    fields = _index_fields(delta)
+    if (culprit := too_long(Manifest, fields)) is not None:
+        column, length, limit = culprit
+        raise ManifestInvalid(f"manifest.json field {_SOURCE_FIELDS.get(column, column)} has {length} characters; "
+                              f"this registry stores at most {limit}")
+    return fields
+
+
+def _index_fields(delta: DeltaManifest) -> dict:
     summary = delta.summary()
     return {
         "description": delta.description, "license": delta.license,
@@ -207,6 +312,43 @@ def index_fields(delta: DeltaManifest) -> dict:
         "codec": delta.codec.delta, "tensors": summary["tensors"], "post_parameters": summary["post_parameters"],
         "stored_bytes": summary["stored_bytes"], "artifact_created_at": _naive_utc(delta.created_at),
     }
+
+
+def summarize(delta: DeltaManifest) -> tuple[str, list[dict[str, Any]]]:
+    """What a version's page and API show, computed once at push: the summary (JSON) and one row per tensor."""
+    counts = delta.summary()
+    summary = {
+        "format_version": delta.format_version, "created_at": delta.created_at.isoformat(),
+        "description": delta.description, "license": delta.license,
+        "base": delta.base.model_dump(mode="json"), "post": delta.post.model_dump(mode="json"),
+        "base_shapes_key": base_architecture_key(delta), "codec": delta.codec.model_dump(mode="json"),
+        "kinds": counts["kinds"], "bytes_per_parameter": counts["bytes_per_parameter"],
+        "patched_elements": counts["patched_elements"], "file_count": len(delta.files),
+        "files": [f.model_dump(mode="json") for f in delta.files[:FILES_SHOWN]],
+    }
+    text = json.dumps(summary, separators=(",", ":"))
+    if len(text) > MAX_SUMMARY_BYTES:
+        raise ManifestInvalid(f"manifest.json's model descriptions (base, post, codec) take {len(text)} bytes; "
+                              f"this registry shows at most {MAX_SUMMARY_BYTES}")
+    return text, [_tensor_row(i, t) for i, t in enumerate(delta.tensors)]
+
+
+def _tensor_row(position: int, t: Any) -> dict[str, Any]:
+    info = t.post or t.base
+    stored = sum(c.size for st in (t.delta, t.values) if st for c in st.chunks) + (t.patch.size if t.patch else 0)
+    return {"position": position, "name": t.name, "kind": t.kind, "dtype": info.dtype if info else None,
+            "shape": json.dumps(info.shape) if info else None, "stored_bytes": stored}
+
+
+def _check_identity(name: str, reference: str, delta: DeltaManifest) -> None:
+    """What manifest.json says it is must be where it is pushed: ``evil/x:7`` may not show as ``meta/llama3-inst:1``."""
+    tag = None if DIGEST_RE.match(reference) else reference
+    if delta.name is not None and delta.name != name:
+        raise ManifestInvalid(f"manifest.json names {delta.name}, but it is pushed to repository {name}; "
+                              "push it to its own name (or extract it again with --name)")
+    if tag is not None and delta.version is not None and delta.version != tag:
+        raise ManifestInvalid(f"manifest.json names version {delta.version}, but it is pushed as {name}:{tag}; "
+                              "push it as its own version (or extract it again with --version)")
 
 
 def _naive_utc(t: datetime) -> datetime:
@@ -221,12 +363,19 @@ def _parse(data: bytes) -> OciManifest:
 
 
 def _resolve(s: Session, name: str, reference: str) -> Manifest:
+    return _resolve_version(s, name, reference)[0]
+
+
+def _resolve_version(s: Session, name: str, reference: str) -> tuple[Manifest, str | None]:
+    """The live manifest a reference names, and its version (``latest`` resolved; None when asked by digest)."""
     repo = get_repository(s, name)
+    version_name = None
     if DIGEST_RE.match(reference):
         row = live_manifest(s, repo.id, reference)
     else:
         version = live_version(s, repo.id, reference)
         row = s.get(Manifest, version.manifest_id) if version else None
+        version_name = version.name if version else None
     if row is None:
         raise ManifestUnknown(f"{name} has no manifest {reference}", detail={"name": name, "reference": reference})
-    return row
+    return row, version_name

@@ -4,7 +4,7 @@ deltaformat.manifest's models, the single source of truth, rather than copies.""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -74,8 +74,8 @@ class TensorSummary(BaseModel):
 class Commands(BaseModel):
     """Copy-paste commands for this exact version."""
 
-    pull: str
-    apply: str
+    pull: str = Field(description="a shell command, every argument quoted")
+    apply: str = Field(description="a shell command, every argument quoted (put your base model's folder for NEW_BASE)")
     pinned: str = Field(description="the version by digest: REGISTRY/NS/NAME@sha256:...")
 
 
@@ -100,8 +100,11 @@ class VersionDetail(BaseModel):
     stored_bytes: int
     bytes_per_parameter: float | None
     patched_elements: int
-    files: list[CarriedFile]
-    tensor_list: list[TensorSummary]
+    files: list[CarriedFile] = Field(description="the first 100 files carried (file_count says how many in all)")
+    file_count: int
+    tensor_list: list[TensorSummary] = Field(description="the first page of tensors, in manifest order")
+    tensor_list_next_cursor: str | None = Field(
+        None, description="pass as cursor to /api/v1/deltas/{name}/versions/{reference}/tensors for the next page")
     commands: Commands
 
 
@@ -122,3 +125,15 @@ class CompatibleVersion(BaseModel):
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     version: str
+
+
+class ErrorItem(BaseModel):
+    code: str = Field(description="OCI error code, e.g. NAME_INVALID, TAG_INVALID, MANIFEST_UNKNOWN, UNAUTHORIZED")
+    message: str
+    detail: Any = None
+
+
+class ErrorEnvelope(BaseModel):
+    """Every error /v2 and /api answer: the OCI Distribution error envelope."""
+
+    errors: list[ErrorItem]

@@ -34,7 +34,7 @@ class Registry:
         """Open the database (migrating it) and the blob store named by ``settings``."""
         db = Database(settings.resolved_database_url())
         store = open_store(settings)
-        manifests = Manifests(db, store, settings.max_manifest_bytes)
+        manifests = Manifests(db, store, settings.max_manifest_bytes, settings.manifest_cache_bytes)
         return cls(
             settings=settings, db=db, store=store,
             auth=Authenticator(db, anonymous_pull=settings.anonymous_pull, public_url=settings.public_url),

@@ -19,6 +19,7 @@ from registry.app import create_app
 from registry.auth import create_token
 from registry.db.models import UploadSession, utcnow
 from registry.settings import Settings
+from support.renamed import renamed
 
 pytestmark = pytest.mark.usefixtures("client_env")
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -41,6 +42,7 @@ class InProcess:
 
     def __init__(self, data: Path, **settings: object):
         self.app = create_app(Settings(data=data, **settings))
+        self.renamed = data.parent / f"{data.name}-artifacts"  # artifacts named for the repositories they go to
         self.http = TestClient(self.app)
         self.reg = self.app.state.registry
 
@@ -59,6 +61,7 @@ class InProcess:
                 c.upload_blob(name, digest, size, blob_path(art.blob_dir, digest))
 
     def publish(self, name: str, version: str, artifact: Path, token: dict[str, str]) -> str:
+        artifact = renamed(artifact, name, version, self.renamed)
         self.upload_blobs(name, artifact, token)
         art = open_artifact(artifact)
         with self.client(token) as c:
@@ -78,8 +81,9 @@ def _error(response) -> dict:
 
 def test_manifest_put_is_validated_and_errors_name_the_culprit(reg: InProcess, artifacts: Artifacts):
     auth = reg.token("acme", "push")
-    art = open_artifact(artifacts.delta)
-    reg.upload_blobs("acme/v", artifacts.delta, auth)
+    named = renamed(artifacts.delta, "acme/v", "1.0", reg.renamed)
+    art = open_artifact(named)
+    reg.upload_blobs("acme/v", named, auth)
     good = json.loads(build_oci_manifest(art.manifest, art.manifest_bytes))
 
     def put(doc: dict, ref: str = "1.0", **kw):

@@ -92,6 +92,22 @@ class Manifest(Base):
     post_parameters: Mapped[int] = mapped_column(BigInteger)
     stored_bytes: Mapped[int] = mapped_column(BigInteger)
     artifact_created_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    # What a version's page and API show, as JSON, computed once at push (or on first read of a manifest pushed
+    # before it existed): reads never parse manifest.json, which may hold 10^5 tensors (registry.publish.summarize).
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ManifestTensor(Base):
+    """One tensor of a manifest, in manifest order, for paginated tensor lists (written with ``Manifest.summary``)."""
+
+    __tablename__ = "manifest_tensors"
+    manifest_id: Mapped[int] = mapped_column(ForeignKey("manifests.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    dtype: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    shape: Mapped[str | None] = mapped_column(Text, nullable=True)  # JSON list
+    stored_bytes: Mapped[int] = mapped_column(BigInteger)
 
 
 class ManifestBlob(Base):
@@ -142,3 +158,10 @@ class UploadSession(Base):
     driver_state: Mapped[str] = mapped_column(Text, default="{}")  # JSON, owned by the blob driver
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(DateTime, index=True)
+    # Who opened it: open sessions and their bytes are limited per token (registry.uploads).
+    owner_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    # The one request allowed to write to it now (a random id) and until when, unless it renews: a second
+    # concurrent request is refused, and only the lease holder may record progress or complete the upload.
+    lease: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # bytes the lease holder may add

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -20,6 +20,27 @@ def insert_ignore(s: Session, model: type[Base], **values: Any) -> None:
     if insert is None:
         raise NotImplementedError(f"no INSERT ... ON CONFLICT for {s.get_bind().dialect.name}")
     s.execute(insert(model).values(**values).on_conflict_do_nothing())
+
+
+def insert_ignore_many(s: Session, model: type[Base], rows: list[dict[str, Any]], batch: int = 5000) -> None:
+    """insert_ignore for many rows, in batches (one statement per row would cost seconds for 10^5 tensors)."""
+    insert = _INSERTS.get(s.get_bind().dialect.name)
+    if insert is None:
+        raise NotImplementedError(f"no INSERT ... ON CONFLICT for {s.get_bind().dialect.name}")
+    for start in range(0, len(rows), batch):
+        s.execute(insert(model).on_conflict_do_nothing(), rows[start:start + batch])
+
+
+def too_long(model: type[Base], values: dict[str, Any]) -> tuple[str, int, int] | None:
+    """The first (column, length, limit) where a text value is longer than its String(n) column. PostgreSQL
+    refuses such a value with an error the registry would answer 500 to; SQLite stores it whole."""
+    columns = model.__table__.columns
+    for key, value in values.items():
+        column = columns.get(key)
+        limit = getattr(column.type, "length", None) if column is not None and isinstance(column.type, String) else None
+        if limit and isinstance(value, str) and len(value) > limit:
+            return key, len(value), limit
+    return None
 
 
 def find_repository(s: Session, name: str) -> Repository | None:

@@ -11,29 +11,31 @@ from starlette.concurrency import run_in_threadpool
 
 from deltaformat.manifest import MANIFEST_MEDIA_TYPE
 from registry.auth import Principal, allow, allow_listing
-from registry.catalog import MAX_LIMIT, SearchQuery
-from registry.http import next_link, public_url, registry
-from registry.schemas import CompatibleVersion, DeltaDetail, DeltaSummary, Page, VersionDetail
+from registry.catalog import MAX_CURSOR, MAX_LIMIT, MAX_QUERY, SearchQuery
+from registry.http import ERROR_RESPONSES, next_link, public_url, registry
+from registry.schemas import CompatibleVersion, DeltaDetail, DeltaSummary, Page, TensorSummary, VersionDetail
 from registry.service import Registry
 
-router = APIRouter(prefix="/api/v1", tags=["native API (/api/v1)"])
+router = APIRouter(prefix="/api/v1", tags=["native API (/api/v1)"], responses=ERROR_RESPONSES)
 
 Reg = Annotated[Registry, Depends(registry)]
 Puller = Annotated[Principal, Depends(allow("pull"))]
 Lister = Annotated[Principal, Depends(allow_listing)]
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
+Cursor = Annotated[str | None, Query(max_length=MAX_CURSOR, description="next_cursor of the previous page")]
+Text = Annotated[str | None, Query(max_length=MAX_QUERY)]
 
 
 @router.get("/deltas", summary="Search and list deltas")
 def search_deltas(
     request: Request, response: Response, reg: Reg, principal: Lister,
-    q: Annotated[str | None, Query(description="free text: name, description, base and post model ids")] = None,
-    base: Annotated[str | None, Query(description="base model id, e.g. meta-llama/Llama-3.1-8B")] = None,
-    architecture: Annotated[str | None, Query(description="config.json model_type, e.g. llama")] = None,
-    namespace: str | None = None,
+    q: Annotated[str | None, Query(max_length=MAX_QUERY, description="free text: name, description, base and post model ids")] = None,
+    base: Annotated[str | None, Query(max_length=MAX_QUERY, description="base model id, e.g. meta-llama/Llama-3.1-8B")] = None,
+    architecture: Annotated[str | None, Query(max_length=MAX_QUERY, description="config.json model_type, e.g. llama")] = None,
+    namespace: Text = None,
     sort: Literal["updated", "name", "size", "parameters"] = "updated",
     limit: Limit = 20,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[DeltaSummary]:
     query = SearchQuery(q, base, architecture, namespace, sort, limit, cursor)
     page = reg.catalog.search(query, reg.auth.visible_namespaces(principal))
@@ -45,11 +47,11 @@ def search_deltas(
 @router.get("/compatible", summary="Versions that fit a base: by fingerprint, model id, or tensor shapes")
 def compatible(
     request: Request, response: Response, reg: Reg, principal: Lister,
-    base_id: str | None = None,
-    fingerprint: Annotated[str | None, Query(description="the base's model fingerprint (exact base)")] = None,
-    shapes: Annotated[str | None, Query(description="architecture key: digest of tensor names and shapes")] = None,
+    base_id: Text = None,
+    fingerprint: Annotated[str | None, Query(max_length=MAX_QUERY, description="the base's model fingerprint (exact base)")] = None,
+    shapes: Annotated[str | None, Query(max_length=MAX_QUERY, description="architecture key: digest of tensor names and shapes")] = None,
     limit: Limit = 20,
-    cursor: str | None = None,
+    cursor: Cursor = None,
 ) -> Page[CompatibleVersion]:
     page = reg.catalog.compatible(base_id=base_id, fingerprint=fingerprint, shapes=shapes, limit=limit, cursor=cursor,
                                   visible=reg.auth.visible_namespaces(principal))
@@ -66,7 +68,16 @@ async def version_manifest(name: str, reference: str, reg: Reg, _: Puller) -> Re
                     headers={"Docker-Content-Digest": vm.config_digest, "X-Manifest-Digest": vm.digest})
 
 
-@router.get("/deltas/{name:path}/versions/{reference}", summary="One version: its parsed manifest, summarised")
+@router.get("/deltas/{name:path}/versions/{reference}/tensors", summary="A version's tensors, a page at a time, in manifest order")
+def version_tensors(name: str, reference: str, request: Request, response: Response, reg: Reg, _: Puller,
+                    limit: Limit = MAX_LIMIT, cursor: Cursor = None) -> Page[TensorSummary]:
+    page = reg.catalog.tensors(name, reference, limit, cursor)
+    if page.next_cursor:
+        response.headers.update(next_link(request.url.path, {**request.query_params, "cursor": page.next_cursor}))
+    return page
+
+
+@router.get("/deltas/{name:path}/versions/{reference}", summary="One version: its manifest summarised, with its first tensors")
 def version_detail(name: str, reference: str, request: Request, reg: Reg, _: Puller) -> VersionDetail:
     return reg.catalog.version(name, reference, public_url(request))
 

@@ -22,7 +22,7 @@ templates.env.filters["count"] = lambda n: _human(n, 1000, ("", "K", "M", "B", "
 
 Reg = Annotated[Registry, Depends(registry)]
 PAGE_SIZE = 25
-TENSORS_SHOWN = 50
+TENSORS_SHOWN = 50  # per page: the tensor list is paginated (MoE models have 10^5 tensors)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -36,11 +36,12 @@ def index(request: Request, reg: Reg, principal: Annotated[Principal, Depends(al
 
 @router.get("/deltas/{name:path}", response_class=HTMLResponse)
 def delta(request: Request, name: str, reg: Reg, _: Annotated[Principal, Depends(allow("pull"))],
-          version: str | None = None) -> HTMLResponse:
+          version: str | None = None, tensors: str | None = None) -> HTMLResponse:
     detail = reg.catalog.delta(name)
     shown = version or detail.latest
-    v = reg.catalog.version(name, shown, public_url(request)) if shown else None
-    return templates.TemplateResponse(request, "delta.html", {"d": detail, "v": v, "tensors_shown": TENSORS_SHOWN})
+    v = reg.catalog.version(name, shown, public_url(request), tensor_limit=1) if shown else None
+    page = reg.catalog.tensors(name, shown, TENSORS_SHOWN, tensors) if shown else None
+    return templates.TemplateResponse(request, "delta.html", {"d": detail, "v": v, "tensor_page": page, "shown": shown})
 
 
 def render_error(request: Request, status: int, message: str) -> HTMLResponse:

@@ -1,0 +1,35 @@
+"""An artifact under another name and version, for tests that push one artifact to several repositories.
+
+The registry refuses a manifest.json whose name or version differs from the repository and tag it is
+pushed to (issue #10, item 7), so a test that wants "the same delta at acme/x:2.0" makes a copy whose
+manifest.json says so. The blobs are hard-linked (copied where links are not possible): their digests
+are unchanged, so pushes of several copies still share them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE
+from deltaformat.digests import blob_digest
+from deltaformat.manifest import dump_manifest, parse_manifest
+
+
+def renamed(artifact: Path, name: str, version: str | None, into: Path) -> Path:
+    """A copy of ``artifact`` in ``into`` whose manifest.json names ``name`` and ``version``."""
+    folder = into / f"{name.replace('/', '--')}--{version}"
+    if folder.exists():
+        return folder
+    manifest = parse_manifest((artifact / MANIFEST_FILE).read_bytes()).model_copy(update={"name": name, "version": version})
+    (folder / BLOB_DIR).mkdir(parents=True)
+    for blob in (artifact / BLOB_DIR).iterdir():
+        try:
+            os.link(blob, folder / BLOB_DIR / blob.name)
+        except OSError:
+            shutil.copyfile(blob, folder / BLOB_DIR / blob.name)
+    data = dump_manifest(manifest)
+    (folder / MANIFEST_FILE).write_bytes(data)
+    (folder / DIGEST_FILE).write_text(blob_digest(data) + "\n")
+    return folder
