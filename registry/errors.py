@@ -60,3 +60,7 @@ class RangeNotSatisfiable(RegistryError):
 class ClientGone(Exception):
     """The request body ended early: the client went away mid-upload (what arrived is kept for a session's
     PATCH or PUT, dropped for a monolithic POST, which cannot be resumed)."""
+
+
+# -- trust work (issue #10): references and request bodies ------------------------------
+TagInvalid = _error("TagInvalid", 400, "TAG_INVALID")

@@ -17,7 +17,9 @@ Server (read here, by ``Settings``; each is also a flag of ``paramdelta serve`` 
     PARAMDELTA_UPLOAD_TTL_SECONDS an upload session idle this long expires and is purged (24 h)
     PARAMDELTA_LOG_LEVEL          debug, info (default), warning
     PARAMDELTA_LOG_FORMAT         text (default) or json: one JSON object per line, with a request log
-    PARAMDELTA_METRICS            1 (default): Prometheus metrics at /metrics (needs prometheus-client)
+    PARAMDELTA_METRICS            1 (default): Prometheus metrics at /metrics (needs prometheus-client);
+                                  with PARAMDELTA_ANONYMOUS_PULL=0 /metrics, /docs and /openapi.json need a token too
+    PARAMDELTA_MANIFEST_CACHE_BYTES  bytes of manifest.json kept in memory for the API's /manifest reads (64 MiB)
 
 Scale-out (PostgreSQL + S3-compatible storage; see registry.storage.s3 and registry.gc):
 
@@ -87,6 +89,8 @@ class Settings(BaseSettings):
     s3_presign_seconds: int = Field(900, ge=1, le=7 * 24 * 3600)
     s3_part_bytes: int = Field(16 * MiB, ge=5 * MiB, le=5 << 30)
     gc_grace_seconds: int = Field(24 * 3600, ge=0)
+    # Trust work (issue #10): the registry's surface.
+    manifest_cache_bytes: int = Field(64 * MiB, ge=0)
 
     def resolved_database_url(self) -> str:
         """The metadata database URL, defaulting to a SQLite file in the data folder."""

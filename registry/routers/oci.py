@@ -12,7 +12,6 @@ instead of once per blob (the client falls back to HEADs where it gets 404 or 40
 
 from __future__ import annotations
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -22,11 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from registry.auth import Principal, allow, allow_listing
 from registry.blobs import BlobRead, check_digest
 from registry.errors import InvalidRequest
-from registry.http import next_link, read_capped
+from registry.http import ERROR_RESPONSES, next_link, parse_json, read_capped
 from registry.service import Registry
 from registry.uploads import UploadStatus, range_headers
 
-router = APIRouter(prefix="/v2", tags=["OCI distribution (/v2)"])
+router = APIRouter(prefix="/v2", tags=["OCI distribution (/v2)"], responses=ERROR_RESPONSES)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
 
 
@@ -102,8 +101,8 @@ def cancel_upload(name: str, upload_id: str, reg: Reg, _: Pusher) -> Response:
 async def blobs_present(name: str, request: Request, reg: Reg, _: Puller) -> JSONResponse:
     data = await read_capped(request, 80 * PRESENT_MAX + 1024, "digest list")
     try:
-        digests = json.loads(data)["digests"]
-    except (ValueError, KeyError, TypeError):
+        digests = parse_json(data, "digest list")["digests"]
+    except (InvalidRequest, KeyError, TypeError):
         raise InvalidRequest('expected a JSON body {"digests": ["sha256:...", ...]}') from None
     if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
         raise InvalidRequest('"digests" must be a list of strings')
@@ -159,7 +158,8 @@ def delete_manifest(name: str, reference: str, reg: Reg, principal: Deleter) -> 
 
 
 @router.get("/{name:path}/tags/list", summary="List tags (versions and latest), paginated with n and last")
-def list_tags(name: str, reg: Reg, _: Puller, n: Annotated[int | None, Query(ge=0)] = None, last: str | None = None) -> JSONResponse:
+def list_tags(name: str, reg: Reg, _: Puller, n: Annotated[int | None, Query(ge=0, le=1 << 31)] = None,
+              last: Annotated[str | None, Query(max_length=128)] = None) -> JSONResponse:
     tags, more = reg.catalog.tags(name, n, last)
     headers = next_link(f"/v2/{name}/tags/list", {"n": n, "last": tags[-1]}) if more and tags else {}
     return JSONResponse({"name": name, "tags": tags}, headers=headers)

@@ -18,11 +18,25 @@ def upgrade() -> None:
     # -- upload sessions: owner and quotas --
     pass
     # -- manifests: per-version summaries --
-    pass
+    op.add_column('manifests', sa.Column('summary', sa.Text(), nullable=True))
+    op.create_table('manifest_tensors',
+    sa.Column('manifest_id', sa.Integer(), nullable=False),
+    sa.Column('position', sa.Integer(), nullable=False),
+    sa.Column('name', sa.Text(), nullable=False),
+    sa.Column('kind', sa.String(length=16), nullable=False),
+    sa.Column('dtype', sa.String(length=16), nullable=True),
+    sa.Column('shape', sa.Text(), nullable=True),
+    sa.Column('stored_bytes', sa.BigInteger(), nullable=False),
+    sa.ForeignKeyConstraint(['manifest_id'], ['manifests.id'], name=op.f('fk_manifest_tensors_manifest_id_manifests'),
+                            ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('manifest_id', 'position', name=op.f('pk_manifest_tensors'))
+    )
 
 
 def downgrade() -> None:
     # -- manifests: per-version summaries --
-    pass
+    op.drop_table('manifest_tensors')
+    with op.batch_alter_table('manifests') as batch:
+        batch.drop_column('summary')
     # -- upload sessions: owner and quotas --
     pass
