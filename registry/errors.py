@@ -64,3 +64,7 @@ class ClientGone(Exception):
 
 # -- trust work (issue #10): references and request bodies ------------------------------
 TagInvalid = _error("TagInvalid", 400, "TAG_INVALID")
+
+# -- trust work (issue #10): upload quotas and a full disk ------------------------------
+TooManyRequests = _error("TooManyRequests", 429, "TOOMANYREQUESTS")
+StorageFull = _error("StorageFull", 507, "UNKNOWN")  # distribution's code for a server-side failure; the message says which

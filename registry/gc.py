@@ -215,8 +215,9 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
                    settings: Any) -> None:
     with db.session() as s:
         sessions = list(s.execute(select(UploadSession.id, UploadSession.size, UploadSession.expires_at,
-                                         UploadSession.driver_state)))
-    expired = [row for row in sessions if row.expires_at < now]
+                                         UploadSession.lease_expires_at, UploadSession.driver_state)))
+    # Idle past the expiry (PARAMDELTA_UPLOAD_TTL_SECONDS) and held by no live request: as Uploads.purge_expired.
+    expired = [row for row in sessions if row.expires_at < now and (row.lease_expires_at is None or row.lease_expires_at < now)]
     report.uploads_purged += len(expired)
     report.upload_bytes_purged += sum(row.size for row in expired)
     if report.dry_run:
@@ -226,7 +227,8 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
         from registry.uploads import Uploads
 
         Uploads(db, store, settings or Settings()).purge_expired()
-    live = {row.id: json.loads(row.driver_state or "{}") for row in sessions if row.expires_at >= now}
+    gone = {row.id for row in expired}
+    live = {row.id: json.loads(row.driver_state or "{}") for row in sessions if row.id not in gone}
     purge = getattr(store, "purge_orphans", None)
     if purge is not None:
         count, freed = purge(live, older_than)
@@ -237,7 +239,7 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
 
 
 def _purge_upload_files(store: BlobStore, live: set[str], older_than: datetime) -> tuple[int, int]:
-    """The filesystem driver's upload files that no session refers to."""
+    """The filesystem driver's upload files that no session refers to (``<id>`` and ``<id>.sealed-*``)."""
     folder = getattr(store, "uploads", None)
     if not isinstance(folder, Path) or not folder.is_dir():
         return 0, 0
@@ -247,7 +249,7 @@ def _purge_upload_files(store: BlobStore, live: set[str], older_than: datetime) 
             st = p.stat()
         except OSError:
             continue
-        if p.name not in live and _utc(st.st_mtime) < older_than:
+        if p.name.partition(".")[0] not in live and _utc(st.st_mtime) < older_than:
             p.unlink(missing_ok=True)
             count, freed = count + 1, freed + st.st_size
     return count, freed

@@ -14,7 +14,10 @@ Server (read here, by ``Settings``; each is also a flag of ``paramdelta serve`` 
     PARAMDELTA_ANONYMOUS_PULL     1 (default): pulls need no token; 0: every request needs one      --no-anonymous-pull
     PARAMDELTA_MAX_MANIFEST_BYTES cap on an OCI manifest and on a delta's manifest.json (16 MiB)
     PARAMDELTA_MAX_BLOB_BYTES     cap on one blob (16 GiB)
-    PARAMDELTA_UPLOAD_TTL_SECONDS an upload session idle this long expires and is purged (24 h)
+    PARAMDELTA_UPLOAD_TTL_SECONDS an upload session idle this long expires and is purged (1 h)
+    PARAMDELTA_UPLOAD_MAX_SESSIONS  upload sessions one token may hold open at once (64)
+    PARAMDELTA_UPLOAD_MAX_BYTES   bytes one token's open upload sessions may hold, received or being
+                                  received (16 GiB: one blob of the largest size PARAMDELTA_MAX_BLOB_BYTES allows)
     PARAMDELTA_LOG_LEVEL          debug, info (default), warning
     PARAMDELTA_LOG_FORMAT         text (default) or json: one JSON object per line, with a request log
     PARAMDELTA_METRICS            1 (default): Prometheus metrics at /metrics (needs prometheus-client);
@@ -76,7 +79,8 @@ class Settings(BaseSettings):
     anonymous_pull: bool = True
     max_manifest_bytes: int = Field(16 * MiB, ge=4 * MiB, description="OCI asks registries to accept at least 4 MB")
     max_blob_bytes: int = Field(16 << 30, ge=1)
-    upload_ttl_seconds: int = Field(24 * 3600, ge=60)
+    # An abandoned session holds disk until it expires: an hour idle is plenty for a client to resume.
+    upload_ttl_seconds: int = Field(3600, ge=60)
     log_level: str = "info"
     log_format: Literal["text", "json"] = "text"
     metrics: bool = True
@@ -91,6 +95,10 @@ class Settings(BaseSettings):
     gc_grace_seconds: int = Field(24 * 3600, ge=0)
     # Trust work (issue #10): the registry's surface.
     manifest_cache_bytes: int = Field(64 * MiB, ge=0)
+    # Upload quotas per token (registry.uploads). 64 sessions: the client uploads on 8 threads, so several
+    # pushes by one CI token fit. 16 GiB: the largest blob the default max_blob_bytes allows still goes up.
+    upload_max_sessions: int = Field(64, ge=1)
+    upload_max_bytes: int = Field(16 << 30, ge=1)
 
     def resolved_database_url(self) -> str:
         """The metadata database URL, defaulting to a SQLite file in the data folder."""

@@ -13,29 +13,48 @@ A monolithic POST cannot be resumed, so it records nothing until its bytes are i
 (a temp file or the driver's own upload, hashed as they arrive) and verified; then
 one transaction makes the blob visible. A failed one leaves nothing behind.
 A blob becomes visible only after its sha256 matches the digest the client named.
+
+One request at a time per session. A PATCH or PUT first takes the session's *lease*
+(a random id in its row, renewed while its body keeps arriving); a second request
+meanwhile is answered 416 with the offset. Only the lease holder may record
+progress or complete the upload, and completing deletes the row in the transaction
+that records the blob, so a session completes once. A request that stalled past its
+lease can write nothing that counts: its progress is refused, and the blob store
+never makes a blob of bytes such a writer can still reach (registry.storage.base).
+
+Quotas, per token (the session's owner): at most PARAMDELTA_UPLOAD_MAX_SESSIONS
+open sessions, and at most PARAMDELTA_UPLOAD_MAX_BYTES held by them, counting the
+bytes each request holding a lease may still add (its Content-Length, or all the
+room left when the body's length is not announced), reserved before a byte is read.
+Refusals are 429 TOOMANYREQUESTS naming the limit. A full disk answers 507 and drops
+the upload that met it, so that its bytes are freed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 from anyio import to_thread
-from sqlalchemy import select, update
+from sqlalchemy import case, delete, false, func, or_, select, text, update
+from sqlalchemy.orm import Session
 
 from registry.blobs import check_digest
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
 from registry.db.queries import record_blob
-from registry.errors import BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable, TooLarge
+from registry.errors import (BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable,
+                             StorageFull, TooLarge, TooManyRequests)
 from registry.settings import Settings
 from registry.gc import lock_digest
 from registry.storage import BlobStore, BlobWriter, UploadState
@@ -44,7 +63,11 @@ log = logging.getLogger("paramdelta.registry")
 
 FLUSH_BYTES = 4 << 20  # body bytes gathered before one write in a worker thread
 PURGE_EVERY_SECONDS = 300
+LEASE_SECONDS = 300  # a request's hold on its session; renewed while its body arrives, so only a stalled one loses it
+RENEW_SECONDS = 60
+OWNER_LOCK_SPACE = 0x7570  # PostgreSQL advisory lock (space, token id): one token's quota checks run one at a time
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(\d+|\*))?$")
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -61,6 +84,9 @@ class _Session:
     id: str
     name: str
     state: UploadState
+    lease: str | None = None  # this request's lease, once it holds the session
+    budget: int = 0  # bytes this request may add: reserved against the owner's quota
+    over_budget: Callable[[int], Exception] | None = None  # the error for a body that goes past the budget
 
 
 class Uploads:
@@ -71,19 +97,28 @@ class Uploads:
         self.store = store
         self.ttl = timedelta(seconds=settings.upload_ttl_seconds)
         self.max_blob_bytes = settings.max_blob_bytes
+        self.max_sessions = settings.upload_max_sessions
+        self.max_bytes = settings.upload_max_bytes
         self._last_purge = 0.0
 
     # -- synchronous steps (run in worker threads by the async entry points) --------
 
-    def start(self, name: str) -> UploadStatus:
-        """Open an empty upload session in repository ``name``."""
+    def start(self, name: str, owner: int | None) -> UploadStatus:
+        """Open an empty upload session in repository ``name`` for token ``owner``, within its quota."""
         if time.monotonic() - self._last_purge > PURGE_EVERY_SECONDS:
             self.purge_expired()
         upload_id = str(uuid.uuid4())
-        state = self.store.begin_upload(upload_id)
         with self.db.session() as s:
+            _lock_owner(s, owner)
+            count, held = _owner_usage(s, owner)
+            if count >= self.max_sessions:
+                raise TooManyRequests(
+                    f"token #{owner} has {count} upload sessions open, the most PARAMDELTA_UPLOAD_MAX_SESSIONS={self.max_sessions} "
+                    f"allows; finish or cancel one, or wait for idle ones to expire ({int(self.ttl.total_seconds())} s)")
+            with _answer_disk_full(f"a new upload in {name}"):
+                state = self.store.begin_upload(upload_id)
             s.add(UploadSession(id=upload_id, repository=name, size=state.size, driver_state=json.dumps(state.driver_state),
-                                created_at=utcnow(), expires_at=utcnow() + self.ttl))
+                                created_at=utcnow(), expires_at=utcnow() + self.ttl, owner_token_id=owner, reserved=0))
         return UploadStatus(upload_id, name, state.size)
 
     def status(self, name: str, upload_id: str) -> UploadStatus:
@@ -94,10 +129,10 @@ class Uploads:
         self._drop(self._load(name, upload_id))
 
     def purge_expired(self) -> int:
-        """Drop upload sessions idle past their expiry; returns how many."""
+        """Drop upload sessions idle past their expiry (none a live request holds); returns how many."""
         self._last_purge = time.monotonic()
         with self.db.session() as s:
-            expired = list(s.scalars(select(UploadSession).where(UploadSession.expires_at < utcnow())))
+            expired = list(s.scalars(select(UploadSession).where(*_expired(utcnow()))))
         for row in expired:
             self._drop(_Session(row.id, row.repository, UploadState(row.size, json.loads(row.driver_state))))
         if expired:
@@ -110,60 +145,141 @@ class Uploads:
         if row is None or row.repository != name:
             raise BlobUploadUnknown(f"upload {upload_id} is not in progress in {name}")
         sess = _Session(row.id, name, UploadState(row.size, json.loads(row.driver_state)))
-        if row.expires_at < utcnow():
+        if _is_expired(row, utcnow()):
             self._drop(sess)
             raise BlobUploadUnknown(f"upload {upload_id} expired; start a new one")
         return sess
 
-    def _save(self, sess: _Session, new: UploadState) -> None:
-        """Record progress, unless another request moved the session meanwhile."""
+    def _acquire(self, name: str, upload_id: str, declared: int | None) -> _Session:
+        """Take the session's lease for this request and reserve the bytes it may add (``declared``, or all the
+        room its quota and the blob cap leave when the length is unknown): refused before a byte is read."""
+        now, lease = utcnow(), uuid.uuid4().hex
         with self.db.session() as s:
-            done = s.execute(
-                update(UploadSession)
-                .where(UploadSession.id == sess.id, UploadSession.size == sess.state.size)
-                .values(size=new.size, driver_state=json.dumps(new.driver_state), expires_at=utcnow() + self.ttl)
-            ).rowcount
+            _lock_row(s, upload_id)
+            row = s.get(UploadSession, upload_id, with_for_update=True)
+            if row is None or row.repository != name:
+                raise BlobUploadUnknown(f"upload {upload_id} is not in progress in {name}")
+            sess = _Session(row.id, name, UploadState(row.size, json.loads(row.driver_state)), lease)
+            if _is_expired(row, now):
+                expired = True
+            else:
+                expired = False
+                if row.lease is not None and row.lease_expires_at is not None and row.lease_expires_at >= now:
+                    raise RangeNotSatisfiable(
+                        f"upload {upload_id} is busy: another request is writing to it (one at a time per upload); "
+                        "ask where it stands and resume once that request ends", headers=range_headers(row.size))
+                _lock_owner(s, row.owner_token_id)
+                _, held = _owner_usage(s, row.owner_token_id, excluding=upload_id)
+                sess.budget, sess.over_budget = self._budget(row, held, declared)
+                row.lease, row.lease_expires_at, row.reserved = lease, now + timedelta(seconds=LEASE_SECONDS), sess.budget
+                row.expires_at = now + self.ttl
+        if expired:
+            self._drop(sess)
+            raise BlobUploadUnknown(f"upload {upload_id} expired; start a new one")
+        return sess
+
+    def _budget(self, row: UploadSession, held: int, declared: int | None) -> tuple[int, Callable[[int], Exception]]:
+        """(bytes this request may add, the error past them); raises when even the announced length does not fit."""
+        blob_room = self.max_blob_bytes - row.size
+        quota_room = self.max_bytes - held - row.size
+        too_large = TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes (PARAMDELTA_MAX_BLOB_BYTES)")
+        if row.size + (declared or 0) > self.max_blob_bytes:
+            raise too_large
+        if row.size + (declared or 0) > self.max_bytes:  # this upload alone: waiting would not help
+            raise TooLarge(f"upload {row.id} would hold {row.size + (declared or 0)} bytes, over the {self.max_bytes} "
+                           "a token's uploads may hold (PARAMDELTA_UPLOAD_MAX_BYTES)")
+        over_quota = TooManyRequests(
+            f"token #{row.owner_token_id}'s other open uploads hold {held} bytes; PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes} "
+            f"leaves room for {max(quota_room, 0)} more in upload {row.id}; finish or cancel some, or wait")
+        if declared is None:  # a body of unknown length may take all the room there is, so it reserves it all
+            budget = min(blob_room, quota_room)
+            if budget <= 0:
+                raise over_quota if quota_room <= 0 else too_large
+        elif declared > quota_room:
+            raise over_quota
+        else:
+            budget = declared
+        return budget, (lambda received: too_large if row.size + received > self.max_blob_bytes else over_quota)
+
+    def _renew(self, sess: _Session) -> None:
+        """Extend this request's lease while its body keeps arriving; refused when another request took it."""
+        now = utcnow()
+        with self.db.session() as s:
+            done = s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
+                             .values(lease_expires_at=now + timedelta(seconds=LEASE_SECONDS), expires_at=now + self.ttl)).rowcount
         if not done:
-            raise RangeNotSatisfiable(f"upload {sess.id} was changed by a concurrent request; ask where it stands and resume")
+            raise _lost(sess)
+
+    def _release(self, sess: _Session) -> None:
+        """Give the lease back (a no-op when the session is gone or another request holds it)."""
+        with self.db.session() as s:
+            s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
+                      .values(lease=None, lease_expires_at=None, reserved=0))
+
+    def _save(self, sess: _Session, new: UploadState, *, keep_lease: bool = False) -> None:
+        """Record progress; only the lease holder may."""
+        values = dict(size=new.size, driver_state=json.dumps(new.driver_state), expires_at=utcnow() + self.ttl, reserved=0)
+        if not keep_lease:
+            values.update(lease=None, lease_expires_at=None)
+        with self.db.session() as s:
+            done = s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
+                             .values(**values)).rowcount
+        if not done:
+            raise _lost(sess)
         sess.state = new
 
     def _drop(self, sess: _Session) -> None:
         self.store.abort_upload(sess.id, sess.state)
         with self.db.session() as s:
-            row = s.get(UploadSession, sess.id)
-            if row is not None:
-                s.delete(row)
+            s.execute(delete(UploadSession).where(UploadSession.id == sess.id))
 
-    def _commit(self, sess: _Session, digest: str) -> None:
-        self.store.prepare_commit(sess.id, sess.state)  # durable before the transaction, which then holds its lock briefly
+    def _seal(self, sess: _Session, digest: str) -> UploadState:
+        """Freeze the upload's bytes for its commit and check their digest (DIGEST_INVALID drops the upload)."""
+        with _answer_disk_full(f"upload {sess.id}", lambda: self._drop(sess)):
+            state = self.store.prepare_commit(sess.id, sess.state)  # durable before the transaction, which then holds its lock briefly
+            actual = self.store.upload_digest(sess.id, state)
+        if actual != digest:
+            self._drop(_Session(sess.id, sess.name, state))
+            raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
+                                detail={"expected": digest, "actual": actual, "size": state.size})
+        return state
+
+    def _commit(self, sess: _Session, state: UploadState, digest: str) -> None:
         with self.db.session() as s:
             lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
-            self.store.commit_upload(sess.id, sess.state, digest)
-            record_blob(s, sess.name, digest, sess.state.size)  # linked, and its GC grace period starts over
-            row = s.get(UploadSession, sess.id)
-            if row is not None:
-                s.delete(row)
+            # Completing deletes the row, and only the lease holder may: one completion per session.
+            if not s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount:
+                raise BlobUploadUnknown(f"upload {sess.id} was completed, cancelled or taken over meanwhile; nothing was stored by this request")
+            self.store.commit_upload(sess.id, state, digest)
+            record_blob(s, sess.name, digest, state.size)  # linked, and its GC grace period starts over
 
     # -- async entry points (they read the request body) ----------------------------
 
-    async def append(self, name: str, upload_id: str, body: AsyncIterator[bytes], content_range: str | None) -> UploadStatus:
-        """PATCH: append the body at the session's offset."""
-        sess = await to_thread.run_sync(self._load, name, upload_id)
-        await self._receive(sess, body, content_range)
+    async def append(self, name: str, upload_id: str, body: AsyncIterator[bytes], content_range: str | None,
+                     declared: int | None = None) -> UploadStatus:
+        """PATCH: append the body at the session's offset. ``declared``: the body's length when announced."""
+        sess = await to_thread.run_sync(self._acquire, name, upload_id, declared)
+        try:
+            await self._receive(sess, body, content_range)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._release, sess)
+            raise
         return UploadStatus(sess.id, name, sess.state.size)
 
     async def finish(self, name: str, upload_id: str, digest: str, body: AsyncIterator[bytes],
-                     content_range: str | None = None) -> str:
+                     content_range: str | None = None, declared: int | None = None) -> str:
         """PUT: append the body (if any), check the digest, make the blob visible."""
         check_digest(digest)
-        sess = await to_thread.run_sync(self._load, name, upload_id)
-        sha = await self._receive(sess, body, content_range)
-        actual = "sha256:" + sha.hexdigest() if sha else await to_thread.run_sync(self.store.upload_digest, sess.id, sess.state)
-        if actual != digest:
-            await to_thread.run_sync(self._drop, sess)
-            raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
-                                detail={"expected": digest, "actual": actual, "size": sess.state.size})
-        await to_thread.run_sync(self._commit, sess, digest)
+        sess = await to_thread.run_sync(self._acquire, name, upload_id, declared)
+        try:
+            await self._receive(sess, body, content_range, keep_lease=True)
+            state = await to_thread.run_sync(self._seal, sess, digest)
+            await to_thread.run_sync(self._commit, sess, state, digest)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._release, sess)
+            raise
         return digest
 
     async def monolithic(self, name: str, digest: str, body: AsyncIterator[bytes],
@@ -179,7 +295,8 @@ class Uploads:
             if before is not None:
                 before()
             check_digest(digest)
-            return self.store.blob_writer()
+            with _answer_disk_full(f"upload of {digest}"):
+                return self.store.blob_writer()
 
         put = await to_thread.run_sync(open_)
         sha = hashlib.sha256()
@@ -195,31 +312,35 @@ class Uploads:
             if actual != digest:
                 raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
                                     detail={"expected": digest, "actual": actual, "size": size})
-            put.prepare()  # durable before the transaction: its lock is held only for the rename and the rows
+            put.prepare()  # durable before the transaction: its lock is held only for the link and the rows
             with self.db.session() as s:
                 lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
                 put.commit(digest)
                 record_blob(s, name, digest, size)  # linked, and its GC grace period starts over
 
+        too_large = TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes (PARAMDELTA_MAX_BLOB_BYTES)")
         try:
-            size, last = await self._pump(body, 0, sink)
+            size, last = await self._pump(body, self.max_blob_bytes, lambda _: too_large, sink)
             await to_thread.run_sync(finish, last, size)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(put.abort)
+                await to_thread.run_sync(put.abort)  # a full disk gets its space back at once
+            _disk_full(f"upload of {digest}", exc)
             raise
         return digest
 
-    async def _receive(self, sess: _Session, body: AsyncIterator[bytes], content_range: str | None) -> "hashlib._Hash | None":
-        """Write the body at the session's offset; returns the sha256 of the whole upload when it started at 0."""
+    async def _receive(self, sess: _Session, body: AsyncIterator[bytes], content_range: str | None, *,
+                       keep_lease: bool = False) -> None:
+        """Write the body at the session's offset and record it; a full disk or an oversized body drops the upload."""
         expect = _expected_length(content_range, sess)
-        writer = await to_thread.run_sync(self.store.upload_writer, sess.id, sess.state)
-        sha = hashlib.sha256() if sess.state.size == 0 else None
+        try:
+            writer = await to_thread.run_sync(self.store.upload_writer, sess.id, sess.state)
+        except OSError as exc:
+            await self._drop_if_full(sess, exc)
+            raise
 
         def sink(chunks: list[bytes]) -> None:
             for chunk in chunks:
-                if sha is not None:
-                    sha.update(chunk)
                 writer.write(chunk)
 
         def finish(last: list[bytes], received: int) -> None:
@@ -229,31 +350,41 @@ class Uploads:
                 new = writer.close()
             if expect is not None and received != expect:
                 raise BlobUploadInvalid(f"Content-Range announced {expect} bytes but the body had {received}")
-            if received:
-                self._save(sess, new)
+            self._save(sess, new, keep_lease=keep_lease)
 
         try:
-            received, last = await self._pump(body, sess.state.size, sink)
+            received, last = await self._pump(body, sess.budget, sess.over_budget, sink, lambda: self._renew(sess))
         except ClientGone:
             # Keep what arrived (_pump wrote it): the client asks where the upload stands and resumes from there.
             await to_thread.run_sync(self._save, sess, await to_thread.run_sync(writer.close))
             raise
-        except TooLarge:
-            await to_thread.run_sync(writer.close)
-            await to_thread.run_sync(self._drop, sess)
+        except BaseException as exc:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(writer.close)
+                if isinstance(exc, TooLarge):
+                    await to_thread.run_sync(self._drop, sess)
+                await self._drop_if_full(sess, exc)
             raise
-        except BaseException:
-            await to_thread.run_sync(writer.close)
+        try:
+            await to_thread.run_sync(finish, last, received)  # closes the writer whatever happens
+        except OSError as exc:
+            await self._drop_if_full(sess, exc)
             raise
-        await to_thread.run_sync(finish, last, received)
-        return sha
 
-    async def _pump(self, body: AsyncIterator[bytes], offset: int, sink: Callable[[list[bytes]], None]) -> tuple[int, list[bytes]]:
+    async def _drop_if_full(self, sess: _Session, exc: BaseException) -> None:
+        """When ``exc`` is a full disk: drop the upload and raise 507 (``_disk_full``)."""
+        with anyio.CancelScope(shield=True):
+            await to_thread.run_sync(_disk_full, f"upload {sess.id}", exc, lambda: self._drop(sess))
+
+    async def _pump(self, body: AsyncIterator[bytes], limit: int, over: Callable[[int], Exception] | None,
+                    sink: Callable[[list[bytes]], None], renew: Callable[[], None] | None = None) -> tuple[int, list[bytes]]:
         """Hand the body's chunks to ``sink`` in a worker thread, about FLUSH_BYTES at a time (the chunks
         themselves, never copied). Returns the byte count and the chunks not yet handed on (the caller
-        handles them with its last step). When reading fails (the client went away) what arrived is
-        handed on first, then ClientGone is raised."""
+        handles them with its last step). More than ``limit`` bytes raise ``over(received)``; ``renew``
+        runs every RENEW_SECONDS while bytes arrive. When reading fails (the client went away) what
+        arrived is handed on first, then ClientGone is raised."""
         received, batch, batched = 0, [], 0
+        renewed = time.monotonic()
         chunks = body.__aiter__()
         while True:
             try:
@@ -267,14 +398,96 @@ class Uploads:
             if not chunk:
                 continue
             received += len(chunk)
-            if offset + received > self.max_blob_bytes:
-                raise TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes")
+            if received > limit:
+                raise over(received) if over is not None else TooLarge(f"body is over the limit of {limit} bytes")
             batch.append(chunk)
             batched += len(chunk)
             if batched >= FLUSH_BYTES:
                 await to_thread.run_sync(sink, batch)
                 batch, batched = [], 0
+            if renew is not None and time.monotonic() - renewed > RENEW_SECONDS:
+                await to_thread.run_sync(renew)
+                renewed = time.monotonic()
         return received, batch
+
+
+def body_length(headers: Mapping[str, str]) -> int | None:
+    """The length a request announces for its body: Content-Length; 0 without one and without chunked
+    transfer encoding (HTTP/1.1 then has no body); None when it streams a body of unknown length."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.strip().isdigit():
+        return int(declared)
+    return None if "chunked" in headers.get("transfer-encoding", "").lower() else 0
+
+
+# -- the database side of leases and quotas ------------------------------------------
+
+
+def _is_expired(row: UploadSession, now: datetime) -> bool:
+    """Idle past its expiry, and no live request holds it."""
+    return row.expires_at < now and (row.lease_expires_at is None or row.lease_expires_at < now)
+
+
+def _expired(now: datetime) -> tuple:
+    """``_is_expired`` as SQL conditions."""
+    return (UploadSession.expires_at < now,
+            or_(UploadSession.lease_expires_at.is_(None), UploadSession.lease_expires_at < now))
+
+
+def _owner_usage(s: Session, owner: int | None, excluding: str | None = None) -> tuple[int, int]:
+    """(open sessions, bytes they hold or may add under a live lease) of token ``owner``."""
+    now = utcnow()
+    live_reserved = case((UploadSession.lease_expires_at >= now, UploadSession.reserved), else_=0)
+    q = select(func.count(), func.coalesce(func.sum(UploadSession.size + live_reserved), 0)).where(
+        UploadSession.owner_token_id == owner, or_(UploadSession.expires_at >= now, UploadSession.lease_expires_at >= now))
+    if excluding is not None:
+        q = q.where(UploadSession.id != excluding)
+    count, held = s.execute(q).one()
+    return int(count), int(held)
+
+
+def _lock_owner(s: Session, owner: int | None) -> None:
+    """Serialize one token's quota checks with its reservations until the transaction ends."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_advisory_xact_lock(:space, :owner)"), {"space": OWNER_LOCK_SPACE, "owner": owner or 0})
+    else:  # SQLite: any write takes the database's one write lock, held until commit
+        s.execute(update(UploadSession).where(false()).values(size=UploadSession.size))
+
+
+def _lock_row(s: Session, upload_id: str) -> None:
+    """SQLite: the write lock, taken first so that the reads after it see what the decision is made on
+    (PostgreSQL locks the row itself, FOR UPDATE)."""
+    if s.get_bind().dialect.name != "postgresql":
+        s.execute(update(UploadSession).where(UploadSession.id == upload_id).values(size=UploadSession.size))
+
+
+def _lost(sess: _Session) -> RangeNotSatisfiable:
+    return RangeNotSatisfiable(f"upload {sess.id} was changed by a concurrent request, or completed, while this one ran "
+                               "(its hold on the upload lapsed); ask where it stands and resume")
+
+
+def _disk_full(what: str, exc: BaseException, cleanup: Callable[[], None] | None = None) -> None:
+    """When ``exc`` is a full disk (ENOSPC, EDQUOT): run ``cleanup`` (drop the upload: its bytes are freed now,
+    not at its expiry) and raise 507 "registry storage is full". Any other error: nothing."""
+    if not (isinstance(exc, OSError) and exc.errno in _DISK_FULL):
+        return
+    if cleanup is not None:
+        try:
+            cleanup()
+        except Exception:  # noqa: BLE001 - the disk-full answer matters more; the log says what else failed
+            log.exception("%s: could not drop the upload after the disk filled", what)
+    log.error("%s: registry storage is full (%s)", what, exc)
+    raise StorageFull(f"registry storage is full: {what} was dropped; try again when space has been freed") from exc
+
+
+@contextlib.contextmanager
+def _answer_disk_full(what: str, cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """``_disk_full`` around a block of synchronous code."""
+    try:
+        yield
+    except OSError as exc:
+        _disk_full(what, exc, cleanup)
+        raise
 
 
 def _expected_length(content_range: str | None, sess: _Session) -> int | None:

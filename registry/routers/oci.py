@@ -23,7 +23,7 @@ from registry.blobs import BlobRead, check_digest
 from registry.errors import InvalidRequest
 from registry.http import ERROR_RESPONSES, next_link, parse_json, read_capped
 from registry.service import Registry
-from registry.uploads import UploadStatus, range_headers
+from registry.uploads import UploadStatus, body_length, range_headers
 
 router = APIRouter(prefix="/v2", tags=["OCI distribution (/v2)"], responses=ERROR_RESPONSES)
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -68,18 +68,20 @@ async def start_upload(name: str, request: Request, reg: Reg,
     if digest:
         await reg.uploads.monolithic(name, digest, request.stream())
         return _blob_created(name, digest)
-    return _upload_status(await run_in_threadpool(reg.uploads.start, name), 202)
+    return _upload_status(await run_in_threadpool(reg.uploads.start, name, principal.token_id), 202)
 
 
 @router.patch("/{name:path}/blobs/uploads/{upload_id}", status_code=202, summary="Append a chunk")
 async def append_chunk(name: str, upload_id: str, request: Request, reg: Reg, _: Pusher) -> Response:
-    status = await reg.uploads.append(name, upload_id, request.stream(), request.headers.get("content-range"))
+    status = await reg.uploads.append(name, upload_id, request.stream(), request.headers.get("content-range"),
+                                      body_length(request.headers))
     return _upload_status(status, 202)
 
 
 @router.put("/{name:path}/blobs/uploads/{upload_id}", status_code=201, summary="Finish an upload: verify ?digest= and commit")
 async def finish_upload(name: str, upload_id: str, digest: str, request: Request, reg: Reg, _: Pusher) -> Response:
-    await reg.uploads.finish(name, upload_id, digest, request.stream(), request.headers.get("content-range"))
+    await reg.uploads.finish(name, upload_id, digest, request.stream(), request.headers.get("content-range"),
+                             body_length(request.headers))
     return _blob_created(name, digest)
 
 

@@ -6,6 +6,11 @@ file name, an S3 multipart upload id and its parts) goes into ``driver_state``, 
 JSON-able dict the registry saves in its database after every request, so that
 any replica can continue any upload. Digest checks and the metadata database are
 the registry's business, not the driver's.
+
+Committed blobs are immutable. A driver must make sure that no write path of an
+upload (a request's writer, even one that stalled and lost its session, or wrote
+after the commit) can change a blob once it is committed, and that a commit never
+replaces a blob the store already has (the digest says the bytes are the same).
 """
 
 from __future__ import annotations
@@ -135,13 +140,16 @@ class BlobStore(ABC):
     def upload_digest(self, upload_id: str, state: UploadState) -> str:
         """sha256 digest of the ``state.size`` bytes uploaded so far (the registry compares it)."""
 
-    def prepare_commit(self, upload_id: str, state: UploadState) -> None:
+    def prepare_commit(self, upload_id: str, state: UploadState) -> UploadState:
         """Make the upload's ``state.size`` bytes durable ahead of ``commit_upload``, which runs under the
-        digest's lock (a database transaction): the slow part goes here. Optional."""
+        digest's lock (a database transaction): the slow part goes here. Returns the state to pass to
+        ``upload_digest`` and ``commit_upload`` (the filesystem driver's names its sealed copy). Optional."""
+        return state
 
     @abstractmethod
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
-        """Make the upload's bytes visible as blob ``digest`` (already verified) and drop the upload."""
+        """Make the upload's bytes visible as blob ``digest`` (already verified) and drop the upload.
+        When the store already has ``digest`` it is left as it is and the upload is dropped."""
 
     @abstractmethod
     def abort_upload(self, upload_id: str, state: UploadState) -> None:

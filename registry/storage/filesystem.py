@@ -1,25 +1,35 @@
 """Blobs in a local folder: the embedded default.
 
-    ROOT/blobs/sha256/<2 hex>/<64 hex>    committed blobs, renamed into place whole
+    ROOT/blobs/sha256/<2 hex>/<64 hex>    committed blobs, linked into place whole, never replaced
     ROOT/uploads/<upload id>              bytes of an upload in progress
+    ROOT/uploads/<upload id>.sealed-<uuid hex>  an upload's bytes copied for its commit (see below)
     ROOT/uploads/put-<uuid hex>           a monolithic upload in progress (no session)
+
+A committed blob is immutable: no upload writer can reach it. A session's upload file
+may still be open for writing in a request that stalled mid-body (its lease taken over,
+its bytes never to be recorded), so that file never becomes the blob: the commit copies
+the recorded bytes into a fresh file of its own, hashing exactly what it writes
+(``prepare_commit``), and links that file into place. Linking never replaces: when the
+blob is already there, the copy is dropped (same digest, same bytes).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from registry.errors import DigestInvalid
 from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
 
 PREFIX = "sha256:"
 
 
 class FilesystemStore(BlobStore):
-    """A folder of blobs; uploads are files appended to, then renamed into place."""
+    """A folder of blobs; uploads are files appended to, then copied (sessions) or linked (monolithic) into place."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -61,28 +71,59 @@ class FilesystemStore(BlobStore):
     def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
         return _FileWriter(self._upload_path(upload_id), state)
 
+    def prepare_commit(self, upload_id: str, state: UploadState) -> UploadState:
+        """Seal the upload: its ``state.size`` bytes copied into a fresh file that no writer ever had open,
+        hashed as they are written, and made durable. The returned state names that file and its digest."""
+        sealed = self.uploads / f"{upload_id}.sealed-{uuid.uuid4().hex}"
+        sha = hashlib.sha256()
+        try:
+            with open(self._upload_path(upload_id), "rb") as src, open(sealed, "xb") as dst:
+                for chunk in _read_range(src, 0, state.size - 1):
+                    sha.update(chunk)
+                    dst.write(chunk)
+                if dst.tell() != state.size:
+                    raise OSError(errno.EIO, f"upload {upload_id} has {dst.tell()} bytes on disk, not the {state.size} recorded")
+                dst.flush()
+                os.fsync(dst.fileno())
+        except BaseException:
+            sealed.unlink(missing_ok=True)
+            raise
+        return UploadState(state.size, {**state.driver_state, "sealed": sealed.name, "sealed_digest": PREFIX + sha.hexdigest()})
+
     def upload_digest(self, upload_id: str, state: UploadState) -> str:
+        if "sealed_digest" in state.driver_state:  # the digest of the very bytes the commit will link
+            return state.driver_state["sealed_digest"]
         h = hashlib.sha256()
         with open(self._upload_path(upload_id), "rb") as f:
             for chunk in _read_range(f, 0, state.size - 1):
                 h.update(chunk)
         return PREFIX + h.hexdigest()
 
-    def prepare_commit(self, upload_id: str, state: UploadState) -> None:
-        with open(self._upload_path(upload_id), "r+b") as f:
-            f.truncate(state.size)
-            os.fsync(f.fileno())
-
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
-        src, dst = self._upload_path(upload_id), self.path(digest)
-        with open(src, "r+b") as f:
-            f.truncate(state.size)
-            os.fsync(f.fileno())  # quick after prepare_commit (nothing left to write), needed without it
-        dst.parent.mkdir(exist_ok=True)
-        os.replace(src, dst)  # same content either way when the blob already exists
+        if "sealed" not in state.driver_state:  # a caller that skipped prepare_commit
+            state = self.prepare_commit(upload_id, state)
+        sealed = self.uploads / state.driver_state["sealed"]
+        if state.driver_state["sealed_digest"] != digest:
+            sealed.unlink(missing_ok=True)
+            raise DigestInvalid(f"upload {upload_id} holds {state.driver_state['sealed_digest']}, not {digest}; nothing was stored")
+        self._link_into_place(sealed, digest)
+        self.abort_upload(upload_id, state)
 
     def abort_upload(self, upload_id: str, state: UploadState) -> None:
         self._upload_path(upload_id).unlink(missing_ok=True)
+        for sealed in self.uploads.glob(f"{upload_id}.sealed-*"):
+            sealed.unlink(missing_ok=True)
+
+    def _link_into_place(self, src: Path, digest: str) -> None:
+        """Make ``src`` (durable, private to its caller) blob ``digest``; never replaces a stored blob."""
+        dst = self.path(digest)
+        dst.parent.mkdir(exist_ok=True)
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            pass  # already stored: same digest, same bytes, and a blob once committed is never written again
+        finally:
+            src.unlink(missing_ok=True)
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
@@ -124,10 +165,8 @@ class _FilePut(BlobWriter):
             self._fd = None
 
     def commit(self, digest: str) -> None:
-        self.prepare()
-        dst = self.store.path(digest)
-        dst.parent.mkdir(exist_ok=True)
-        os.replace(self.path, dst)  # same content either way when the blob already exists
+        self.prepare()  # closes this request's only handle: nothing can write to the file once it is a blob
+        self.store._link_into_place(self.path, digest)
 
     def abort(self) -> None:
         if self._fd is not None:
@@ -145,18 +184,21 @@ def _write_all(fd: int, data: bytes) -> None:
 class _FileWriter(UploadWriter):
     def __init__(self, path: Path, state: UploadState):
         # No truncation: bytes past state.size (from a request cut off before it was recorded, or
-        # one racing this) are overwritten or ignored; commit truncates to the recorded size.
-        self._f = open(path, "r+b")
-        self._f.seek(state.size)
+        # one racing this) are overwritten or ignored; the commit copies only the recorded size.
+        # Unbuffered, so that a full disk fails the write() that met it, not a later flush.
+        self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        os.lseek(self._fd, state.size, os.SEEK_SET)
         self._size = state.size
         self._driver_state = state.driver_state
 
     def write(self, data: bytes) -> None:
-        self._f.write(data)
+        _write_all(self._fd, data)
         self._size += len(data)
 
     def close(self) -> UploadState:
-        self._f.close()
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)
         return UploadState(self._size, self._driver_state)
 
 

@@ -238,14 +238,17 @@ class S3Store(BlobStore):
 
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         target = self.blob_key(digest)
-        existing = self._head(target)
-        if existing is None or existing["ContentLength"] != state.size:
+        # Never replace a stored blob. This runs under the digest's lock (registry.gc.lock_digest), which
+        # every commit of this digest takes, so no other commit can create the key between check and copy.
+        if self._head(target) is None:
             source = self._assemble(upload_id, state)
             self._copy(source, target, state.size)
             stored = self._head(target)
             if stored is None or stored["ContentLength"] != state.size:
                 raise OSError(f"blob {digest}: the store holds {stored and stored['ContentLength']} bytes, not {state.size}")
-        self._delete_prefix(self._upload_prefix(upload_id))
+        # The blob is a copy, a new object: the upload's parts, its multipart upload (aborted here when the
+        # blob existed, refused by S3 once completed) and its staged objects can no longer reach it.
+        self.abort_upload(upload_id, state)
 
     def abort_upload(self, upload_id: str, state: UploadState) -> None:
         mpu = state.driver_state.get("mpu")

@@ -16,7 +16,11 @@ depends_on = None
 
 def upgrade() -> None:
     # -- upload sessions: owner and quotas --
-    pass
+    op.add_column('upload_sessions', sa.Column('owner_token_id', sa.Integer(), nullable=True))
+    op.add_column('upload_sessions', sa.Column('lease', sa.String(length=32), nullable=True))
+    op.add_column('upload_sessions', sa.Column('lease_expires_at', sa.DateTime(), nullable=True))
+    op.add_column('upload_sessions', sa.Column('reserved', sa.BigInteger(), server_default='0', nullable=False))
+    op.create_index(op.f('ix_upload_sessions_owner_token_id'), 'upload_sessions', ['owner_token_id'])
     # -- manifests: per-version summaries --
     op.add_column('manifests', sa.Column('summary', sa.Text(), nullable=True))
     op.create_table('manifest_tensors',
@@ -39,4 +43,7 @@ def downgrade() -> None:
     with op.batch_alter_table('manifests') as batch:
         batch.drop_column('summary')
     # -- upload sessions: owner and quotas --
-    pass
+    op.drop_index(op.f('ix_upload_sessions_owner_token_id'), table_name='upload_sessions')
+    with op.batch_alter_table('upload_sessions') as batch:
+        for column in ('reserved', 'lease_expires_at', 'lease', 'owner_token_id'):
+            batch.drop_column(column)
