@@ -23,9 +23,24 @@ from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.cache import Cache
 from deltaformat.errors import CorruptBlobError, IncompatibleBaseError, OfflineError, RegistryError
+from deltaformat.oci import parse_reference
+from support.renamed import renamed
 from support.tiny_models import load_state, new_model, save
 
 pytestmark = pytest.mark.usefixtures("client_env")
+RENAMED: list[Path] = []  # where push() keeps its renamed copies (set per session by _renamed_folder)
+
+
+@pytest.fixture(autouse=True)
+def _renamed_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    if not RENAMED:
+        RENAMED.append(tmp_path_factory.mktemp("renamed"))
+
+
+def push(artifact: Path, ref: str, **kw) -> client.PushResult:
+    """client.push of ``artifact`` named for ``ref``: the registry refuses a manifest.json that names another."""
+    parsed = parse_reference(ref)
+    return client.push(renamed(artifact, parsed.name, parsed.tag, RENAMED[0]), ref, **kw)
 
 
 def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -38,7 +53,7 @@ def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> 
 def test_publish_search_pull_apply_reproduces_post_bit_for_bit(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path):
     srv = registry_server
     ref = f"{srv.host}/acme/tiny-chat:1.0"
-    pushed = client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+    pushed = push(artifacts.delta, ref, token=srv.token("acme", "push"))
     assert pushed.uploaded + pushed.skipped == len(open_artifact(artifacts.delta).manifest.blob_digests()) + 1
 
     found = client.search("tiny chat", registry=srv.url)["items"]
@@ -59,24 +74,24 @@ def test_publish_search_pull_apply_reproduces_post_bit_for_bit(registry_server: 
 
 def test_second_push_of_the_same_blobs_uploads_nothing(registry_server: RegistryServer, artifacts: Artifacts):
     srv, token = registry_server, registry_server.token("acme", "push")
-    first = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
+    first = push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
     assert first.skipped == 0 and first.uploaded_bytes == first.total_bytes
     uploads_before = srv.log_text().count("POST /v2/acme/dedup/blobs/uploads")
 
-    again = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
-    new_version = client.push(artifacts.delta, f"{srv.host}/acme/dedup:1.1", token=token)
+    again = push(artifacts.delta, f"{srv.host}/acme/dedup:1.0", token=token)
+    new_version = push(artifacts.delta, f"{srv.host}/acme/dedup:1.1", token=token)
 
-    for r in (again, new_version):
-        assert (r.uploaded, r.uploaded_bytes, r.skipped) == (0, 0, first.uploaded)
-    assert again.digest == new_version.digest == first.digest
-    assert srv.log_text().count("POST /v2/acme/dedup/blobs/uploads") == uploads_before
+    assert (again.uploaded, again.uploaded_bytes, again.skipped) == (0, 0, first.uploaded)
+    assert (new_version.uploaded, new_version.skipped) == (1, first.uploaded - 1)  # its manifest.json names 1.1
+    assert again.digest == first.digest != new_version.digest
+    assert srv.log_text().count("POST /v2/acme/dedup/blobs/uploads") == uploads_before + 1  # 1.1's manifest.json
 
 
 def test_offline_mode_uses_the_cache_and_makes_no_network_call(registry_server: RegistryServer, artifacts: Artifacts,
                                                                monkeypatch: pytest.MonkeyPatch):
     srv = registry_server
     ref = f"{srv.host}/acme/offline:1.0"
-    pushed = client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+    pushed = push(artifacts.delta, ref, token=srv.token("acme", "push"))
 
     monkeypatch.setenv("PARAMDELTA_OFFLINE", "1")
     with pytest.raises(OfflineError, match="never pulled"):
@@ -93,7 +108,7 @@ def test_offline_mode_uses_the_cache_and_makes_no_network_call(registry_server: 
     for offline_ref in (ref, f"{srv.host}/acme/offline@{pushed.digest}"):
         art = client.fetch_artifact(offline_ref)
         assert deltaformat.verify(art, base=artifacts.base).round_trip
-    assert client.fetch_manifest(ref).name == "acme/tiny-chat"
+    assert client.fetch_manifest(ref).name == "acme/offline"
     with pytest.raises(OfflineError):
         client.search(registry=srv.url)
 
@@ -101,14 +116,14 @@ def test_offline_mode_uses_the_cache_and_makes_no_network_call(registry_server: 
 def test_versions_are_immutable_and_latest_moves_to_the_newest(registry_server: RegistryServer, artifacts: Artifacts):
     srv, name = registry_server, "acme/immutable"
     token = srv.token("acme", "push")
-    one = client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
-    assert client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token).digest == one.digest  # idempotent
+    one = push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+    assert push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token).digest == one.digest  # idempotent
 
     with pytest.raises(RegistryError, match="immutable") as exc:
-        client.push(artifacts.other, f"{srv.host}/{name}:1.0", token=token)
+        push(artifacts.other, f"{srv.host}/{name}:1.0", token=token)
     assert exc.value.status == 409
 
-    two = client.push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)
+    two = push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)
     with client.RegistryClient(srv.url, token) as c:
         assert c.resolve(name, "latest")[0] == two.digest
         assert c.get_json("tags", f"/v2/{name}/tags/list", {})["tags"] == ["1.0", "2.0", "latest"]
@@ -116,8 +131,8 @@ def test_versions_are_immutable_and_latest_moves_to_the_newest(registry_server: 
         assert c.resolve(name, "latest")[0] == one.digest  # latest falls back when the newest goes
 
         with pytest.raises(RegistryError, match="published and deleted"):  # a deleted version is never reused
-            client.push(artifacts.delta, f"{srv.host}/{name}:2.0", token=token)
-        client.push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)  # the same content restores it
+            push(artifacts.delta, f"{srv.host}/{name}:2.0", token=token)
+        push(artifacts.other, f"{srv.host}/{name}:2.0", token=token)  # the same content restores it
         assert c.resolve(name, "latest")[0] == two.digest
 
 
@@ -131,11 +146,11 @@ def test_tokens_scopes_and_challenges(registry_server: RegistryServer, artifacts
         f'Bearer realm="{srv.url}/auth/token",service="paramdelta",scope="repository:{name}:pull,push"')
     for token, status in ((None, 401), (pull_token, 403), (elsewhere, 403), ("pdt_not-a-token", 401)):
         with pytest.raises(RegistryError) as exc:
-            client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+            push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
         assert exc.value.status == status, token
 
-    pushed = client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=push_token)
-    assert client.fetch_artifact(f"{srv.host}/{name}:1.0").manifest.name == "acme/tiny-chat"  # anonymous pull is on
+    pushed = push(artifacts.delta, f"{srv.host}/{name}:1.0", token=push_token)
+    assert client.fetch_artifact(f"{srv.host}/{name}:1.0").manifest.name == name  # anonymous pull is on
 
     delete = f"{srv.url}/v2/{name}/manifests/{pushed.digest}"
     assert httpx.delete(delete).status_code == 401
@@ -153,9 +168,9 @@ def test_search_and_tags_paginate_with_cursors(registry_server: RegistryServer, 
     srv, token = registry_server, registry_server.token("page", "push")
     names = [f"page/d{i}" for i in range(5)]
     for name in names:
-        client.push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
+        push(artifacts.delta, f"{srv.host}/{name}:1.0", token=token)
     for version in ("1.1", "1.2"):
-        client.push(artifacts.delta, f"{srv.host}/page/d0:{version}", token=token)
+        push(artifacts.delta, f"{srv.host}/page/d0:{version}", token=token)
 
     seen, cursor, sizes = [], None, []
     while True:
@@ -178,7 +193,7 @@ def test_search_and_tags_paginate_with_cursors(registry_server: RegistryServer, 
 
 def test_blob_range_requests(registry_server: RegistryServer, artifacts: Artifacts):
     srv = registry_server
-    client.push(artifacts.delta, f"{srv.host}/acme/ranges:1.0", token=srv.token("acme", "push"))
+    push(artifacts.delta, f"{srv.host}/acme/ranges:1.0", token=srv.token("acme", "push"))
     art = open_artifact(artifacts.delta)
     digest = max(art.manifest.blob_sizes().items(), key=lambda kv: kv[1])[0]
     data = (art.blob_dir / digest.removeprefix("sha256:")).read_bytes()
@@ -219,7 +234,7 @@ def test_tampered_upload_is_rejected_and_nothing_is_stored(registry_server: Regi
 def test_tampered_download_is_detected(registry_server: RegistryServer, artifacts: Artifacts):
     srv = registry_server
     ref = f"{srv.host}/tamper/download:1.0"
-    client.push(artifacts.delta, ref, token=srv.token("tamper", "push"))
+    push(artifacts.delta, ref, token=srv.token("tamper", "push"))
     sizes = open_artifact(artifacts.delta).manifest.blob_sizes()
     victim = max(sizes, key=sizes.get)
     path = srv.blob_file(victim)
@@ -235,21 +250,21 @@ def test_tampered_download_is_detected(registry_server: RegistryServer, artifact
 
 def test_concurrent_pushes_and_pulls(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path):
     srv, token = registry_server, registry_server.token("conc", "push")
-    client.push(artifacts.delta, f"{srv.host}/conc/seed:1.0", token=token)
+    push(artifacts.delta, f"{srv.host}/conc/seed:1.0", token=token)
     with ThreadPoolExecutor(8) as pool:
-        pushes = [pool.submit(client.push, artifacts.delta, f"{srv.host}/conc/r{i % 4}:1.0", token=token) for i in range(6)]
+        pushes = [pool.submit(push, artifacts.delta, f"{srv.host}/conc/r{i % 4}:1.0", token=token) for i in range(6)]
         pulls = [pool.submit(client.pull, f"{srv.host}/conc/seed:1.0", tmp_path / f"pull{i}") for i in range(3)]
-        digests = {f.result().digest for f in pushes}
+        digests = {(i % 4, f.result().digest) for i, f in enumerate(pushes)}
         folders = [f.result().artifact.location for f in pulls]
-    assert len(digests) == 1
+    assert len(digests) == 4  # repeated pushes to one repository agree
     for folder in folders:
         deltaformat.verify(folder)
     for i in range(4):
-        assert client.fetch_artifact(f"{srv.host}/conc/r{i}:1.0").manifest.name == "acme/tiny-chat"
+        assert client.fetch_artifact(f"{srv.host}/conc/r{i}:1.0").manifest.name == f"conc/r{i}"
 
     # Two publishers race for one version with different content: exactly one wins.
     with ThreadPoolExecutor(2) as pool:
-        racers = {path: pool.submit(client.push, path, f"{srv.host}/conc/race:1.0", token=token)
+        racers = {path: pool.submit(push, path, f"{srv.host}/conc/race:1.0", token=token)
                   for path in (artifacts.delta, artifacts.other)}
     outcomes = {path: (f.exception() or f.result()) for path, f in racers.items()}
     winners = [r for r in outcomes.values() if isinstance(r, client.PushResult)]
@@ -280,7 +295,7 @@ class _KillOnce(httpx.HTTPTransport):
 def test_a_pull_interrupted_by_a_server_restart_finishes_after_it(tmp_path: Path, artifacts: Artifacts):
     server = RegistryServer(tmp_path / "data").start()
     try:
-        client.push(artifacts.delta, f"{server.host}/acme/restart:1.0", token=server.token("acme", "push"))
+        push(artifacts.delta, f"{server.host}/acme/restart:1.0", token=server.token("acme", "push"))
         transport = _KillOnce(server)
         with client.RegistryClient(server.url, transport=transport, workers=2, retries=20, backoff=0.2, max_delay=2.0) as c:
             digest, oci = c.resolve("acme/restart", "1.0")
@@ -296,11 +311,11 @@ def test_find_deltas_for_a_base_and_preflight_before_any_blob_is_downloaded(regi
                                                                             artifacts: Artifacts, tmp_path: Path):
     srv = registry_server
     ref = f"{srv.host}/acme/preflight:1.0"
-    client.push(artifacts.delta, ref, token=srv.token("acme", "push"))
+    push(artifacts.delta, ref, token=srv.token("acme", "push"))
 
     fits = client.compatible(artifacts.newbase, registry=srv.url)["items"]  # another folder name, same shapes
     assert ("acme/preflight", "shapes") in {(i["name"], i["match"]) for i in fits}
-    assert client.preflight(ref, artifacts.newbase).name == "acme/tiny-chat"
+    assert client.preflight(ref, artifacts.newbase).name == "acme/preflight"
 
     wider = save(new_model(0, vocab=128), tmp_path / "wider-vocab")
     assert client.compatible(wider, registry=srv.url)["items"] == []
@@ -320,7 +335,7 @@ def test_cli_token_push_search_pull(registry_server: RegistryServer, artifacts: 
 
     token = cli("token", "create", "cli", "--scope", "push", "--data", str(srv.data)).strip()
     assert token.startswith("pdt_") and "\n" not in token  # stdout is the token alone, for scripts
-    pushed = cli("push", str(artifacts.delta), "cli/tiny-chat:2.0", "--token", token, "-q")
+    pushed = cli("push", str(renamed(artifacts.delta, "cli/tiny-chat", "2.0", tmp_path)), "cli/tiny-chat:2.0", "--token", token, "-q")
     assert pushed.startswith(f"pushed {srv.host}/cli/tiny-chat:2.0 sha256:")
     found = json.loads(cli("search", "--namespace", "cli", "--json"))
     assert [(d["name"], d["latest_version"]) for d in found["items"]] == [("cli/tiny-chat", "2.0")]

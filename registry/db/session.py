@@ -10,7 +10,7 @@ brought to the newest Alembic revision on open.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
+import importlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -69,8 +69,11 @@ def database_url(url: str) -> URL:
     if parsed.drivername != "postgresql":
         return parsed
     for driver in POSTGRES_DRIVERS:
-        if importlib.util.find_spec(driver) is not None:
-            return parsed.set(drivername=f"postgresql+{driver}")
+        try:
+            importlib.import_module(driver)  # the engine imports it anyway; a broken install counts as absent
+        except ImportError:
+            continue
+        return parsed.set(drivername=f"postgresql+{driver}")
     raise ValueError("PARAMDELTA_DATABASE_URL names PostgreSQL but no driver is installed: "
                      "pip install 'paramdelta[scale]' (psycopg2-binary) or psycopg")
 

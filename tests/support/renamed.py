@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE
@@ -18,18 +19,27 @@ from deltaformat.manifest import dump_manifest, parse_manifest
 
 
 def renamed(artifact: Path, name: str, version: str | None, into: Path) -> Path:
-    """A copy of ``artifact`` in ``into`` whose manifest.json names ``name`` and ``version``."""
-    folder = into / f"{name.replace('/', '--')}--{version}"
+    """A copy of ``artifact`` in ``into`` whose manifest.json names ``name`` and ``version`` (``artifact`` itself
+    when it already does)."""
+    original = parse_manifest((artifact / MANIFEST_FILE).read_bytes())
+    if (original.name, original.version) == (name, version):
+        return artifact
+    folder = into / f"{name.replace('/', '--')}--{version}--{artifact.name}"
     if folder.exists():
         return folder
-    manifest = parse_manifest((artifact / MANIFEST_FILE).read_bytes()).model_copy(update={"name": name, "version": version})
-    (folder / BLOB_DIR).mkdir(parents=True)
+    manifest = original.model_copy(update={"name": name, "version": version})
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=into))  # built aside: tests push from threads
+    (staging / BLOB_DIR).mkdir(parents=True)
     for blob in (artifact / BLOB_DIR).iterdir():
         try:
-            os.link(blob, folder / BLOB_DIR / blob.name)
+            os.link(blob, staging / BLOB_DIR / blob.name)
         except OSError:
-            shutil.copyfile(blob, folder / BLOB_DIR / blob.name)
+            shutil.copyfile(blob, staging / BLOB_DIR / blob.name)
     data = dump_manifest(manifest)
-    (folder / MANIFEST_FILE).write_bytes(data)
-    (folder / DIGEST_FILE).write_text(blob_digest(data) + "\n")
+    (staging / MANIFEST_FILE).write_bytes(data)
+    (staging / DIGEST_FILE).write_text(blob_digest(data) + "\n")
+    try:
+        staging.rename(folder)
+    except OSError:  # another thread made the same copy first
+        shutil.rmtree(staging)
     return folder
