@@ -69,6 +69,10 @@ def test_browse_search_open_and_run_the_apply_command_shown(registry_server: Reg
     pull = element_text(page, "pull-cmd")
     apply = element_text(page, "apply-cmd")
     assert pull == f"paramdelta pull {srv.host}/acme/tiny-chat:1.0 --out tiny-chat-1.0.delta"
+    # As a shell reads what is pasted: one argument each, nothing else run.
+    assert shlex.split(pull) == ["paramdelta", "pull", f"{srv.host}/acme/tiny-chat:1.0", "--out", "tiny-chat-1.0.delta"]
+    hostile = browser.dom(f"{srv.url}/deltas/acme/tiny-chat?version=2%3Btouch%24%7BIFS%7DX%3B%23")
+    assert 'id="pull-cmd"' not in hostile and "neither a digest nor a tag" in element_text(hostile, "error")
 
     # What a user copies from the page, run as it stands (their base and output folder filled in).
     argv = shlex.split(apply.replace("NEW_BASE", shlex.quote(str(artifacts.base))))

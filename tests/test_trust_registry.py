@@ -198,3 +198,70 @@ def test_a_version_with_many_tensors_is_served_from_its_stored_summary(artifacts
         assert httpx.get(f"{srv.url}/api/v1/deltas/moe/big/versions/1.0/manifest").status_code == 404  # it is gone
     finally:
         srv.stop()
+
+
+def test_pages_and_endpoints_send_security_headers_and_docs_need_a_token_when_pulls_do(tmp_path: Path):
+    srv = RegistryServer(tmp_path / "data", args=("--no-anonymous-pull",)).start()
+    try:
+        for path in ("/docs", "/openapi.json", "/metrics", "/"):
+            r = httpx.get(srv.url + path)
+            assert (r.status_code, _error(r)["code"]) == (401, "UNAUTHORIZED"), path
+        token = _bearer(srv.token("acme", "pull"))
+        for path in ("/docs", "/openapi.json", "/metrics", "/", "/static/style.css"):
+            assert httpx.get(srv.url + path, headers=token).status_code == 200, path
+
+        page = httpx.get(srv.url + "/", headers=token)
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp and "unsafe-inline" not in csp
+        assert (page.headers["x-content-type-options"], page.headers["referrer-policy"]) == ("nosniff", "no-referrer")
+        assert not re.search(r"<script(?![^>]*\bsrc=)", page.text) and "<style" not in page.text  # nothing inline to allow
+        blob = httpx.get(srv.url + "/v2/acme/x/blobs/sha256:" + "0" * 64, headers=token)
+        assert blob.headers["x-content-type-options"] == "nosniff"  # API answers too
+
+        docs = httpx.get(srv.url + "/docs", headers=token)
+        inline = re.findall(r"<script>(.*?)</script>", docs.text, re.S)
+        allowed = re.findall(r"'sha256-([^']+)'", docs.headers["content-security-policy"])
+        assert inline and [base64.b64encode(hashlib.sha256(code.encode()).digest()).decode() for code in inline] == allowed
+    finally:
+        srv.stop()
+
+
+def test_token_create_refuses_namespaces_that_can_never_match(tmp_path: Path):
+    def create(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "deltaformat.cli", "token", "create", *args, "--data", str(tmp_path)],
+                              capture_output=True, text=True, timeout=120)
+
+    for namespace in ("Meta", "a/b", "x-", "n" * 300):
+        done = create(namespace, "--scope", "push")
+        assert done.returncode != 0 and done.stdout == "", namespace
+        assert len(done.stderr.strip().splitlines()) == 1 and "can never match" in done.stderr, done.stderr[-500:]
+    assert create("meta", "--scope", "push").stdout.startswith("pdt_")
+
+
+def test_log_messages_cannot_forge_lines(tmp_path: Path):
+    """A request path or a pushed name in a log message is written with its control characters escaped."""
+    code = ("import logging; from registry.metrics import configure_logging; from registry.settings import Settings; "
+            "configure_logging(Settings()); logging.getLogger('paramdelta.registry').warning("
+            "'GET %s failed', '/v2/a/b\\n2026-01-01 INFO forged line\\x1b[2J')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PARAMDELTA_DATA": str(tmp_path)})
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "\\n2026-01-01 INFO forged line\\x1b[2J" in lines[0], done.stderr
+
+
+def test_the_manifest_cache_is_bounded_by_bytes(tmp_path: Path, artifacts: Artifacts):
+    """The API's /manifest reads keep manifest.json bytes in memory up to PARAMDELTA_MANIFEST_CACHE_BYTES, whatever
+    their number (the old cache held 64 entries of up to 16 MiB each)."""
+    from test_registry_api import InProcess
+
+    one = len(open_artifact(artifacts.delta).manifest_bytes) + 300  # renamed copies differ by a few bytes
+    reg = InProcess(tmp_path / "registry", manifest_cache_bytes=2 * one)
+    with reg.http:
+        auth = reg.token("acme", "push")
+        for i in range(5):
+            reg.publish(f"acme/c{i}", "1.0", artifacts.delta, auth)
+            got = reg.http.get(f"/api/v1/deltas/acme/c{i}/versions/1.0/manifest")
+            assert got.status_code == 200 and got.headers["docker-content-digest"] == blob_digest(got.content)
+            cache = reg.reg.manifests.config_cache
+            assert 0 < cache.bytes <= 2 * one
+        assert len(cache._items) == 2  # the newest two

@@ -28,6 +28,7 @@ def renamed(artifact: Path, name: str, version: str | None, into: Path) -> Path:
     if folder.exists():
         return folder
     manifest = original.model_copy(update={"name": name, "version": version})
+    into.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=into))  # built aside: tests push from threads
     (staging / BLOB_DIR).mkdir(parents=True)
     for blob in (artifact / BLOB_DIR).iterdir():
