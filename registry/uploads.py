@@ -208,7 +208,7 @@ class Uploads:
             done = s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
                              .values(lease_expires_at=now + timedelta(seconds=LEASE_SECONDS), expires_at=now + self.ttl)).rowcount
         if not done:
-            raise _lost(sess)
+            raise self._lost(sess)
 
     def _release(self, sess: _Session) -> None:
         """Give the lease back (a no-op when the session is gone or another request holds it)."""
@@ -225,8 +225,17 @@ class Uploads:
             done = s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
                              .values(**values)).rowcount
         if not done:
-            raise _lost(sess)
+            raise self._lost(sess)
         sess.state = new
+
+    def _lost(self, sess: _Session) -> RangeNotSatisfiable | BlobUploadUnknown:
+        """The error for a request whose lease lapsed and went to another request, or whose session ended meanwhile."""
+        with self.db.session() as s:
+            row = s.get(UploadSession, sess.id)
+        if row is None:
+            return BlobUploadUnknown(f"upload {sess.id} was completed or cancelled while this request ran; nothing it sent was kept")
+        return RangeNotSatisfiable(f"upload {sess.id} was taken over by another request while this one stalled; "
+                                   "ask where it stands and resume", headers=range_headers(row.size))
 
     def _drop(self, sess: _Session) -> None:
         self.store.abort_upload(sess.id, sess.state)
@@ -459,11 +468,6 @@ def _lock_row(s: Session, upload_id: str) -> None:
     (PostgreSQL locks the row itself, FOR UPDATE)."""
     if s.get_bind().dialect.name != "postgresql":
         s.execute(update(UploadSession).where(UploadSession.id == upload_id).values(size=UploadSession.size))
-
-
-def _lost(sess: _Session) -> RangeNotSatisfiable:
-    return RangeNotSatisfiable(f"upload {sess.id} was changed by a concurrent request, or completed, while this one ran "
-                               "(its hold on the upload lapsed); ask where it stands and resume")
 
 
 def _disk_full(what: str, exc: BaseException, cleanup: Callable[[], None] | None = None) -> None:
