@@ -265,3 +265,12 @@ def test_the_manifest_cache_is_bounded_by_bytes(tmp_path: Path, artifacts: Artif
             cache = reg.reg.manifests.config_cache
             assert 0 < cache.bytes <= 2 * one
         assert len(cache._items) == 2  # the newest two
+
+
+def test_a_postgresql_url_without_a_driver_installed_is_one_line_not_a_traceback(tmp_path: Path):
+    code = ("import sys; sys.modules['psycopg2'] = sys.modules['psycopg'] = None  # as if neither were installed\n"
+            "from deltaformat.cli import main; sys.exit(main(['token', 'list']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PARAMDELTA_DATABASE_URL": "postgresql://user@127.0.0.1:1/db"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no driver is installed" in done.stderr
