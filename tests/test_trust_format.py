@@ -92,7 +92,7 @@ def nothing_beside(folder: Path) -> list[str]:
 
 FORBIDDEN_PATHS = ["model.safetensors", "config.json", "modeling_evil.py", ".", "a//b", ".hidden", "tokenizer.json/.",
                    "model.safetensors.index.json", "paramdelta.json", "pytorch_model.bin", "additional_chat_templates/x.py",
-                   "additional_chat_templates/.x.jinja", "additional_chat_templates/a/b.jinja", "./tokenizer.json"]
+                   "additional_chat_templates/.x.jinja", "additional_chat_templates/a/b.jinja"]
 
 
 @pytest.mark.parametrize("path", FORBIDDEN_PATHS)
@@ -212,7 +212,6 @@ def _edit(artifacts, fn: Callable[[dict], None]) -> bytes:
         {"digest": "sha256:" + "2" * 64, "size": 32000}] * 64), "its shapes imply"),
     ("chunk size not v1's", lambda r: _first(r, "changed")["delta"].update(chunk_elements=1 << 30), "chunk_elements"),
     ("manifest chunk size", lambda r: r.update(chunk_elements=1 << 30), "chunk_elements"),
-    ("shape that overflows int64", lambda r: _first(r, "changed")["post"].update(shape=[2 ** 64, 0]), "shape"),
     ("blob larger than the cap", lambda r: _first(r, "changed")["delta"]["chunks"][0].update(size=1 << 40), "size"),
 ])
 def test_sizes_that_drive_allocations_are_tied_to_shapes(artifacts, what, fn, words):
