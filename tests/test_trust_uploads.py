@@ -10,11 +10,9 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +27,7 @@ from sqlalchemy import update
 from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
+from support.held import HeldRequest
 from support.renamed import renamed
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
@@ -43,27 +42,6 @@ def sha256(data: bytes) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-class HeldRequest:
-    """A request on a raw socket whose headers are sent now and whose body is held back until ``send_body``:
-    the server has begun the request (auth, its hold on the upload, the writer) and waits for the bytes."""
-
-    def __init__(self, srv: RegistryServer, method: str, path: str, token: str, length: int, **headers: str):
-        self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {srv.host}", f"Authorization: Bearer {token}",
-                 "Content-Type: application/octet-stream", f"Content-Length: {length}",
-                 *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()), "", ""]
-        self.sock.sendall("\r\n".join(lines).encode())
-
-    def send_body(self, body: bytes) -> tuple[int, dict]:
-        """Send the body; the server's answer as (status, JSON body or {})."""
-        self.sock.sendall(body)
-        resp = http.client.HTTPResponse(self.sock)
-        resp.begin()
-        data = resp.read()
-        self.sock.close()
-        return resp.status, json.loads(data) if data else {}
 
 
 class Sessions:

@@ -1,0 +1,34 @@
+"""A request whose headers reach the server now and whose body is held back: what a hostile or stalled client does."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from typing import Protocol
+
+
+class _Server(Protocol):
+    port: int
+    host: str
+
+
+class HeldRequest:
+    """A request on a raw socket whose headers are sent now and whose body is held back until ``send_body``:
+    the server has begun the request (auth, its hold on the upload, the writer) and waits for the bytes."""
+
+    def __init__(self, srv: _Server, method: str, path: str, token: str, length: int, **headers: str):
+        self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {srv.host}", f"Authorization: Bearer {token}",
+                 "Content-Type: application/octet-stream", f"Content-Length: {length}",
+                 *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()), "", ""]
+        self.sock.sendall("\r\n".join(lines).encode())
+
+    def send_body(self, body: bytes) -> tuple[int, dict]:
+        """Send the body; the server's answer as (status, JSON body or {})."""
+        self.sock.sendall(body)
+        resp = http.client.HTTPResponse(self.sock)
+        resp.begin()
+        data = resp.read()
+        self.sock.close()
+        return resp.status, json.loads(data) if data else {}
