@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import re
+import typing
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
@@ -57,9 +59,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Publish, find and pull ParamΔ delta artifacts. OCI Distribution under /v2, native API under /api/v1.",
                   docs_url=None, redoc_url=None, openapi_url=None)  # served below, under the same rule as pulls
     app.state.registry = reg
-    app.include_router(oci.router)
-    app.include_router(api.router)
-    app.include_router(pages.router)
+    for router in (oci.router, api.router, pages.router):
+        _declare_raw_responses(router.routes)
+        app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
     _add_docs(app)
     _add_error_handlers(app)
@@ -112,6 +114,16 @@ def _add_docs(app: FastAPI) -> None:
         page = get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} API")
         page.headers["content-security-policy"] = _docs_csp(page.body.decode())
         return page
+
+
+def _declare_raw_responses(routes: list) -> None:
+    """Routes that answer a Response they build (an empty 201/202, a blob, a manifest) say so in the OpenAPI
+    document, instead of FastAPI's default claim of a JSON body; their errors stay declared as JSON."""
+    for route in routes:
+        returns = typing.get_type_hints(route.endpoint).get("return") if isinstance(route, APIRoute) else None
+        raw = isinstance(returns, type) and issubclass(returns, Response) and not issubclass(returns, JSONResponse)
+        if raw and route.response_model is None:
+            route.response_class = Response
 
 
 def _docs_csp(html: str) -> str:

@@ -3,14 +3,16 @@ deltaformat.manifest's models, the single source of truth, rather than copies.""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from datetime import datetime, timezone
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 from deltaformat.manifest import CarriedFile, CodecInfo, DType, ModelRef, TensorKind
 
 T = TypeVar("T")
+# The database keeps naive UTC; the API says so (RFC 3339 "...Z"), as its OpenAPI date-time format requires.
+UtcDatetime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))]
 
 
 class Page(BaseModel, Generic[T]):
@@ -28,7 +30,7 @@ class DeltaSummary(BaseModel):
     description: str | None
     latest_version: str
     latest_digest: str
-    updated_at: datetime
+    updated_at: UtcDatetime
     base_id: str
     base_revision: str | None
     base_fingerprint: str
@@ -42,7 +44,7 @@ class DeltaSummary(BaseModel):
 class VersionInfo(BaseModel):
     version: str
     digest: str
-    published_at: datetime
+    published_at: UtcDatetime
     pushed_by: str | None
     stored_bytes: int
     base_id: str
@@ -56,8 +58,8 @@ class DeltaDetail(BaseModel):
     name: str
     namespace: str
     description: str | None
-    created_at: datetime
-    updated_at: datetime
+    created_at: UtcDatetime
+    updated_at: UtcDatetime
     latest: str | None
     versions: list[VersionInfo]
     tags: dict[str, str]
@@ -87,7 +89,7 @@ class VersionDetail(BaseModel):
     digest: str = Field(description="OCI manifest digest: pin with NS/NAME@digest")
     config_digest: str = Field(description="digest of manifest.json")
     format_version: int
-    created_at: datetime = Field(description="when the delta was extracted")
+    created_at: UtcDatetime = Field(description="when the delta was extracted")
     description: str | None
     license: str | None
     base: ModelRef
@@ -118,7 +120,7 @@ class CompatibleVersion(BaseModel):
     base_id: str
     base_fingerprint: str
     post_id: str
-    published_at: datetime
+    published_at: UtcDatetime
     stored_bytes: int
 
 
