@@ -1,0 +1,499 @@
+"""Load with a hostile client: many well-behaved clients and one that holds uploads open.
+
+Starts a real ``paramdelta serve`` (the embedded default: SQLite + a blob folder) on
+127.0.0.1, publishes a few seed versions, measures each operation once idle (one client,
+nothing else running), then runs the load:
+
+* ``clients`` well-behaved clients (threads), started together, each doing ``rounds``
+  operations from a fixed mix: push (``deltaformat.client.push``, its own version with a
+  push token of its namespace), pull (``RegistryClient.resolve`` + ``fetch`` into a fresh
+  cache, then ``deltaformat.verify`` and a byte comparison of manifest.json with what was
+  pushed), search (``deltaformat.client.search``) and page views (``/`` and a delta's page);
+* one hostile client holding ``hostile`` uploads open the whole time: each sent its PATCH
+  (or monolithic POST) headers announcing 1 MiB, a first KiB of body, then trickles one
+  byte every half second or stalls; it never finishes them;
+* a monitor asking ``/healthz`` every 0.2 s.
+
+Reported: latency per operation (p50/p90/p99/max and p99 relative to the idle single-client
+median of the same operation, same run), errors of the well-behaved clients (an exception,
+a wrong byte, or any 5xx/429 the server's access log shows: the client retries those
+silently, so they are counted from the log), whether the held uploads were still held when
+the load ended, the server's peak RSS (VmHWM in /proc/PID/status). Traffic goes to
+127.0.0.1 only; the run is bounded in operations and in time (``deadline``).
+
+    python bench/load.py [--clients 64] [--rounds 5] [--hostile 8] [--no-write]
+
+Writes its section of BENCHMARKS.md between ``<!-- load:begin -->`` and ``<!-- load:end -->``
+and touches nothing else there. tests/test_load.py runs the same scenario smaller and
+asserts on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import select
+import shutil
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+for p in (REPO, REPO / "tests"):
+    if str(p) not in sys.path:
+        sys.path.insert(0, str(p))
+
+import deltaformat  # noqa: E402
+from deltaformat import client  # noqa: E402
+from deltaformat.cache import Cache  # noqa: E402
+from deltaformat.client import RegistryClient  # noqa: E402
+
+BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
+OPS = ("push", "pull", "search", "page")
+MIX = ("push", "pull", "search", "page", "pull")  # a client's rounds: this, rotated by its number
+NAMESPACES = 8  # the clients' repositories spread over this many namespaces, one push token each
+TRANSFER_WORKERS = 2  # parallel transfers per push/pull (the client's default is 8: 64 x 8 threads is too many here)
+HELD_BYTES = 1 << 20  # what each held upload announces
+HOSTILE_NAMESPACES = tuple(f"hostile{k}" for k in range(6))  # the hostile client's tokens, one per namespace
+TRICKLE_SECONDS = 0.5
+HEALTH_EVERY = 0.2
+
+
+# -- models and artifacts ---------------------------------------------------------------
+
+
+@dataclass
+class Models:
+    """A base and a post-trained model (bf16 safetensors); artifacts are extracted from them on demand."""
+
+    base: Path
+    post: Path
+    root: Path
+
+    @classmethod
+    def make(cls, root: Path, *, tensors: int, rows: int, cols: int, seed: int = 0) -> "Models":
+        import torch
+        from safetensors.torch import save_file
+
+        g = torch.Generator().manual_seed(seed)
+        base = {f"layers.{i}.weight": (torch.randn(rows, cols, generator=g) * 0.02).to(torch.bfloat16) for i in range(tensors)}
+        post = {k: (v.float() + torch.randn(v.shape, generator=g) * 2e-4).to(torch.bfloat16) for k, v in base.items()}
+        for folder, state in ((root / "base", base), (root / "post", post)):
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+        return cls(root / "base", root / "post", root)
+
+    def artifact(self, name: str, version: str) -> Path:
+        """An artifact whose manifest names ``name:version`` (a registry may insist that it matches the push)."""
+        out = self.root / "artifacts" / name.replace("/", "__") / version
+        deltaformat.extract(self.base, self.post, out, name=name, version=version,
+                            description=f"load test delta {name}", quiet=True)
+        return out
+
+
+# -- the hostile client -----------------------------------------------------------------
+
+
+class HeldUploads:
+    """Uploads whose request headers were sent but whose body never ends: it trickles or stalls.
+
+    Every fourth is a monolithic POST ?digest= (no session: the server holds a temp file);
+    the others PATCH a session started normally. Even-numbered ones trickle a byte every
+    TRICKLE_SECONDS, odd ones stall after their first KiB. ``repos`` ((name, push token)
+    pairs) take them in turn: spread over several tokens, they stay under any per-token
+    session quota while outnumbering the server's worker threads (anyio's default: 40).
+    """
+
+    def __init__(self, url: str, repos: list[tuple[str, str]], count: int):
+        self.url, self.repos, self.count = url, repos, count
+        self.port = urlsplit(url).port
+        self.sockets: list[socket.socket] = []
+        self.opened_at = 0.0
+        self._stop = threading.Event()
+        self._trickler: threading.Thread | None = None
+
+    def open(self) -> "HeldUploads":
+        for k in range(self.count):
+            self.sockets.append(self._hold(self._request_line(k)))
+        self.opened_at = time.monotonic()
+        self._trickler = threading.Thread(target=self._trickle, name="hostile-trickle", daemon=True)
+        self._trickler.start()
+        return self
+
+    def _request_line(self, k: int) -> tuple[str, str]:
+        """The request to hold open, and the token it carries."""
+        name, token = self.repos[k % len(self.repos)]
+        if k % 4 == 3:  # the digest names bytes it will never get
+            return f"POST /v2/{name}/blobs/uploads/?digest=sha256:{'0' * 64} HTTP/1.1", token
+        resp = httpx.post(f"{self.url}/v2/{name}/blobs/uploads/", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        if resp.status_code != 202:
+            raise RuntimeError(f"hostile client could not start upload {k}: {resp.status_code} {resp.text[:200]}")
+        return f"PATCH {urlsplit(resp.headers['location']).path} HTTP/1.1", token
+
+    def _hold(self, request: tuple[str, str]) -> socket.socket:
+        request_line, token = request
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        head = (f"{request_line}\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {token}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {HELD_BYTES}\r\n\r\n")
+        sock.sendall(head.encode() + b"\x00" * 1024)
+        return sock
+
+    def _trickle(self) -> None:
+        while not self._stop.wait(TRICKLE_SECONDS):
+            for sock in self.sockets[::2]:
+                try:
+                    sock.send(b"\x00")
+                except OSError:
+                    pass  # the server cut it: it is no longer held, which held() reports
+
+    def held(self) -> list[bool]:
+        """For each upload: True while the server has neither answered it nor closed it (nothing to read yet)."""
+        readable = set(select.select(self.sockets, [], [], 0)[0])
+        return [sock not in readable for sock in self.sockets]
+
+    def close(self) -> float:
+        """Let go of every upload; returns how long they were held."""
+        self._stop.set()
+        if self._trickler is not None:
+            self._trickler.join()
+        for sock in self.sockets:
+            sock.close()
+        return time.monotonic() - self.opened_at
+
+
+# -- the well-behaved clients -----------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """The server and what the clients need to talk to it."""
+
+    url: str
+    pid: int
+    tokens: dict[str, str]  # namespace -> push token
+    models: Models
+    scratch: Path
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).netloc
+
+
+@dataclass
+class Published:
+    name: str
+    version: str
+    manifest_bytes: bytes
+
+
+class Client:
+    """One well-behaved client: its operations, each timed and checked."""
+
+    def __init__(self, target: Target, number: int, seeds: list[Published], artifacts: dict[str, Path]):
+        self.t, self.n, self.seeds = target, number, seeds
+        self.artifacts = artifacts  # "name:version" -> folder, extracted before the load (not timed)
+        self.pushed: list[Published] = []
+        self.pulls = 0
+        self.namespace = f"load{number % NAMESPACES}"
+
+    def push_ref(self, round_no: int) -> tuple[str, str]:
+        return f"{self.namespace}/c{self.n}", f"1.{round_no}"
+
+    def push(self, round_no: int) -> None:
+        name, version = self.push_ref(round_no)
+        folder = self.artifacts[f"{name}:{version}"]
+        client.push(folder, f"{self.t.host}/{name}:{version}", token=self.t.tokens[self.namespace], quiet=True,
+                    workers=TRANSFER_WORKERS)
+        self.pushed.append(Published(name, version, (folder / "manifest.json").read_bytes()))
+
+    def pull(self, round_no: int) -> None:
+        want = self.pushed[-1] if self.pushed else self.seeds[(self.n + round_no) % len(self.seeds)]
+        cache_dir = Path(tempfile.mkdtemp(prefix=f"pull-c{self.n}-", dir=self.t.scratch))
+        try:  # a fresh cache: every blob comes over the wire
+            with RegistryClient(self.t.url, cache=Cache(cache_dir), workers=TRANSFER_WORKERS) as c:
+                digest, oci = c.resolve(want.name, want.version)
+                art = c.fetch(want.name, digest, oci, quiet=True)
+            deltaformat.verify(art, quiet=True)  # every blob's digest, every decoded stream
+            if art.manifest_bytes != want.manifest_bytes:
+                raise AssertionError(f"pulled {want.name}:{want.version} is not the manifest.json that was pushed")
+            self.pulls += 1
+        finally:
+            shutil.rmtree(cache_dir, ignore_errors=True)
+
+    def search(self, round_no: int) -> None:
+        found = client.search("load test", registry=self.t.url)["items"]
+        if not found:
+            raise AssertionError("search for 'load test' found nothing (the seeds match it)")
+
+    def page(self, round_no: int) -> None:
+        seed = self.seeds[(self.n + round_no) % len(self.seeds)]
+        with httpx.Client(timeout=30) as http:
+            home = http.get(self.t.url + "/", headers={"Accept": "text/html"})
+            if home.status_code != 200:
+                raise AssertionError(f"GET /: {home.status_code}")
+            page = http.get(f"{self.t.url}/deltas/{seed.name}", headers={"Accept": "text/html"})
+            if page.status_code != 200 or seed.name not in page.text:
+                raise AssertionError(f"GET /deltas/{seed.name}: {page.status_code}, or the page does not name it")
+
+
+def timed(latencies: dict[str, list[float]], errors: list[str], label: str, op, *args) -> None:  # noqa: ANN001
+    start = time.perf_counter()
+    try:
+        op(*args)
+    except Exception as exc:  # noqa: BLE001  (every failure of a well-behaved client is reported, one line each)
+        errors.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        return
+    latencies[label.split()[0]].append(time.perf_counter() - start)
+
+
+# -- the run ----------------------------------------------------------------------------
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    rounds: int
+    hostile: int
+    idle: dict[str, float]  # median seconds of each operation, one client, nothing else running
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    http_failures: list[str] = field(default_factory=list)  # 5xx and 429 lines of the access log during the load
+    pulls_verified: int = 0
+    held_at_start: list[bool] = field(default_factory=list)
+    held_at_end: list[bool] = field(default_factory=list)
+    held_seconds: float = 0.0
+    healthz_after: int = 0
+    finished: bool = False
+    wall_seconds: float = 0.0
+    rss_before: int = 0
+    rss_peak: int = 0
+
+    def pct(self, op: str, q: float) -> float:
+        xs = sorted(self.latencies.get(op, []))
+        if not xs:
+            return float("nan")
+        return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+    def table(self) -> list[str]:
+        rows = ["| operation | count | idle (1 client) ms | p50 ms | p90 ms | p99 ms | max ms | p99 / idle |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for op in (*OPS, "healthz"):
+            n, idle = len(self.latencies.get(op, [])), self.idle.get(op, float("nan"))
+            ms = [1000 * self.pct(op, q) for q in (0.5, 0.9, 0.99, 1.0)]
+            rows.append(f"| {op} | {n} | {1000 * idle:.1f} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[3]:.1f} "
+                        f"| {self.pct(op, 0.99) / idle:.1f}x |")
+        return rows
+
+
+def vm_kib(pid: int, field_name: str) -> int:
+    """A VmXXX line of /proc/PID/status, in bytes (VmHWM: the peak resident set)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field_name)
+
+
+_ACCESS = re.compile(r'"(GET|HEAD|POST|PUT|PATCH|DELETE) (\S+) HTTP/1\.1" (5\d\d|429)\b')
+
+
+def http_failures(log_text: str) -> list[str]:
+    """Access-log lines answering 5xx or 429 (the client retries those without telling its caller)."""
+    return [" ".join(m.groups()) for m in _ACCESS.finditer(log_text)]
+
+
+def publish_seeds(t: Target, count: int) -> list[Published]:
+    seeds = []
+    for k in range(count):
+        name, version = f"seed/model-{k}", "1.0"
+        folder = t.models.artifact(name, version)
+        client.push(folder, f"{t.host}/{name}:{version}", token=t.tokens["seed"], quiet=True)
+        seeds.append(Published(name, version, (folder / "manifest.json").read_bytes()))
+    return seeds
+
+
+def idle_baseline(t: Target, seeds: list[Published], repeats: int = 3) -> dict[str, float]:
+    """Each operation alone, ``repeats`` times: the latency a single client sees on a quiet server."""
+    probe = Client(t, 0, seeds, {})
+    probe.namespace = "idle"
+    samples: dict[str, list[float]] = {op: [] for op in (*OPS, "healthz")}
+    errors: list[str] = []
+    for r in range(repeats):
+        name, version = probe.push_ref(r)
+        probe.artifacts[f"{name}:{version}"] = t.models.artifact(name, version)
+        for op in OPS:
+            timed(samples, errors, f"{op} idle", getattr(probe, op), r)
+        timed(samples, errors, "healthz idle", lambda: httpx.get(t.url + "/healthz", timeout=10).raise_for_status())
+    if errors:
+        raise RuntimeError(f"the idle baseline failed: {errors[0]}")
+    return {op: statistics.median(xs) for op, xs in samples.items()}
+
+
+def run_load(t: Target, *, clients: int, rounds: int, hostile: int, log_text, deadline: float = 240.0,
+             seeds: int = 4) -> LoadResult:  # noqa: ANN001  (log_text: () -> the server's log so far)
+    """The whole scenario against a running server; see the module docstring."""
+    seed_versions = publish_seeds(t, seeds)
+    result = LoadResult(clients, rounds, hostile, idle_baseline(t, seed_versions))
+    result.latencies = {op: [] for op in (*OPS, "healthz")}
+    crowd = [Client(t, n, seed_versions, {}) for n in range(clients)]
+    for c in crowd:  # extracted up front: the load times the registry, not extract
+        for r, op in enumerate(_rounds(c.n, rounds)):
+            if op == "push":
+                name, version = c.push_ref(r)
+                c.artifacts[f"{name}:{version}"] = t.models.artifact(name, version)
+    log_mark = len(log_text())
+    result.rss_before = vm_kib(t.pid, "VmRSS")
+
+    held = HeldUploads(t.url, [(f"{ns}/uploads", t.tokens[ns]) for ns in HOSTILE_NAMESPACES], hostile).open()
+    try:
+        result.held_at_start = held.held()
+        _crowd_run(t, crowd, rounds, result, deadline)
+        result.held_at_end = held.held()
+        result.healthz_after = httpx.get(t.url + "/healthz", timeout=30).status_code  # while still held
+    finally:
+        result.held_seconds = held.close()
+    result.pulls_verified = sum(c.pulls for c in crowd)
+    result.http_failures = http_failures(log_text()[log_mark:])
+    result.rss_peak = vm_kib(t.pid, "VmHWM")
+    return result
+
+
+def _rounds(number: int, rounds: int) -> list[str]:
+    k = number % len(MIX)
+    mix = MIX[k:] + MIX[:k]
+    return [mix[r % len(mix)] for r in range(rounds)]
+
+
+def _crowd_run(t: Target, crowd: list[Client], rounds: int, result: LoadResult, deadline: float) -> None:
+    start = threading.Barrier(len(crowd) + 2)  # the clients, the monitor and this thread
+    done = threading.Event()
+
+    def work(c: Client) -> None:
+        start.wait()
+        for r, op in enumerate(_rounds(c.n, rounds)):
+            timed(result.latencies, result.errors, f"{op} client {c.n} round {r}", getattr(c, op), r)
+
+    def monitor() -> None:
+        start.wait()
+        with httpx.Client(timeout=30) as http:
+            while not done.wait(HEALTH_EVERY):
+                timed(result.latencies, result.errors, "healthz during the load",
+                      lambda: http.get(t.url + "/healthz").raise_for_status())
+
+    threads = [threading.Thread(target=work, args=(c,), daemon=True) for c in crowd]
+    watcher = threading.Thread(target=monitor, daemon=True)
+    for th in (*threads, watcher):
+        th.start()
+    t0 = time.monotonic()
+    start.wait()
+    for th in threads:  # bounded: a client still busy at the deadline is an error, not a hang
+        th.join(max(0.0, deadline - (time.monotonic() - t0)))
+    result.wall_seconds = time.monotonic() - t0
+    done.set()
+    watcher.join(10)
+    stuck = sum(th.is_alive() for th in threads)
+    result.finished = stuck == 0
+    if stuck:
+        result.errors.append(f"{stuck} client(s) still busy after the {deadline:.0f} s deadline")
+
+
+def make_target(server, models: Models, scratch: Path) -> Target:  # noqa: ANN001  (a conftest.RegistryServer)
+    namespaces = ["seed", "idle", *HOSTILE_NAMESPACES, *(f"load{k}" for k in range(NAMESPACES))]
+    return Target(server.url, server.proc.pid, {ns: server.token(ns, "push") for ns in namespaces}, models, scratch)
+
+
+# -- BENCHMARKS.md ------------------------------------------------------------------------
+
+
+def report(r: LoadResult, models_note: str, load_start: tuple, load_end: tuple) -> str:
+    held_end = sum(r.held_at_end)
+    lines = [
+        "## Registry under load, with a hostile client holding uploads open",
+        "",
+        f"`python bench/load.py --clients {r.clients} --rounds {r.rounds} --hostile {r.hostile}` "
+        f"({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). One `paramdelta serve` "
+        f"(embedded default: SQLite + blob folder) on 127.0.0.1; {os.cpu_count()} cores shared with other work "
+        f"(load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end); Python {platform.python_version()}, "
+        f"httpx {httpx.__version__}.",
+        "",
+        f"{r.clients} well-behaved clients (threads, started together) x {r.rounds} operations each, mixed "
+        f"push / pull / search / page view ({models_note}); every pull into a fresh cache, verified "
+        "(`deltaformat.verify`) and compared byte for byte with what was pushed. Meanwhile one hostile client "
+        f"holds {r.hostile} uploads open (PATCH or monolithic POST headers announcing 1 MiB, a first KiB, then a "
+        "byte every 0.5 s or nothing), and a monitor asks `/healthz` every 0.2 s. *idle* = the median of 3 runs "
+        "of the same operation by one client on the quiet server, just before the load.",
+        "",
+        *r.table(),
+        "",
+        f"- Errors of the well-behaved clients: {len(r.errors)} exceptions, {len(r.http_failures)} 5xx/429 answers "
+        f"in the access log; {r.pulls_verified} pulls verified; the load took {r.wall_seconds:.1f} s.",
+        f"- Hostile uploads: {sum(r.held_at_start)} of {r.hostile} held when the load began, {held_end} still held "
+        f"(neither answered nor closed by the server) when it ended, {r.held_seconds:.0f} s in all; "
+        f"`/healthz` answered {r.healthz_after} while they were held.",
+        f"- Server memory: RSS {r.rss_before / 2**20:.0f} MiB before the load, peak (VmHWM) {r.rss_peak / 2**20:.0f} MiB.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace what lies between the load markers (or append the marked section); nothing else changes."""
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
+        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--clients", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--hostile", type=int, default=48, help="uploads the hostile client holds open")
+    ap.add_argument("--tensors", type=int, default=8, help="tensors in the model (one blob each)")
+    ap.add_argument("--rows", type=int, default=256)
+    ap.add_argument("--cols", type=int, default=1024)
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    ap.add_argument("--no-write", action="store_true")
+    a = ap.parse_args(argv)
+
+    from conftest import RegistryServer
+
+    load_start = os.getloadavg()
+    root = Path(tempfile.mkdtemp(prefix="load-", dir=REPO / ".bench" if (REPO / ".bench").is_dir() else None))
+    os.environ["PARAMDELTA_QUIET"] = "1"
+    os.environ.pop("PARAMDELTA_TOKEN", None)
+    os.environ["PARAMDELTA_CACHE"] = str(root / "cache")
+    server = RegistryServer(root / "data").start()
+    try:
+        models = Models.make(root / "models", tensors=a.tensors, rows=a.rows, cols=a.cols)
+        (root / "scratch").mkdir()
+        t = make_target(server, models, root / "scratch")
+        r = run_load(t, clients=a.clients, rounds=a.rounds, hostile=a.hostile, log_text=server.log_text)
+    finally:
+        server.stop()
+    blob_bytes = sum(f.stat().st_size for f in (root / "models" / "artifacts").rglob("blobs/*")) // max(
+        1, len(list((root / "models" / "artifacts").glob("*/*"))))
+    note = f"artifacts of {a.tensors} blobs, {blob_bytes / 2**20:.2f} MiB each"
+    text = report(r, note, load_start, os.getloadavg())
+    print(text)
+    for e in r.errors[:20] + r.http_failures[:20]:
+        print("error:", e, file=sys.stderr)
+    if not a.no_write:
+        write_section(a.out, text)
+    shutil.rmtree(root, ignore_errors=True)
+    return 0 if not (r.errors or r.http_failures) and r.finished else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
