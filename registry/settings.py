@@ -48,6 +48,7 @@ Client (read by deltaformat.client and deltaformat.cache; listed here so the lis
     PARAMDELTA_OFFLINE            1: serve pulls from the cache and make no network call at all
     PARAMDELTA_QUIET              1: no progress bars
     PARAMDELTA_WORKERS            threads for encode/decode (transfers use 8 connections in parallel)
+    PARAMDELTA_DEBUG              1: the CLI prints a traceback with an error (one line otherwise)
 """
 
 from __future__ import annotations
