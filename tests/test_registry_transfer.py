@@ -18,6 +18,7 @@ from deltaformat.cache import Cache
 from deltaformat.client import RegistryClient, _endpoint
 from deltaformat.errors import RegistryError
 from deltaformat.oci import CHUNK_MEDIA_TYPE, Descriptor, parse_reference
+from support.renamed import renamed
 
 pytestmark = pytest.mark.usefixtures("client_env")
 
@@ -252,11 +253,13 @@ def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(artifa
     try:
         token = server.token("swept", "push")
         monkeypatch.setattr(RegistryClient, "put_manifest", swept_first)
-        result = client_mod.push(artifacts.delta, "swept/delta:1.0", registry=server.url, token=token, quiet=True)
+        named = renamed(artifacts.delta, "swept/delta", "1.0", tmp_path / "named")
+        result = client_mod.push(named, "swept/delta:1.0", registry=server.url, token=token, quiet=True)
         assert calls["n"] == 2 and result.digest.startswith("sha256:")
         assert httpx.get(f"{server.url}/v2/swept/delta/manifests/1.0").status_code == 200
         monkeypatch.setattr(RegistryClient, "put_manifest", refused)  # any other refusal is not retried
         with pytest.raises(RegistryError, match="MANIFEST_INVALID"):
-            client_mod.push(artifacts.delta, "swept/delta:2.0", registry=server.url, token=token, quiet=True)
+            client_mod.push(renamed(named, "swept/delta", "2.0", tmp_path / "named"), "swept/delta:2.0", registry=server.url,
+                            token=token, quiet=True)
     finally:
         server.stop()
