@@ -102,15 +102,16 @@ class ModelSource:
         """The path of side file ``rel`` when present (None when absent); refuses anything but a
         regular file (or folder), so no symlink, FIFO or device is ever read as one.
 
-        A Hub snapshot is made of symlinks into its own blobs/ folder: those, and only
-        those, are followed.
+        A Hub snapshot (huggingface_hub's cache: REPO/snapshots/COMMIT/) is made of symlinks
+        into REPO/blobs/: those, and only those, are followed, whether the snapshot was
+        named by Hub id or by its path.
         """
         path = self.path / rel
         try:
             st = path.lstat()
         except FileNotFoundError:
             return None
-        if stat.S_ISLNK(st.st_mode) and self.source == "hub" and _inside(path.resolve(), self.path.parent.parent / "blobs"):
+        if stat.S_ISLNK(st.st_mode) and self._in_snapshot_blobs(path):
             st = path.stat()
         elif stat.S_ISLNK(st.st_mode):
             raise ModelError(f"{path}: is a symbolic link; paramdelta reads side files only as regular files")
@@ -118,11 +119,16 @@ class ModelSource:
             raise ModelError(f"{path}: is not a regular {'folder' if folder else 'file'}")
         return path
 
+    def _in_snapshot_blobs(self, link: Path) -> bool:
+        snapshots = self.path.parent
+        return snapshots.name == "snapshots" and link.resolve().is_relative_to((snapshots.parent / "blobs").resolve())
+
     def read_side_file(self, rel: str) -> bytes:
-        """The bytes of side file ``rel``, opened without following a final symlink (unless a Hub blob)."""
+        """The bytes of side file ``rel``, opened without following a final symlink (unless into a Hub snapshot's blobs)."""
         path = self.side_file(rel)
-        flags = os.O_RDONLY | (0 if self.source == "hub" else os.O_NOFOLLOW)
-        fd = os.open(path, flags)
+        if path.is_symlink():  # checked by side_file: a snapshot's link to its blob, read through the blob's path
+            path = path.resolve()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
             return f.read()
 
@@ -151,9 +157,6 @@ def open_model(spec: str | os.PathLike) -> ModelSource:
     model.tensors = _index_tensors(model.path)
     return model
 
-
-def _inside(path: Path, folder: Path) -> bool:
-    return path.is_relative_to(folder.resolve())
 
 
 def _open_hub(repo: str, revision: str | None) -> ModelSource:
