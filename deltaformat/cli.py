@@ -14,6 +14,8 @@ import sys
 import traceback
 from collections.abc import Callable
 
+from pydantic import ValidationError
+
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
 
 Handler = Callable[[argparse.Namespace], int]
@@ -326,12 +328,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every failure is one line; the traceback only when asked for
         _debug_traceback()
         err = _as_error(exc)
-        print(f"paramdelta: error: {err}", file=sys.stderr)
+        print(f"paramdelta: error: {' '.join(str(err).split())}", file=sys.stderr)  # one line, whatever the message
         return err.exit_code if isinstance(err, ParamDeltaError) else (EXIT_USAGE if isinstance(exc, ValueError) else 1)
 
 
 def _as_error(exc: Exception) -> Exception:
     """The error to show: ours as they are; a file error as ours; anything else named by its type."""
+    if isinstance(exc, ValidationError):  # its own text spans several lines
+        first = exc.errors()[0]
+        return ValueError(f"{exc.title} field {'.'.join(map(str, first['loc']))}: {first['msg']}")
     if isinstance(exc, (ParamDeltaError, ValueError)):
         return exc
     if isinstance(exc, OSError):

@@ -216,11 +216,25 @@ class RegistryClient:
             raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
         return parse_manifest(resp.content)
 
-    def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False) -> Artifact:
-        """Download what the cache lacks of the version ``digest`` and return it as an Artifact in the cache."""
+    def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False, expect: Reference | None = None) -> Artifact:
+        """Download what the cache lacks of the version ``digest`` and return it as an Artifact in the cache.
+
+        manifest.json comes first: the layers are downloaded only once they match it (and,
+        with ``expect``, once it names the delta and version asked for), so a registry cannot
+        make the client download what the manifest does not describe.
+        """
         oci = parse_oci_manifest(oci_bytes)
         self.cache.put_manifest(digest, oci_bytes)
-        todo = [d for d in [oci.config, *oci.layers] if not self.cache.has_blob(d.digest, d.size)]
+        _check_space(self.cache.root, oci.config.size, f"pull {name}")
+        self.download_blob(name, oci.config)
+        config = self.cache.read_blob(oci.config.digest)
+        if config is None:
+            raise CorruptBlobError(f"manifest.json {oci.config.digest} of {name} vanished from the cache {self.cache.root}")
+        manifest = parse_manifest(config)
+        check_layers(oci, manifest)
+        if expect is not None:
+            check_identity(manifest, expect, self.url)
+        todo = [d for d in oci.layers if not self.cache.has_blob(d.digest, d.size)]
         _check_space(self.cache.root, sum(d.size for d in todo), f"pull {name}")
         with progress(sum(d.size for d in todo), f"pull {name}", quiet, unit="B") as bar:
             self.parallel(lambda d: self.download_blob(name, d, bar.update), todo)
@@ -465,8 +479,7 @@ def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None =
         return art
     with RegistryClient(url, tok, cache=cache) as client:
         digest, oci_bytes = client.resolve(parsed.name, parsed.reference)  # the only use of the tag
-        art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet)
-    check_identity(art.manifest, parsed, url)
+        art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet, expect=parsed)
     if not parsed.digest:
         cache.set_ref(url, parsed.name, parsed.tag or LATEST, digest)
     art.source = _source(parsed, url, digest)

@@ -358,6 +358,8 @@ def test_pull_and_apply_refuse_a_manifest_that_is_not_the_one_asked_for(hostile_
     full = f"{hostile_registry.host}/{ref}"
     with pytest.raises(IdentityError, match=words):
         client.pull(full, tmp_path / "pulled", quiet=True)
+    assert [p.name for p in (client_env / "blobs" / "sha256").iterdir()] == [hex_of(blob_digest(
+        (artifacts.delta / MANIFEST_FILE).read_bytes()))]  # refused on manifest.json, before any layer came down
     with pytest.raises(IdentityError, match=words):
         deltaformat.apply([full], artifacts.base, tmp_path / "out", quiet=True)
     assert_one_line_error(run_cli("apply", full, "--base", artifacts.base, "--out", tmp_path / "out", "-q",
