@@ -229,6 +229,7 @@ def variant(artifact: Path, out: Path, description: str) -> tuple[bytes, bytes]:
     shutil.copytree(artifact, out)
     doc = json.loads((out / MANIFEST_FILE).read_bytes())
     doc["description"] = description
+    doc["name"] = doc["version"] = None  # names no repository: pushed to several (the registry checks a stated name)
     config = json.dumps(doc, indent=2).encode()
     (out / MANIFEST_FILE).write_bytes(config)
     (out / DIGEST_FILE).write_text(sha256(config) + "\n")

@@ -22,6 +22,7 @@ from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, 
 from sqlalchemy import select, update
 
 from deltaformat import client
+from support.renamed import push  # artifacts named for the repositories they go to
 from deltaformat.artifact import MANIFEST_FILE, blob_path, open_artifact
 from deltaformat.oci import OCI_IMAGE_MANIFEST
 from registry.db import Database, utcnow
@@ -68,9 +69,9 @@ def test_gc_dry_run_then_sweep_untagged_and_unreferenced(cluster: Cluster, gc_en
     settings, db, store = gc_env
     a, b = cluster.a, cluster.b
     token = cluster.backends.token("gc", "push")
-    kept = client.push(artifacts.delta, f"{a.host}/gc/keep:1.0", token=token)
+    kept = push(artifacts.delta, f"{a.host}/gc/keep:1.0", token=token)
     config, oci = variant(artifacts.delta, tmp_path / "drop", f"to be dropped {uuid.uuid4()}")
-    dropped = client.push(tmp_path / "drop", f"{b.host}/gc/drop:1.0", token=token)
+    dropped = push(tmp_path / "drop", f"{b.host}/gc/drop:1.0", token=token)
     assert httpx.delete(f"{a.url}/v2/gc/drop/manifests/1.0", headers=auth(token)).status_code == 202  # untag
     orphan = random.Random(11).randbytes(3 * MiB + 7)
     assert httpx.post(f"{b.url}/v2/gc/orphan/blobs/uploads/", params={"digest": sha256(orphan)}, content=orphan,
@@ -119,7 +120,7 @@ def test_gc_grace_keeps_in_flight_uploads_and_just_published_manifests(cluster: 
     assert httpx.patch(b.url + location, content=big[:6 * MiB], headers={**auth(token), "Content-Range": f"0-{6 * MiB - 1}"},
                        timeout=60).status_code == 202
     # A manifest pushed by digest only (untagged), just now.
-    untagged = client.push(artifacts.other, f"{a.host}/{name}:tmp", token=token)
+    untagged = push(artifacts.other, f"{a.host}/{name}:tmp", token=token)
     assert httpx.delete(f"{a.url}/v2/{name}/manifests/tmp", headers=auth(token)).status_code == 202
 
     report = collect(db, store, grace_seconds=3600)
@@ -155,7 +156,7 @@ def test_a_publish_racing_gc_never_loses_a_referenced_blob(cluster: Cluster, gc_
 
     for grace, rounds in ((0, 12), (3600, 4)):
         name = f"racegc/grace-{grace}"
-        client.push(artifacts.delta, f"{a.host}/{name}:base", token=token)  # the layers, referenced throughout
+        push(artifacts.delta, f"{a.host}/{name}:base", token=token)  # the layers, referenced throughout
         thread = threading.Thread(target=gc_loop, args=(grace,), daemon=True)
         stop.clear()
         thread.start()

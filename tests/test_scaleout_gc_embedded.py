@@ -18,6 +18,7 @@ from scaleout_fixtures import sha256, variant
 from sqlalchemy import update
 
 from deltaformat import client
+from support.renamed import push  # artifacts named for the repositories they go to
 from deltaformat.artifact import open_artifact
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest
@@ -31,9 +32,9 @@ def test_gc_on_sqlite_and_the_blob_folder(tmp_path: Path, artifacts, client_env)
     try:
         token = srv.token("emb", "push")
         auth = {"Authorization": f"Bearer {token}"}
-        kept = client.push(artifacts.delta, f"{srv.host}/emb/keep:1.0", token=token)
+        kept = push(artifacts.delta, f"{srv.host}/emb/keep:1.0", token=token)
         config, _ = variant(artifacts.delta, tmp_path / "drop", f"drop {uuid.uuid4()}")
-        dropped = client.push(tmp_path / "drop", f"{srv.host}/emb/drop:1.0", token=token)
+        dropped = push(tmp_path / "drop", f"{srv.host}/emb/drop:1.0", token=token)
         assert httpx.delete(f"{srv.url}/v2/emb/drop/manifests/1.0", headers=auth).status_code == 202
         orphan = random.Random(1).randbytes(100_000)
         assert httpx.post(f"{srv.url}/v2/emb/orphan/blobs/uploads/", params={"digest": sha256(orphan)}, content=orphan,

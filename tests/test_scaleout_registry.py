@@ -21,6 +21,7 @@ from support.tiny_models import load_state
 
 import deltaformat
 from deltaformat import client
+from support.renamed import push, renamed  # artifacts named for the repositories they go to
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import RegistryError
 
@@ -68,9 +69,9 @@ def test_core_paths_on_postgresql_and_s3(cluster: Cluster, artifacts, tmp_path: 
     token = be.token("core", "push")
     name = "core/tiny-chat"
 
-    pushed = client.push(artifacts.delta, f"{a.host}/{name}:1.0", token=token)
+    pushed = push(artifacts.delta, f"{a.host}/{name}:1.0", token=token)
     assert pushed.skipped == 0 and pushed.uploaded == len(open_artifact(artifacts.delta).manifest.blob_digests()) + 1
-    again = client.push(artifacts.delta, f"{b.host}/{name}:1.0", token=token)  # the other replica: nothing to upload
+    again = push(artifacts.delta, f"{b.host}/{name}:1.0", token=token)  # the other replica: nothing to upload
     assert (again.uploaded, again.skipped, again.digest) == (0, pushed.uploaded, pushed.digest)
 
     found = client.search("tiny chat", namespace="core", registry=b.url)["items"]  # search on PostgreSQL
@@ -85,9 +86,9 @@ def test_core_paths_on_postgresql_and_s3(cluster: Cluster, artifacts, tmp_path: 
 
     # Immutable versions, latest, tags, delete = untag.
     with pytest.raises(RegistryError, match="immutable") as exc:
-        client.push(artifacts.other, f"{b.host}/{name}:1.0", token=token)
+        push(artifacts.other, f"{b.host}/{name}:1.0", token=token)
     assert exc.value.status == 409
-    two = client.push(artifacts.other, f"{b.host}/{name}:2.0", token=token)
+    two = push(artifacts.other, f"{b.host}/{name}:2.0", token=token)
     with client.RegistryClient(a.url, token) as c:
         assert c.resolve(name, "latest")[0] == two.digest
         assert c.get_json("tags", f"/v2/{name}/tags/list", {})["tags"] == ["1.0", "2.0", "latest"]
@@ -158,7 +159,7 @@ def test_pull_through_either_replica_redirect_and_streamed_and_no_token_reaches_
     a, b, proxy = cluster.a, cluster.b, cluster.proxy
     token = cluster.backends.token("pulls", "push")
     name = "pulls/tiny-chat"
-    pushed = client.push(artifacts.delta, f"{b.host}/{name}:1.0", token=token)
+    pushed = push(artifacts.delta, f"{b.host}/{name}:1.0", token=token)
     art = open_artifact(artifacts.delta)
     digest, size = max(art.manifest.blob_sizes().items(), key=lambda kv: kv[1])
 
@@ -203,8 +204,9 @@ def test_concurrent_publishes_of_one_version_exactly_one_wins(cluster: Cluster, 
     a, b = cluster.a, cluster.b
     token = cluster.backends.token("race", "push")
     name = "race/tiny"
-    one = client.push(artifacts.delta, f"{a.host}/{name}:seed-1", token=token)
-    two = client.push(artifacts.other, f"{b.host}/{name}:seed-2", token=token)
+    # Named for the repository but no version, so that each may be published under every version below.
+    one = push(renamed(artifacts.delta, name, None), f"{a.host}/{name}:seed-1", token=token)
+    two = push(renamed(artifacts.other, name, None), f"{b.host}/{name}:seed-2", token=token)
     manifests = {d: httpx.get(f"{a.url}/v2/{name}/manifests/{d}", headers=auth(token)).content for d in (one.digest, two.digest)}
 
     def put(r: Replica, version: str, data: bytes, barrier: threading.Barrier, out: dict) -> None:
@@ -244,7 +246,8 @@ def test_killing_a_replica_mid_upload_loses_nothing_acknowledged(cluster: Cluste
     a, b, be = cluster.a, cluster.b, cluster.backends
     token = be.token("kill", "push")
     name = "kill/upload"
-    c = Replica(be, "c", PARAMDELTA_S3_REDIRECT="0").start()
+    # Its hold on an upload it is writing lapses 2 s after it dies (PARAMDELTA_UPLOAD_LEASE_SECONDS; 30 by default).
+    c = Replica(be, "c", PARAMDELTA_S3_REDIRECT="0", PARAMDELTA_UPLOAD_LEASE_SECONDS="2").start()
     try:
         data = random.Random(7).randbytes(16 * MiB)
         location = start_upload(c, name, token)
@@ -288,10 +291,15 @@ def test_killing_a_replica_mid_upload_loses_nothing_acknowledged(cluster: Cluste
     # Another replica knows where the upload stands: at least everything acknowledged.
     offset = offset_of(a, location, token)
     assert acked <= offset <= acked + size
+    deadline = time.monotonic() + 30
     while offset < len(data):
         r = a if (offset // MiB) % 2 else b
         chunk = data[offset:offset + 3 * MiB]
-        assert patch(r, location, chunk, offset, token).status_code == 202
+        resp = patch(r, location, chunk, offset, token)
+        if resp.status_code == 416 and "busy" in resp.text and time.monotonic() < deadline:
+            time.sleep(0.2)  # the dead replica still holds the upload until its lease lapses
+            continue
+        assert resp.status_code == 202
         offset += len(chunk)
     digest = sha256(data)
     done = httpx.put(a.url + location, params={"digest": digest}, headers=auth(token), timeout=60)

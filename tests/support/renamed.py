@@ -12,17 +12,29 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE
 from deltaformat.digests import blob_digest
 from deltaformat.manifest import dump_manifest, parse_manifest
+from deltaformat.oci import parse_reference
 
 
-def renamed(artifact: Path, name: str, version: str | None, into: Path) -> Path:
-    """A copy of ``artifact`` in ``into`` whose manifest.json names ``name`` and ``version`` (``artifact`` itself
-    when it already does)."""
+def push(artifact: Path, ref: str, **kwargs: Any) -> Any:
+    """``deltaformat.client.push`` of ``artifact`` named for ``ref`` (the copy is kept next to ``artifact``)."""
+    from deltaformat import client
+
+    parsed = parse_reference(ref)
+    return client.push(renamed(artifact, parsed.name, parsed.tag), ref, **kwargs)
+
+
+def renamed(artifact: Path, name: str, version: str | None, into: Path | None = None) -> Path:
+    """A copy of ``artifact`` in ``into`` (default: a folder next to it) whose manifest.json names ``name`` and
+    ``version`` (``artifact`` itself when what it states fits: a None name or version claims nothing, as the
+    registry reads it; scaleout_fixtures.variant's name neither)."""
+    into = into if into is not None else artifact.parent / ".renamed"
     original = parse_manifest((artifact / MANIFEST_FILE).read_bytes())
-    if (original.name, original.version) == (name, version):
+    if original.name in (name, None) and original.version in (version, None):  # what it states fits (None: no claim)
         return artifact
     folder = into / f"{name.replace('/', '--')}--{version}--{artifact.name}"
     if folder.exists():
