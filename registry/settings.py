@@ -18,6 +18,8 @@ Server (read here, by ``Settings``; each is also a flag of ``paramdelta serve`` 
     PARAMDELTA_UPLOAD_MAX_SESSIONS  upload sessions one token may hold open at once (64)
     PARAMDELTA_UPLOAD_MAX_BYTES   bytes one token's open upload sessions may hold, received or being
                                   received (16 GiB: one blob of the largest size PARAMDELTA_MAX_BLOB_BYTES allows)
+    PARAMDELTA_UPLOAD_LEASE_SECONDS a request writing to an upload session holds it this long, renewed while
+                                  bytes arrive; another request is refused meanwhile (416, Retry-After) (30)
     PARAMDELTA_LOG_LEVEL          debug, info (default), warning
     PARAMDELTA_LOG_FORMAT         text (default) or json: one JSON object per line, with a request log
     PARAMDELTA_METRICS            1 (default): Prometheus metrics at /metrics (needs prometheus-client);
@@ -100,6 +102,8 @@ class Settings(BaseSettings):
     # pushes by one CI token fit. 16 GiB: the largest blob the default max_blob_bytes allows still goes up.
     upload_max_sessions: int = Field(64, ge=1)
     upload_max_bytes: int = Field(16 << 30, ge=1)
+    # 30 s: after a replica dies mid-request, the client's resume waits at most this long.
+    upload_lease_seconds: int = Field(30, ge=1, le=3600)
 
     def resolved_database_url(self) -> str:
         """The metadata database URL, defaulting to a SQLite file in the data folder."""

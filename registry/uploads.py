@@ -37,6 +37,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -63,8 +64,6 @@ log = logging.getLogger("paramdelta.registry")
 
 FLUSH_BYTES = 4 << 20  # body bytes gathered before one write in a worker thread
 PURGE_EVERY_SECONDS = 300
-LEASE_SECONDS = 300  # a request's hold on its session; renewed while its body arrives, so only a stalled one loses it
-RENEW_SECONDS = 60
 OWNER_LOCK_SPACE = 0x7570  # PostgreSQL advisory lock (space, token id): one token's quota checks run one at a time
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(\d+|\*))?$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
@@ -99,6 +98,9 @@ class Uploads:
         self.max_blob_bytes = settings.max_blob_bytes
         self.max_sessions = settings.upload_max_sessions
         self.max_bytes = settings.upload_max_bytes
+        # A request's hold on its session, renewed while its body arrives: one that stalls (or whose replica
+        # died) loses it after this long, and the upload can go on in another request.
+        self.lease = timedelta(seconds=settings.upload_lease_seconds)
         self._last_purge = 0.0
 
     # -- synchronous steps (run in worker threads by the async entry points) --------
@@ -165,13 +167,15 @@ class Uploads:
             else:
                 expired = False
                 if row.lease is not None and row.lease_expires_at is not None and row.lease_expires_at >= now:
+                    wait = math.ceil((row.lease_expires_at - now).total_seconds())
                     raise RangeNotSatisfiable(
                         f"upload {upload_id} is busy: another request is writing to it (one at a time per upload); "
-                        "ask where it stands and resume once that request ends", headers=range_headers(row.size))
+                        f"ask where it stands and resume once that request ends (at the latest in {wait} s)",
+                        headers={**range_headers(row.size), "Retry-After": str(wait)})
                 _lock_owner(s, row.owner_token_id)
                 _, held = _owner_usage(s, row.owner_token_id, excluding=upload_id)
                 sess.budget, sess.over_budget = self._budget(row, held, declared)
-                row.lease, row.lease_expires_at, row.reserved = lease, now + timedelta(seconds=LEASE_SECONDS), sess.budget
+                row.lease, row.lease_expires_at, row.reserved = lease, now + self.lease, sess.budget
                 row.expires_at = now + self.ttl
         if expired:
             self._drop(sess)
@@ -206,7 +210,7 @@ class Uploads:
         now = utcnow()
         with self.db.session() as s:
             done = s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
-                             .values(lease_expires_at=now + timedelta(seconds=LEASE_SECONDS), expires_at=now + self.ttl)).rowcount
+                             .values(lease_expires_at=now + self.lease, expires_at=now + self.ttl)).rowcount
         if not done:
             raise self._lost(sess)
 
@@ -390,7 +394,7 @@ class Uploads:
         """Hand the body's chunks to ``sink`` in a worker thread, about FLUSH_BYTES at a time (the chunks
         themselves, never copied). Returns the byte count and the chunks not yet handed on (the caller
         handles them with its last step). More than ``limit`` bytes raise ``over(received)``; ``renew``
-        runs every RENEW_SECONDS while bytes arrive. When reading fails (the client went away) what
+        runs every third of the lease while bytes arrive. When reading fails (the client went away) what
         arrived is handed on first, then ClientGone is raised."""
         received, batch, batched = 0, [], 0
         renewed = time.monotonic()
@@ -414,7 +418,7 @@ class Uploads:
             if batched >= FLUSH_BYTES:
                 await to_thread.run_sync(sink, batch)
                 batch, batched = [], 0
-            if renew is not None and time.monotonic() - renewed > RENEW_SECONDS:
+            if renew is not None and time.monotonic() - renewed > self.lease.total_seconds() / 3:
                 await to_thread.run_sync(renew)
                 renewed = time.monotonic()
         return received, batch
@@ -444,9 +448,12 @@ def _expired(now: datetime) -> tuple:
 
 
 def _owner_usage(s: Session, owner: int | None, excluding: str | None = None) -> tuple[int, int]:
-    """(open sessions, bytes they hold or may add under a live lease) of token ``owner``."""
+    """(open sessions, bytes they hold or may still add) of token ``owner``. A reservation counts until its
+    request ends or another takes the session over, even past its lease: a request that stalls, loses its
+    lease and then sends its bytes after all writes them (though they never count as the upload's), so
+    letting its reservation lapse would let a token hold its quota many times over."""
     now = utcnow()
-    live_reserved = case((UploadSession.lease_expires_at >= now, UploadSession.reserved), else_=0)
+    live_reserved = case((UploadSession.lease.is_not(None), UploadSession.reserved), else_=0)
     q = select(func.count(), func.coalesce(func.sum(UploadSession.size + live_reserved), 0)).where(
         UploadSession.owner_token_id == owner, or_(UploadSession.expires_at >= now, UploadSession.lease_expires_at >= now))
     if excluding is not None:
