@@ -127,6 +127,7 @@ class Blobs:
     def mount(self, name: str, digest: str, source: str) -> bool:
         """Link a blob of ``source`` into ``name`` without uploading it; False when ``source`` lacks it."""
         check_digest(digest)
+        check_name(source)
         with self.db.session() as s:
             lock_digest(s, digest)  # not deleted by a concurrent garbage collection meanwhile (registry.gc)
             src = find_repository(s, source)

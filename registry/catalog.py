@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, case, false, func, or_, select, tuple_
 
-from deltaformat.oci import LATEST, base_architecture_key, registry_prefix
+from deltaformat.oci import LATEST, registry_prefix
 from registry.db import Database
 from registry.blobs import MAX_NAME, check_name
 from registry.db.models import Manifest, ManifestTensor, Repository, Version

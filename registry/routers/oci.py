@@ -18,6 +18,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from deltaformat.oci import OCI_IMAGE_MANIFEST
 from registry.auth import Principal, allow, allow_listing
 from registry.blobs import BlobRead, check_digest
 from registry.errors import InvalidRequest
@@ -137,7 +138,8 @@ async def get_blob(name: str, digest: str, request: Request, reg: Reg) -> Respon
 # -- manifests and tags ------------------------------------------------------------
 
 
-@router.get("/{name:path}/manifests/{reference}", summary="Get a manifest by version or digest")
+@router.get("/{name:path}/manifests/{reference}", summary="Get a manifest by version or digest",
+            responses={200: {"content": {OCI_IMAGE_MANIFEST: {}}, "description": "the manifest, byte-exact"}})
 @router.head("/{name:path}/manifests/{reference}", summary="Manifest existence and digest")
 def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Puller) -> Response:
     m = reg.manifests.get(name, reference)
