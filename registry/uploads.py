@@ -242,17 +242,26 @@ class Uploads:
                                    "ask where it stands and resume", headers=range_headers(row.size))
 
     def _drop(self, sess: _Session) -> None:
+        """End the session and delete its bytes (cancel, expiry)."""
         self.store.abort_upload(sess.id, sess.state)
         with self.db.session() as s:
             s.execute(delete(UploadSession).where(UploadSession.id == sess.id))
 
+    def _drop_held(self, sess: _Session) -> None:
+        """End the session this request holds and delete its bytes (a failed upload); nothing when another
+        request took the session over meanwhile: that one decides its fate."""
+        with self.db.session() as s:
+            ended = s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount
+        if ended:
+            self.store.abort_upload(sess.id, sess.state)
+
     def _seal(self, sess: _Session, digest: str) -> UploadState:
         """Freeze the upload's bytes for its commit and check their digest (DIGEST_INVALID drops the upload)."""
-        with _answer_disk_full(f"upload {sess.id}", lambda: self._drop(sess)):
+        with _answer_disk_full(f"upload {sess.id}", lambda: self._drop_held(sess)):
             state = self.store.prepare_commit(sess.id, sess.state)  # durable before the transaction, which then holds its lock briefly
             actual = self.store.upload_digest(sess.id, state)
         if actual != digest:
-            self._drop(_Session(sess.id, sess.name, state))
+            self._drop_held(_Session(sess.id, sess.name, state, sess.lease))
             raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
                                 detail={"expected": digest, "actual": actual, "size": state.size})
         return state
@@ -261,10 +270,12 @@ class Uploads:
         with self.db.session() as s:
             lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
             # Completing deletes the row, and only the lease holder may: one completion per session.
-            if not s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount:
-                raise BlobUploadUnknown(f"upload {sess.id} was completed, cancelled or taken over meanwhile; nothing was stored by this request")
-            self.store.commit_upload(sess.id, state, digest)
-            record_blob(s, sess.name, digest, state.size)  # linked, and its GC grace period starts over
+            held = s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount
+            if held:
+                self.store.commit_upload(sess.id, state, digest)
+                record_blob(s, sess.name, digest, state.size)  # linked, and its GC grace period starts over
+        if not held:
+            raise self._lost(sess)
 
     # -- async entry points (they read the request body) ----------------------------
 
@@ -375,7 +386,7 @@ class Uploads:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(writer.close)
                 if isinstance(exc, TooLarge):
-                    await to_thread.run_sync(self._drop, sess)
+                    await to_thread.run_sync(self._drop_held, sess)
                 await self._drop_if_full(sess, exc)
             raise
         try:
@@ -387,7 +398,7 @@ class Uploads:
     async def _drop_if_full(self, sess: _Session, exc: BaseException) -> None:
         """When ``exc`` is a full disk: drop the upload and raise 507 (``_disk_full``)."""
         with anyio.CancelScope(shield=True):
-            await to_thread.run_sync(_disk_full, f"upload {sess.id}", exc, lambda: self._drop(sess))
+            await to_thread.run_sync(_disk_full, f"upload {sess.id}", exc, lambda: self._drop_held(sess))
 
     async def _pump(self, body: AsyncIterator[bytes], limit: int, over: Callable[[int], Exception] | None,
                     sink: Callable[[list[bytes]], None], renew: Callable[[], None] | None = None) -> tuple[int, list[bytes]]:
