@@ -25,7 +25,7 @@ from deltaformat.digests import PREFIX, blob_digest, hex_of
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, FormatError
 from deltaformat.fsutil import write_file_atomic
-from deltaformat.manifest import Chunk, Manifest, Stream, dump_manifest, parse_manifest
+from deltaformat.manifest import MAX_MANIFEST_BYTES, Chunk, Manifest, Stream, dump_manifest, parse_manifest
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FILE = "manifest.json.sha256"
@@ -132,6 +132,8 @@ def open_artifact(path: str | os.PathLike) -> Artifact:
     if not mpath.is_file():
         hint = " (this looks like a model folder, not a delta artifact)" if (folder / "config.json").exists() else ""
         raise FormatError(f"{folder}: no {MANIFEST_FILE}; not a paramdelta artifact{hint}")
+    if mpath.stat().st_size > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{folder}: {MANIFEST_FILE} has {mpath.stat().st_size:,} bytes, more than the {MAX_MANIFEST_BYTES:,} a reader holds")
     data = mpath.read_bytes()
     if not dpath.is_file():
         raise FormatError(f"{folder}: {DIGEST_FILE} is missing; the artifact is incomplete")

@@ -46,7 +46,7 @@ from deltaformat.errors import (
     CorruptBlobError, FormatError, IdentityError, NoSpaceError, OfflineError, RegistryError, from_os_error,
 )
 from deltaformat.fsutil import atomic_folder, write_file_atomic
-from deltaformat.manifest import Manifest, parse_manifest
+from deltaformat.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from deltaformat.oci import (
     LATEST, OCI_IMAGE_MANIFEST, Descriptor, Reference, architecture_key, build_oci_manifest, check_layers,
     parse_oci_manifest, parse_reference, registry_prefix, registry_url, sha256_digest,
@@ -199,22 +199,40 @@ class RegistryClient:
 
     def resolve(self, name: str, reference: str) -> tuple[str, bytes]:
         """(digest, bytes) of the OCI manifest a tag or digest names, the bytes checked against the digest."""
-        resp = self._call(f"manifest {name}:{reference}", "GET", f"/v2/{name}/manifests/{reference}",
-                          headers={"Accept": OCI_IMAGE_MANIFEST})
-        digest = sha256_digest(resp.content)
-        claimed = resp.headers.get("docker-content-digest")
+        content, headers = self._get_small(f"manifest {name}:{reference}", f"/v2/{name}/manifests/{reference}",
+                                           headers={"Accept": OCI_IMAGE_MANIFEST})
+        digest = sha256_digest(content)
+        claimed = headers.get("docker-content-digest")
         expected = reference if reference.startswith("sha256:") else claimed
         if expected and expected != digest:
             raise CorruptBlobError(f"manifest {name}:{reference} from {self.url}: its bytes have digest {digest}, not {expected}")
-        return digest, resp.content
+        return digest, content
 
     def manifest_json(self, name: str, reference: str) -> Manifest:
         """A version's manifest.json alone: enough to pre-flight a base without downloading any blob."""
-        resp = self._call(f"manifest.json of {name}:{reference}", "GET", f"/api/v1/deltas/{name}/versions/{reference}/manifest")
-        claimed = resp.headers.get("docker-content-digest")
-        if claimed and sha256_digest(resp.content) != claimed:
+        content, headers = self._get_small(f"manifest.json of {name}:{reference}", f"/api/v1/deltas/{name}/versions/{reference}/manifest")
+        claimed = headers.get("docker-content-digest")
+        if claimed and sha256_digest(content) != claimed:
             raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
-        return parse_manifest(resp.content)
+        return parse_manifest(content)
+
+    def _get_small(self, what: str, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, httpx.Headers]:
+        """GET a manifest's bytes, refusing more than MAX_MANIFEST_BYTES before holding them
+        (a registry that is not ours could send a body without end)."""
+        def attempt() -> tuple[bytes, httpx.Headers]:
+            resp = self._send("GET", path, stream=True, headers=headers)
+            try:
+                self._check(resp, what, (200,))
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_MANIFEST_BYTES:
+                        raise FormatError(f"{what} from {self.url}: more than {MAX_MANIFEST_BYTES:,} bytes; refused")
+                return bytes(body), resp.headers
+            finally:
+                resp.close()
+
+        return self._retrying(what, attempt)
 
     def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False, expect: Reference | None = None) -> Artifact:
         """Download what the cache lacks of the version ``digest`` and return it as an Artifact in the cache.
@@ -224,6 +242,8 @@ class RegistryClient:
         make the client download what the manifest does not describe.
         """
         oci = parse_oci_manifest(oci_bytes)
+        if oci.config.size > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{name}@{digest}: its manifest.json has {oci.config.size:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
         self.cache.put_manifest(digest, oci_bytes)
         _check_space(self.cache.root, oci.config.size, f"pull {name}")
         self.download_blob(name, oci.config)

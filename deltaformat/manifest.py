@@ -27,6 +27,7 @@ MAX_DIMS = 8
 # Every blob is read into memory whole, so its recorded size is capped before it is read.
 # An encoded chunk is at most its raw bytes (mode 0) plus framing; 1 GiB is far above that.
 MAX_BLOB_BYTES = 1 << 30
+MAX_MANIFEST_BYTES = 64 << 20  # manifest.json (and an OCI manifest) a reader holds; a registry's default cap is 16 MiB
 MAX_CARRIED_FILE_BYTES = 256 << 20  # the largest tokenizer.json on the Hub is ~35 MB
 
 # Carried files: only the side files a tokenizer, chat template or generation settings

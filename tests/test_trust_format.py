@@ -7,6 +7,7 @@ and, where it succeeds, an output whose record covers every file in it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -32,7 +33,7 @@ from deltaformat.codec import get_codec
 from deltaformat.digests import blob_digest, hex_of
 from deltaformat.errors import FormatError, IdentityError, ModelError, NoSpaceError, RegistryError
 from deltaformat.fsutil import TEMP_MARK, atomic_folder
-from deltaformat.manifest import CHUNK_ELEMENTS, parse_manifest
+from deltaformat.manifest import CHUNK_ELEMENTS, MAX_MANIFEST_BYTES, parse_manifest
 from deltaformat.oci import build_oci_manifest, parse_oci_manifest, sha256_digest
 
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
@@ -309,7 +310,7 @@ def test_errors_have_their_class_exit_code_and_a_traceback_only_on_request(artif
 class HostileRegistry:
     """A registry that is not ours: it serves one artifact under whatever name and tag is asked."""
 
-    def __init__(self, artifact: Path):
+    def __init__(self, artifact: Path, *, endless: bool = False):
         data = (artifact / MANIFEST_FILE).read_bytes()
         manifest = parse_manifest(data)
         oci = build_oci_manifest(manifest, data)
@@ -321,6 +322,13 @@ class HostileRegistry:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                if endless:  # a body "without end": whitespace (valid JSON padding), 3x the cap (so a client without one fails, not hangs)
+                    self.send_response(200)
+                    self.end_headers()
+                    with contextlib.suppress(OSError):
+                        for _ in range(3 * MAX_MANIFEST_BYTES >> 20):
+                            self.wfile.write(b" " * (1 << 20))
+                    return
                 tail = self.path.rstrip("/").rsplit("/", 2)
                 body = content.get(tail[-1]) if tail[-2] == "blobs" else routes.get(tail[-1]) or routes.get(tail[-2])
                 if body is None:
@@ -378,6 +386,18 @@ def test_a_pulled_artifact_reports_the_reference_it_came_from(hostile_registry, 
     deltaformat.apply([ref], artifacts.base, tmp_path / "b", quiet=True)
     for out in ("a", "b"):
         assert json.loads((tmp_path / out / PROVENANCE_FILE).read_text())["deltas"][0]["source"] == pinned
+
+
+def test_a_manifest_without_end_is_refused_at_the_cap(artifacts, tmp_path, client_env):
+    with HostileRegistry(artifacts.delta, endless=True) as reg:
+        tracemalloc.start()
+        try:
+            with pytest.raises(FormatError, match=f"more than {MAX_MANIFEST_BYTES:,} bytes"):
+                client.pull(f"{reg.host}/acme/tiny-chat:1.0", tmp_path / "pulled", quiet=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 4 * MAX_MANIFEST_BYTES and not (tmp_path / "pulled").exists()
 
 
 # -- item 9: filesystem hygiene ---------------------------------------------------------
