@@ -215,10 +215,14 @@ class Uploads:
             raise self._lost(sess)
 
     def _release(self, sess: _Session) -> None:
-        """Give the lease back (a no-op when the session is gone or another request holds it)."""
-        with self.db.session() as s:
-            s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
-                      .values(lease=None, lease_expires_at=None, reserved=0))
+        """Give the lease back after a failed request (a no-op when the session is gone or another request
+        holds it). Best effort: the request's own error is the one to answer; the lease lapses anyway."""
+        try:
+            with self.db.session() as s:
+                s.execute(update(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)
+                          .values(lease=None, lease_expires_at=None, reserved=0))
+        except Exception:  # noqa: BLE001
+            log.exception("upload %s: could not give its lease back; it lapses in %d s", sess.id, self.lease.total_seconds())
 
     def _save(self, sess: _Session, new: UploadState, *, keep_lease: bool = False) -> None:
         """Record progress; only the lease holder may."""
@@ -249,11 +253,15 @@ class Uploads:
 
     def _drop_held(self, sess: _Session) -> None:
         """End the session this request holds and delete its bytes (a failed upload); nothing when another
-        request took the session over meanwhile: that one decides its fate."""
+        request took the session over meanwhile: that one decides its fate. The bytes go first: on a full
+        disk the database may need the room they free."""
         with self.db.session() as s:
-            ended = s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount
-        if ended:
-            self.store.abort_upload(sess.id, sess.state)
+            row = s.get(UploadSession, sess.id)
+        if row is None or row.lease != sess.lease:
+            return
+        self.store.abort_upload(sess.id, sess.state)
+        with self.db.session() as s:
+            s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease))
 
     def _seal(self, sess: _Session, digest: str) -> UploadState:
         """Freeze the upload's bytes for its commit and check their digest (DIGEST_INVALID drops the upload)."""
