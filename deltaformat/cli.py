@@ -27,8 +27,9 @@ def _extract(a: argparse.Namespace) -> int:
     m = extract(a.base, a.post, a.out, name=a.name, version=a.version, description=a.description,
                 license=a.license, force=a.force, quiet=a.quiet)
     s = m.summary()
-    print(f"wrote {a.out}: {s['tensors']} tensors {s['kinds']}, {s['stored_bytes']:,} bytes "
-          f"({s['bytes_per_parameter']:.3f} B/param), {s['patched_elements']} patched elements")
+    bpp = f" ({s['bytes_per_parameter']:.3f} B/param)" if s["bytes_per_parameter"] is not None else ""  # None: no parameters
+    print(f"wrote {a.out}: {s['tensors']} tensors {s['kinds']}, {s['stored_bytes']:,} bytes{bpp}, "
+          f"{s['patched_elements']} patched elements")
     return 0
 
 

@@ -21,7 +21,7 @@ import pydantic_core
 
 from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import ModelError
-from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES
+from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES, MAX_DIMS, MAX_TENSOR_ELEMENTS
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_FILE = "model.safetensors.index.json"
@@ -252,7 +252,10 @@ def read_safetensors_header(path: Path) -> list[TensorRef]:
         if dtype not in ITEMSIZE:
             raise ModelError(f"{path.name}: tensor {name!r} has unsupported dtype {dtype!r}")
         ref = TensorRef(name, dtype, shape, path, start + b)
-        if any(d < 0 for d in shape) or e - b != ref.numel * ref.itemsize or start + e > size:
+        if len(shape) > MAX_DIMS or any(not 0 <= d <= MAX_TENSOR_ELEMENTS for d in shape) or ref.numel > MAX_TENSOR_ELEMENTS:
+            raise ModelError(f"{path.name}: tensor {name!r} has shape {list(shape)}, beyond format v1's limits "
+                             f"({MAX_DIMS} dimensions, {MAX_TENSOR_ELEMENTS} elements)")
+        if e - b != ref.numel * ref.itemsize or start + e > size:
             raise ModelError(f"{path.name}: tensor {name!r} has data offsets that do not match its shape {list(shape)} and dtype {dtype}")
         refs.append(ref)
     return sorted(refs, key=lambda r: r.offset)

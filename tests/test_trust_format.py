@@ -232,6 +232,18 @@ def test_shape_overflow_is_a_one_line_error_in_apply(artifacts, tmp_path):
     assert nothing_beside(tmp_path) == ["evil"]
 
 
+def test_a_model_with_an_int64_overflowing_shape_is_a_model_error(tmp_path):
+    """The same shape in a model's safetensors header: refused by name (the old extract wrote it
+    into an artifact, and apply then failed with an OverflowError)."""
+    folder = tmp_path / "m"
+    folder.mkdir()
+    header = json.dumps({"t": {"dtype": "F32", "shape": [2 ** 64, 0], "data_offsets": [0, 0]}}).encode()
+    (folder / "model.safetensors").write_bytes(len(header).to_bytes(8, "little") + header)
+    assert_one_line_error(run_cli("extract", "--base", folder, "--post", folder, "--out", tmp_path / "a", "-q"),
+                          ModelError.exit_code, "tensor 't' has shape")
+    assert not (tmp_path / "a").exists()
+
+
 def test_a_blob_smaller_than_the_manifest_says_is_refused_before_reading(artifacts, tmp_path):
     """The recorded size is checked against the file first: a 1 GiB claim allocates nothing."""
     def edit(raw: dict, _add) -> None:
