@@ -231,6 +231,24 @@ def test_open_sessions_and_their_bytes_are_limited_per_token(quota_server: Regis
     assert patch(locations[1], first).status_code == 202
 
 
+def test_a_body_of_unannounced_length_reserves_all_the_room_left(quota_server: RegistryServer):
+    srv = quota_server
+    token = srv.token("stream", "push")
+    (first, first_id), (second, _) = start_session(srv, "stream/x", token), start_session(srv, "stream/x", token)
+    sessions = Sessions(srv)
+    try:
+        held = HeldRequest(srv, "PATCH", first, token, None)  # chunked: it may send up to the whole quota
+        sessions.wait_until_held(first_id)
+        one = httpx.patch(srv.url + second, content=b"x", headers={**bearer(token), "Content-Range": "0-0"})
+        assert one.status_code == 429 and "PARAMDELTA_UPLOAD_MAX_BYTES" in error_of(one)["message"]
+        data = random.Random(12).randbytes(100 * KiB)
+        assert held.send_body(data)[0] == 202  # it ended: only the bytes it sent count now
+        assert httpx.patch(srv.url + second, content=b"x", headers={**bearer(token), "Content-Range": "0-0"}).status_code == 202
+        assert httpx.get(srv.url + first, headers=bearer(token)).headers["upload-offset"] == str(len(data))
+    finally:
+        sessions.close()
+
+
 def test_gc_purges_sessions_idle_for_two_hours(tmp_path: Path):
     srv = RegistryServer(tmp_path / "data").start()
     try:

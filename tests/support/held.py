@@ -17,16 +17,19 @@ class HeldRequest:
     """A request on a raw socket whose headers are sent now and whose body is held back until ``send_body``:
     the server has begun the request (auth, its hold on the upload, the writer) and waits for the bytes."""
 
-    def __init__(self, srv: _Server, method: str, path: str, token: str, length: int, **headers: str):
+    def __init__(self, srv: _Server, method: str, path: str, token: str, length: int | None, **headers: str):
+        """``length`` None: a body of unannounced length (chunked transfer encoding)."""
         self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=60)
+        self.chunked = length is None
+        framing = "Transfer-Encoding: chunked" if self.chunked else f"Content-Length: {length}"
         lines = [f"{method} {path} HTTP/1.1", f"Host: {srv.host}", f"Authorization: Bearer {token}",
-                 "Content-Type: application/octet-stream", f"Content-Length: {length}",
+                 "Content-Type: application/octet-stream", framing,
                  *(f"{k.replace('_', '-')}: {v}" for k, v in headers.items()), "", ""]
         self.sock.sendall("\r\n".join(lines).encode())
 
     def send_body(self, body: bytes) -> tuple[int, dict]:
         """Send the body; the server's answer as (status, JSON body or {})."""
-        self.sock.sendall(body)
+        self.sock.sendall(f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n" if self.chunked else body)
         resp = http.client.HTTPResponse(self.sock)
         resp.begin()
         data = resp.read()
