@@ -240,6 +240,8 @@ class S3Store(BlobStore):
         target = self.blob_key(digest)
         # Never replace a stored blob. This runs under the digest's lock (registry.gc.lock_digest), which
         # every commit of this digest takes, so no other commit can create the key between check and copy.
+        # (A conditional copy, If-None-Match: *, would say it to the store too, but Ceph RGW 16 ignores that
+        # header on CopyObject and overwrites; it honours it only on PutObject.)
         if self._head(target) is None:
             source = self._assemble(upload_id, state)
             self._copy(source, target, state.size)
