@@ -318,5 +318,16 @@ def test_a_full_disk_answers_507_and_frees_the_uploads_bytes(small_disk: Path):
         other = random.Random(11).randbytes(MiB)
         assert httpx.put(srv.url + location, params={"digest": sha256(other)}, content=other, headers=bearer(token)).status_code == 201
         assert httpx.get(f"{srv.url}/v2/full/x/blobs/{sha256(other)}").content == other
+
+        # A session's commit copies its bytes into a fresh file (so that no writer can reach the blob):
+        # when the disk cannot hold that copy, the same clean answer, and the upload's bytes are freed.
+        location, _ = start_session(srv, "full/x", token)
+        half = random.Random(12).randbytes(3 * MiB)  # fits beside the 2 MiB stored; a copy of it does not
+        assert httpx.patch(srv.url + location, content=half, headers={**bearer(token), "Content-Range": f"0-{len(half) - 1}"},
+                           timeout=60).status_code == 202
+        sealed = httpx.put(srv.url + location, params={"digest": sha256(half)}, headers=bearer(token), timeout=60)
+        assert sealed.status_code == 507 and "registry storage is full" in error_of(sealed)["message"]
+        assert list(uploads_folder(srv).iterdir()) == []
+        assert "Traceback" not in srv.log_text()
     finally:
         srv.stop()
