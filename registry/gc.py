@@ -46,6 +46,7 @@ from typing import Any
 from sqlalchemy import bindparam, delete, exists, select, text, update
 from sqlalchemy.orm import Session
 
+from registry import process
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob, UploadSession, Version
 from registry.errors import ManifestBlobUnknown
@@ -239,7 +240,8 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
 
 
 def _purge_upload_files(store: BlobStore, live: set[str], older_than: datetime) -> tuple[int, int]:
-    """The filesystem driver's upload files that no session refers to (``<id>`` and ``<id>.sealed-*``)."""
+    """The filesystem driver's upload files that no session refers to (``<id>`` and ``<id>.sealed-*``), once
+    older than the grace period; and at once a monolithic upload's temp file whose server process is gone."""
     folder = getattr(store, "uploads", None)
     if not isinstance(folder, Path) or not folder.is_dir():
         return 0, 0
@@ -249,10 +251,19 @@ def _purge_upload_files(store: BlobStore, live: set[str], older_than: datetime) 
             st = p.stat()
         except OSError:
             continue
-        if p.name.partition(".")[0] not in live and _utc(st.st_mtime) < older_than:
+        if p.name.partition(".")[0] not in live and (_utc(st.st_mtime) < older_than or _maker_gone(p.name)):
             p.unlink(missing_ok=True)
             count, freed = count + 1, freed + st.st_size
     return count, freed
+
+
+def _maker_gone(name: str) -> bool:
+    """Whether ``name`` is a monolithic upload's temp file (``put-<process tag>-<hex>``) whose process is gone:
+    nothing can finish it (its request died with the process), however young it is."""
+    if not name.startswith("put-"):
+        return False
+    maker, _, _ = name.removeprefix("put-").rpartition("-")
+    return bool(maker) and process.gone(maker)
 
 
 def _utc(timestamp: float) -> datetime:

@@ -15,8 +15,10 @@ one transaction makes the blob visible. A failed one leaves nothing behind.
 A blob becomes visible only after its sha256 matches the digest the client named.
 
 One request at a time per session. A PATCH or PUT first takes the session's *lease*
-(a random id in its row, renewed while its body keeps arriving); a second request
-meanwhile is answered 416 with the offset. Only the lease holder may record
+(its process's tag and a random id in its row, renewed while its body keeps arriving,
+PARAMDELTA_UPLOAD_LEASE_SECONDS); a second request meanwhile is answered 416 with the
+offset and a Retry-After, unless the holder's process is known to be gone
+(registry.process): then the lease is void at once. Only the lease holder may record
 progress or complete the upload, and completing deletes the row in the transaction
 that records the blob, so a session completes once. A request that stalled past its
 lease can write nothing that counts: its progress is refused, and the blob store
@@ -54,6 +56,7 @@ from registry.blobs import check_digest
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
 from registry.db.queries import record_blob
+from registry import process
 from registry.errors import (BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable,
                              StorageFull, TooLarge, TooManyRequests)
 from registry.settings import Settings
@@ -155,7 +158,7 @@ class Uploads:
     def _acquire(self, name: str, upload_id: str, declared: int | None) -> _Session:
         """Take the session's lease for this request and reserve the bytes it may add (``declared``, or all the
         room its quota and the blob cap leave when the length is unknown): refused before a byte is read."""
-        now, lease = utcnow(), uuid.uuid4().hex
+        now, lease = utcnow(), f"{process.tag()} {uuid.uuid4().hex}"  # who holds it, so others can tell it died
         with self.db.session() as s:
             _lock_row(s, upload_id)
             row = s.get(UploadSession, upload_id, with_for_update=True)
@@ -166,7 +169,7 @@ class Uploads:
                 expired = True
             else:
                 expired = False
-                if row.lease is not None and row.lease_expires_at is not None and row.lease_expires_at >= now:
+                if _lease_live(row, now):
                     wait = math.ceil((row.lease_expires_at - now).total_seconds())
                     raise RangeNotSatisfiable(
                         f"upload {upload_id} is busy: another request is writing to it (one at a time per upload); "
@@ -458,6 +461,14 @@ def body_length(headers: Mapping[str, str]) -> int | None:
 def _is_expired(row: UploadSession, now: datetime) -> bool:
     """Idle past its expiry, and no live request holds it."""
     return row.expires_at < now and (row.lease_expires_at is None or row.lease_expires_at < now)
+
+
+def _lease_live(row: UploadSession, now: datetime) -> bool:
+    """Whether a request holds the session: its lease has not lapsed, and its process is not known to be gone
+    (a server killed and restarted on this host gives its uploads back at once, not when their leases lapse)."""
+    if row.lease is None or row.lease_expires_at is None or row.lease_expires_at < now:
+        return False
+    return not process.gone(row.lease.partition(" ")[0])
 
 
 def _expired(now: datetime) -> tuple:

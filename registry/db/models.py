@@ -162,6 +162,6 @@ class UploadSession(Base):
     owner_token_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     # The one request allowed to write to it now (a random id) and until when, unless it renews: a second
     # concurrent request is refused, and only the lease holder may record progress or complete the upload.
-    lease: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease: Mapped[str | None] = mapped_column(String(255), nullable=True)  # "<process tag> <random hex>" (registry.process)
     lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     reserved: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")  # bytes the lease holder may add

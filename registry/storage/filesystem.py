@@ -1,9 +1,10 @@
 """Blobs in a local folder: the embedded default.
 
     ROOT/blobs/sha256/<2 hex>/<64 hex>    committed blobs, linked into place whole, never replaced
-    ROOT/uploads/<upload id>              bytes of an upload in progress
+    ROOT/uploads/<upload id>              bytes of an upload in progress (made by its first write)
     ROOT/uploads/<upload id>.sealed-<uuid hex>  an upload's bytes copied for its commit (see below)
-    ROOT/uploads/put-<uuid hex>           a monolithic upload in progress (no session)
+    ROOT/uploads/put-<process tag>-<uuid hex>   a monolithic upload in progress (no session); the tag
+                                          (registry.process) lets gc tell one whose server died
 
 A committed blob is immutable: no upload writer can reach it. A session's upload file
 may still be open for writing in a request that stalled mid-body (its lease taken over,
@@ -17,15 +18,19 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
+from registry import process
 from registry.errors import DigestInvalid
 from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
 
 PREFIX = "sha256:"
+PUT_PREFIX = "put-"
 
 
 class FilesystemStore(BlobStore):
@@ -62,11 +67,11 @@ class FilesystemStore(BlobStore):
                     yield PREFIX + p.name, p.stat().st_size
 
     def blob_writer(self) -> BlobWriter:
-        return _FilePut(self.uploads / f"put-{uuid.uuid4().hex}", self)
+        return _FilePut(self.uploads / f"{PUT_PREFIX}{process.tag()}-{uuid.uuid4().hex}", self)
 
     def begin_upload(self, upload_id: str) -> UploadState:
-        self._upload_path(upload_id).touch()
-        return UploadState(0, {})
+        self._upload_path(upload_id)  # checks the id; the file comes with the first write, so that a
+        return UploadState(0, {})     # session whose row was never recorded leaves no file behind
 
     def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
         return _FileWriter(self._upload_path(upload_id), state)
@@ -77,7 +82,7 @@ class FilesystemStore(BlobStore):
         sealed = self.uploads / f"{upload_id}.sealed-{uuid.uuid4().hex}"
         sha = hashlib.sha256()
         try:
-            with open(self._upload_path(upload_id), "rb") as src, open(sealed, "xb") as dst:
+            with self._open_upload(upload_id, state) as src, open(sealed, "xb") as dst:
                 for chunk in _read_range(src, 0, state.size - 1):
                     sha.update(chunk)
                     dst.write(chunk)
@@ -94,7 +99,7 @@ class FilesystemStore(BlobStore):
         if "sealed_digest" in state.driver_state:  # the digest of the very bytes the commit will link
             return state.driver_state["sealed_digest"]
         h = hashlib.sha256()
-        with open(self._upload_path(upload_id), "rb") as f:
+        with self._open_upload(upload_id, state) as f:
             for chunk in _read_range(f, 0, state.size - 1):
                 h.update(chunk)
         return PREFIX + h.hexdigest()
@@ -128,6 +133,15 @@ class FilesystemStore(BlobStore):
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
             raise OSError(f"blob folder {self.root} is not writable")
+
+    def _open_upload(self, upload_id: str, state: UploadState) -> BinaryIO:
+        """The upload's file to read; an upload that has no bytes yet may have none."""
+        try:
+            return open(self._upload_path(upload_id), "rb")
+        except FileNotFoundError:
+            if state.size:
+                raise
+            return io.BytesIO()
 
     def _upload_path(self, upload_id: str) -> Path:
         if not upload_id.replace("-", "").isalnum():
@@ -186,7 +200,7 @@ class _FileWriter(UploadWriter):
         # No truncation: bytes past state.size (from a request cut off before it was recorded, or
         # one racing this) are overwritten or ignored; the commit copies only the recorded size.
         # Unbuffered, so that a full disk fails the write() that met it, not a later flush.
-        self._fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0))
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0), 0o666)
         os.lseek(self._fd, state.size, os.SEEK_SET)
         self._size = state.size
         self._driver_state = state.driver_state

@@ -17,7 +17,7 @@ depends_on = None
 def upgrade() -> None:
     # -- upload sessions: owner and quotas --
     op.add_column('upload_sessions', sa.Column('owner_token_id', sa.Integer(), nullable=True))
-    op.add_column('upload_sessions', sa.Column('lease', sa.String(length=32), nullable=True))
+    op.add_column('upload_sessions', sa.Column('lease', sa.String(length=255), nullable=True))
     op.add_column('upload_sessions', sa.Column('lease_expires_at', sa.DateTime(), nullable=True))
     op.add_column('upload_sessions', sa.Column('reserved', sa.BigInteger(), server_default='0', nullable=False))
     op.create_index(op.f('ix_upload_sessions_owner_token_id'), 'upload_sessions', ['owner_token_id'])
