@@ -142,7 +142,7 @@ def _check_space(out: Path, nbytes: int, tensors: int, quiet: bool) -> None:
     """
     needed = nbytes + HEADROOM_BYTES
     if not quiet:
-        print(f"apply: writing {tensors} tensors, {nbytes:,} bytes, to {out}", file=sys.stderr)
+        print(f"apply: writing {tensors} tensors, {nbytes:,} bytes ({nbytes / 1e9:.2f} GB), to {out}", file=sys.stderr)
     parent = next((p for p in (out.absolute(), *out.absolute().parents) if p.exists()), Path("/"))
     free = shutil.disk_usage(parent).free
     if free < needed:

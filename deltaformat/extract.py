@@ -224,9 +224,7 @@ def _read_carried(post: ModelSource) -> list[tuple[str, bytes]]:
     """The post model's side files to carry, each checked as a reader will check it."""
     carried = []
     for rel in post.carried_files():
-        data = post.read_side_file(rel)
-        if len(data) > MAX_CARRIED_FILE_BYTES:
-            raise ModelError(f"{post.path / rel}: {len(data):,} bytes; a carried file may have at most {MAX_CARRIED_FILE_BYTES:,}")
+        data = post.read_side_file(rel, MAX_CARRIED_FILE_BYTES)
         try:
             check_carried_content(rel, data)
         except FormatError as exc:

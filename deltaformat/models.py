@@ -21,7 +21,7 @@ import pydantic_core
 
 from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import ModelError
-from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES, MAX_DIMS, MAX_TENSOR_ELEMENTS
+from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES, MAX_DIMS, MAX_MANIFEST_BYTES, MAX_TENSOR_ELEMENTS
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_FILE = "model.safetensors.index.json"
@@ -123,14 +123,18 @@ class ModelSource:
         snapshots = self.path.parent
         return snapshots.name == "snapshots" and link.resolve().is_relative_to((snapshots.parent / "blobs").resolve())
 
-    def read_side_file(self, rel: str) -> bytes:
-        """The bytes of side file ``rel``, opened without following a final symlink (unless into a Hub snapshot's blobs)."""
+    def read_side_file(self, rel: str, max_bytes: int) -> bytes:
+        """The bytes of side file ``rel``, opened without following a final symlink (unless into a
+        Hub snapshot's blobs), refused unread when over ``max_bytes``."""
         path = self.side_file(rel)
         if path.is_symlink():  # checked by side_file: a snapshot's link to its blob, read through the blob's path
             path = path.resolve()
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
         with os.fdopen(fd, "rb") as f:
-            return f.read()
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes:
+                raise ModelError(f"{self.path / rel}: {size:,} bytes; paramdelta reads at most {max_bytes:,} from it")
+            return f.read(max_bytes + 1)[:max_bytes]
 
     @property
     def num_parameters(self) -> int:
@@ -158,7 +162,6 @@ def open_model(spec: str | os.PathLike) -> ModelSource:
     return model
 
 
-
 def _open_hub(repo: str, revision: str | None) -> ModelSource:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
@@ -181,7 +184,7 @@ def _read_config(model: ModelSource) -> dict:
     if model.side_file("config.json") is None:  # (config.json goes into the manifest: no symlinks either)
         return {}
     try:
-        data = pydantic_core.from_json(model.read_side_file("config.json"))  # depth-bounded, unlike json.loads
+        data = pydantic_core.from_json(model.read_side_file("config.json", MAX_MANIFEST_BYTES))  # depth-bounded, unlike json.loads
     except ValueError as exc:
         raise ModelError(f"{cfg}: not valid JSON ({exc})") from None
     if not isinstance(data, dict):
