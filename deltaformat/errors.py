@@ -99,7 +99,8 @@ EXIT_CODES: list[tuple[int, str]] = [
 def from_os_error(exc: OSError, path: object = None) -> ParamDeltaError:
     """The one-line error for a failed file operation, naming the file (``path`` when the error does not)."""
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # the output's name says more than a temporary file's
-        return NoSpaceError(f"no space left on device writing {path if path is not None else exc.filename}")
+        target = path if path is not None else exc.filename
+        return NoSpaceError("no space left on device" + (f" writing {target}" if target is not None else ""))
     where = exc.filename if exc.filename is not None else path
     reason = exc.strerror or str(exc)
     return FileSystemError(f"{reason}: {where}" if where is not None else reason)
