@@ -246,7 +246,8 @@ def test_killing_a_replica_mid_upload_loses_nothing_acknowledged(cluster: Cluste
     a, b, be = cluster.a, cluster.b, cluster.backends
     token = be.token("kill", "push")
     name = "kill/upload"
-    # Its hold on an upload it is writing lapses 2 s after it dies (PARAMDELTA_UPLOAD_LEASE_SECONDS; 30 by default).
+    # Its hold on an upload it is writing ends when it dies: at once on this host (registry.process), else when
+    # the lease lapses, here after 2 s (PARAMDELTA_UPLOAD_LEASE_SECONDS; 30 by default).
     c = Replica(be, "c", PARAMDELTA_S3_REDIRECT="0", PARAMDELTA_UPLOAD_LEASE_SECONDS="2").start()
     try:
         data = random.Random(7).randbytes(16 * MiB)
