@@ -30,6 +30,7 @@ import logging
 import os
 import random
 import shutil
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -461,6 +462,8 @@ def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, 
     folder = Path(artifact)
     blobs = [(sha256_digest(art.manifest_bytes), len(art.manifest_bytes), folder / MANIFEST_FILE)]
     blobs += [(d.digest, d.size, blob_path(art.blob_dir, d.digest)) for d in parse_oci_manifest(oci_bytes).layers]
+    for digest, size, path in blobs[1:]:
+        _check_blob_file(art.location, digest, size, path)
     url, tok = _endpoint(parsed, registry, token)
     total = sum(size for _, size, _ in blobs)
     with RegistryClient(url, tok, workers=workers or TRANSFER_WORKERS, chunk_bytes=chunk_bytes) as client, \
@@ -482,6 +485,16 @@ def push(artifact: str | os.PathLike, ref: str, *, registry: str | None = None, 
     uploaded = [b for b, s in zip(blobs, sent) if s]
     return PushResult(f"{registry_prefix(url)}/{parsed.name}:{tag}", digest, len(uploaded), len(blobs) - len(uploaded),
                       sum(size for _, size, _ in uploaded), total)
+
+
+def _check_blob_file(location: str, digest: str, size: int, path: Path) -> None:
+    """A blob to upload must be a regular file of the manifest's size: a symlink in a folder
+    from elsewhere could otherwise send any file of this machine to the registry."""
+    st = path.lstat()
+    if not stat.S_ISREG(st.st_mode):
+        raise FormatError(f"{location}: blob {digest} is not a regular file (a symbolic link?); nothing was pushed")
+    if st.st_size != size:
+        raise FormatError(f"{location}: blob {digest} has {st.st_size} bytes, manifest says {size}; nothing was pushed")
 
 
 def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None = None, quiet: bool = False) -> Artifact:

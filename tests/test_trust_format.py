@@ -436,6 +436,19 @@ def test_extract_refuses_a_fifo_among_side_files(artifacts, tmp_path):
         deltaformat.extract(artifacts.base, post, tmp_path / "a", quiet=True)
 
 
+def test_push_refuses_a_blob_that_is_a_symlink(artifacts, tmp_path, registry_server, client_env):
+    """An artifact folder from elsewhere whose blob links to a secret: nothing is sent."""
+    art = tmp_path / "art"
+    shutil.copytree(artifacts.delta, art)
+    victim = next(p for p in (art / "blobs" / "sha256").iterdir())
+    secret = tmp_path / "id_rsa"
+    secret.write_bytes(b"-----BEGIN SECRET-----" + b"x" * (victim.stat().st_size - 22))
+    victim.unlink()
+    victim.symlink_to(secret)
+    with pytest.raises(FormatError, match="not a regular file"):
+        client.push(art, f"{registry_server.host}/acme/tiny-chat:1.0-link", token=registry_server.token("acme", "push"), quiet=True)
+
+
 def _abandoned(parent: Path, name: str) -> Path:
     """A temporary folder as a killed run leaves it: marked as ours, data inside, no lock held."""
     tmp = parent / f".{name}.tmp-0123abcd"
