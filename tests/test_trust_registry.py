@@ -282,3 +282,24 @@ def test_a_postgresql_url_without_a_driver_installed_is_one_line_not_a_traceback
                           env={**os.environ, "PARAMDELTA_DATABASE_URL": "postgresql://user@127.0.0.1:1/db"})
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and "no driver is installed" in done.stderr
+
+
+def test_a_version_published_before_summaries_were_stored_is_summarised_once_on_first_read(tmp_path: Path,
+                                                                                          artifacts: Artifacts):
+    """Migration 0002 adds the summary column empty: the first read of an older version computes it and stores it."""
+    from sqlalchemy import delete, select, update
+
+    from registry.db.models import Manifest, ManifestTensor
+    from test_registry_api import InProcess
+
+    reg = InProcess(tmp_path / "registry")
+    with reg.http:
+        digest = reg.publish("acme/tiny-chat", "1.0", artifacts.delta, reg.token("acme", "push"))
+        fresh = reg.http.get("/api/v1/deltas/acme/tiny-chat/versions/1.0").json()
+        with reg.reg.db.session() as s:  # as a manifest pushed before 0002 looks
+            s.execute(update(Manifest).where(Manifest.digest == digest).values(summary=None))
+            s.execute(delete(ManifestTensor))
+        assert reg.http.get("/api/v1/deltas/acme/tiny-chat/versions/1.0").json() == fresh
+        with reg.reg.db.session() as s:
+            assert s.scalar(select(Manifest.summary).where(Manifest.digest == digest)) is not None
+            assert len(s.scalars(select(ManifestTensor.position)).all()) == fresh["tensors"]
