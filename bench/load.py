@@ -10,9 +10,15 @@ nothing else running), then runs the load:
   cache, then ``deltaformat.verify`` and a byte comparison of manifest.json with what was
   pushed), search (``deltaformat.client.search``) and page views (``/`` and a delta's page);
 * one hostile client holding ``hostile`` uploads open the whole time: each sent its PATCH
-  (or monolithic POST) headers announcing 1 MiB, a first KiB of body, then trickles one
-  byte every half second or stalls; it never finishes them;
+  (or monolithic POST) headers announcing 1 MiB more than it sends, a first KiB of body
+  (``--hostile-bytes``), then trickles one byte every half second or stalls; it never
+  finishes them;
 * a monitor asking ``/healthz`` every 0.2 s.
+
+The benchmark runs the scenario three times, each on a fresh server: without the hostile
+client (for comparison), as above, then with each held upload sending 4 MiB less 1 KiB
+before it stalls (just under the 4 MiB the server gathers before writing to disk), to
+show what held uploads cost in server memory.
 
 Reported: latency per operation (p50/p90/p99/max and p99 relative to the idle single-client
 median of the same operation, same run), errors of the well-behaved clients (an exception,
@@ -63,7 +69,7 @@ OPS = ("push", "pull", "search", "page")
 MIX = ("push", "pull", "search", "page", "pull")  # a client's rounds: this, rotated by its number
 NAMESPACES = 8  # the clients' repositories spread over this many namespaces, one push token each
 TRANSFER_WORKERS = 2  # parallel transfers per push/pull (the client's default is 8: 64 x 8 threads is too many here)
-HELD_BYTES = 1 << 20  # what each held upload announces
+HELD_BYTES = 1 << 20  # what each held upload announces beyond what it sends
 HOSTILE_NAMESPACES = tuple(f"hostile{k}" for k in range(6))  # the hostile client's tokens, one per namespace
 TRICKLE_SECONDS = 0.5
 HEALTH_EVERY = 0.2
@@ -114,8 +120,8 @@ class HeldUploads:
     session quota while outnumbering the server's worker threads (anyio's default: 40).
     """
 
-    def __init__(self, url: str, repos: list[tuple[str, str]], count: int):
-        self.url, self.repos, self.count = url, repos, count
+    def __init__(self, url: str, repos: list[tuple[str, str]], count: int, first_bytes: int = 1024):
+        self.url, self.repos, self.count, self.first_bytes = url, repos, count, first_bytes
         self.port = urlsplit(url).port
         self.sockets: list[socket.socket] = []
         self.opened_at = 0.0
@@ -143,9 +149,10 @@ class HeldUploads:
     def _hold(self, request: tuple[str, str]) -> socket.socket:
         request_line, token = request
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+        announced = self.first_bytes + HELD_BYTES  # always more than it sends: the body never ends
         head = (f"{request_line}\r\nHost: 127.0.0.1:{self.port}\r\nAuthorization: Bearer {token}\r\n"
-                f"Content-Type: application/octet-stream\r\nContent-Length: {HELD_BYTES}\r\n\r\n")
-        sock.sendall(head.encode() + b"\x00" * 1024)
+                f"Content-Type: application/octet-stream\r\nContent-Length: {announced}\r\n\r\n")
+        sock.sendall(head.encode() + b"\x00" * self.first_bytes)
         return sock
 
     def _trickle(self) -> None:
@@ -284,14 +291,19 @@ class LoadResult:
             return float("nan")
         return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
-    def table(self) -> list[str]:
-        rows = ["| operation | count | idle (1 client) ms | p50 ms | p90 ms | p99 ms | max ms | p99 / idle |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    def table(self, calm: "LoadResult | None" = None) -> list[str]:
+        """Latency per operation; with ``calm`` (the same load without the hostile client), its p50/p99 beside."""
+        head = "| operation | count | idle (1 client) ms | p50 ms | p90 ms | p99 ms | max ms | p99 / idle |"
+        rows = [head + (" p50 / p99 ms without the hostile client |" if calm else ""),
+                "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if calm else "")]
         for op in (*OPS, "healthz"):
             n, idle = len(self.latencies.get(op, [])), self.idle.get(op, float("nan"))
             ms = [1000 * self.pct(op, q) for q in (0.5, 0.9, 0.99, 1.0)]
-            rows.append(f"| {op} | {n} | {1000 * idle:.1f} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[3]:.1f} "
-                        f"| {self.pct(op, 0.99) / idle:.1f}x |")
+            row = (f"| {op} | {n} | {1000 * idle:.1f} | {ms[0]:.1f} | {ms[1]:.1f} | {ms[2]:.1f} | {ms[3]:.1f} "
+                   f"| {self.pct(op, 0.99) / idle:.1f}x |")
+            if calm:
+                row += f" {1000 * calm.pct(op, 0.5):.1f} / {1000 * calm.pct(op, 0.99):.1f} |"
+            rows.append(row)
         return rows
 
 
@@ -339,7 +351,7 @@ def idle_baseline(t: Target, seeds: list[Published], repeats: int = 3) -> dict[s
 
 
 def run_load(t: Target, *, clients: int, rounds: int, hostile: int, log_text, deadline: float = 240.0,
-             seeds: int = 4) -> LoadResult:  # noqa: ANN001  (log_text: () -> the server's log so far)
+             seeds: int = 4, hostile_bytes: int = 1024) -> LoadResult:  # noqa: ANN001  (log_text: () -> the server's log)
     """The whole scenario against a running server; see the module docstring."""
     seed_versions = publish_seeds(t, seeds)
     result = LoadResult(clients, rounds, hostile, idle_baseline(t, seed_versions))
@@ -353,7 +365,7 @@ def run_load(t: Target, *, clients: int, rounds: int, hostile: int, log_text, de
     log_mark = len(log_text())
     result.rss_before = vm_kib(t.pid, "VmRSS")
 
-    held = HeldUploads(t.url, [(f"{ns}/uploads", t.tokens[ns]) for ns in HOSTILE_NAMESPACES], hostile).open()
+    held = HeldUploads(t.url, [(f"{ns}/uploads", t.tokens[ns]) for ns in HOSTILE_NAMESPACES], hostile, hostile_bytes).open()
     try:
         result.held_at_start = held.held()
         _crowd_run(t, crowd, rounds, result, deadline)
@@ -414,33 +426,47 @@ def make_target(server, models: Models, scratch: Path) -> Target:  # noqa: ANN00
 # -- BENCHMARKS.md ------------------------------------------------------------------------
 
 
-def report(r: LoadResult, models_note: str, load_start: tuple, load_end: tuple) -> str:
-    held_end = sum(r.held_at_end)
+def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, heavy_bytes: int, models_note: str,
+           load_start: tuple, load_end: tuple, argv: str) -> str:
     lines = [
         "## Registry under load, with a hostile client holding uploads open",
         "",
-        f"`python bench/load.py --clients {r.clients} --rounds {r.rounds} --hostile {r.hostile}` "
-        f"({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). One `paramdelta serve` "
-        f"(embedded default: SQLite + blob folder) on 127.0.0.1; {os.cpu_count()} cores shared with other work "
-        f"(load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end); Python {platform.python_version()}, "
-        f"httpx {httpx.__version__}.",
+        f"`python bench/load.py{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
+        f"One `paramdelta serve` (embedded default: SQLite + blob folder) on 127.0.0.1; {os.cpu_count()} cores shared "
+        f"with other work (load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end); Python "
+        f"{platform.python_version()}, httpx {httpx.__version__}.",
         "",
         f"{r.clients} well-behaved clients (threads, started together) x {r.rounds} operations each, mixed "
         f"push / pull / search / page view ({models_note}); every pull into a fresh cache, verified "
         "(`deltaformat.verify`) and compared byte for byte with what was pushed. Meanwhile one hostile client "
-        f"holds {r.hostile} uploads open (PATCH or monolithic POST headers announcing 1 MiB, a first KiB, then a "
-        "byte every 0.5 s or nothing), and a monitor asks `/healthz` every 0.2 s. *idle* = the median of 3 runs "
-        "of the same operation by one client on the quiet server, just before the load.",
+        f"holds {r.hostile} uploads open over 6 tokens (PATCH, or every fourth a monolithic POST; headers announcing "
+        "1 MiB more than it sends, a first KiB, then a byte every 0.5 s or nothing: "
+        f"{'more' if r.hostile > 40 else 'fewer'} than anyio's 40 worker threads); a monitor asks `/healthz` every 0.2 s. "
+        "*idle* = the median of 3 runs of the same operation by one "
+        "client on the quiet server, just before the load (same run). The last column is the same load on a fresh "
+        "server without the hostile client, run just before.",
         "",
-        *r.table(),
+        *r.table(calm),
         "",
         f"- Errors of the well-behaved clients: {len(r.errors)} exceptions, {len(r.http_failures)} 5xx/429 answers "
         f"in the access log; {r.pulls_verified} pulls verified; the load took {r.wall_seconds:.1f} s.",
-        f"- Hostile uploads: {sum(r.held_at_start)} of {r.hostile} held when the load began, {held_end} still held "
-        f"(neither answered nor closed by the server) when it ended, {r.held_seconds:.0f} s in all; "
-        f"`/healthz` answered {r.healthz_after} while they were held.",
+        f"- Hostile uploads: {sum(r.held_at_start)} of {r.hostile} held when the load began, {sum(r.held_at_end)} still "
+        f"held (neither answered nor closed by the server) when it ended, {r.held_seconds:.0f} s in all; `/healthz` "
+        f"answered {r.healthz_after} while they were held.",
         f"- Server memory: RSS {r.rss_before / 2**20:.0f} MiB before the load, peak (VmHWM) {r.rss_peak / 2**20:.0f} MiB.",
     ]
+    if heavy is not None:
+        grew = (heavy.rss_peak - heavy.rss_before) / 2**20
+        lines += [
+            f"- The same load on a fresh server, each of the {heavy.hostile} held uploads sending "
+            f"{heavy_bytes / 2**20:.2f} MiB before it stalls: RSS {heavy.rss_before / 2**20:.0f} MiB before, peak "
+            f"{heavy.rss_peak / 2**20:.0f} MiB (+{grew:.0f} MiB, {grew / heavy.hostile:.1f} MiB per held upload, "
+            f"against +{(r.rss_peak - r.rss_before) / 2**20:.0f} MiB above); {len(heavy.errors)} exceptions and "
+            f"{len(heavy.http_failures)} 5xx/429 for the well-behaved clients, {sum(heavy.held_at_end)} of "
+            f"{heavy.hostile} still held at the end. A held body is kept in memory until 4 MiB have arrived "
+            "(registry.uploads FLUSH_BYTES), so each open upload can pin up to that much, for as long as its "
+            "client keeps the connection open.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -455,6 +481,25 @@ def write_section(path: Path, text: str) -> None:
     path.write_text(new)
 
 
+def scenario(root: Path, a: argparse.Namespace, hostile_bytes: int, hostile: int | None = None) -> tuple[LoadResult, str]:
+    """One run on a fresh server (its peak RSS is this run's alone)."""
+    from conftest import RegistryServer
+
+    root.mkdir(parents=True)
+    server = RegistryServer(root / "data").start()
+    try:
+        models = Models.make(root / "models", tensors=a.tensors, rows=a.rows, cols=a.cols)
+        (root / "scratch").mkdir()
+        t = make_target(server, models, root / "scratch")
+        r = run_load(t, clients=a.clients, rounds=a.rounds, hostile=a.hostile if hostile is None else hostile, log_text=server.log_text,
+                     hostile_bytes=hostile_bytes)
+    finally:
+        server.stop()
+    seed = next((root / "models" / "artifacts" / "seed__model-0").glob("*"))
+    blobs = [f.stat().st_size for f in (seed / "blobs").rglob("*") if f.is_file()]
+    return r, f"artifacts of {len(blobs)} blobs, {sum(blobs) / len(blobs) / 2**20:.2f} MiB each"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--clients", type=int, default=64)
@@ -463,36 +508,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tensors", type=int, default=8, help="tensors in the model (one blob each)")
     ap.add_argument("--rows", type=int, default=256)
     ap.add_argument("--cols", type=int, default=1024)
+    ap.add_argument("--heavy-bytes", type=int, default=(4 << 20) - 1024,
+                    help="what each held upload sends before stalling in the second run (0: no second run)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     ap.add_argument("--no-write", action="store_true")
     a = ap.parse_args(argv)
 
-    from conftest import RegistryServer
-
     load_start = os.getloadavg()
-    root = Path(tempfile.mkdtemp(prefix="load-", dir=REPO / ".bench" if (REPO / ".bench").is_dir() else None))
+    work = Path(tempfile.mkdtemp(prefix="load-"))
     os.environ["PARAMDELTA_QUIET"] = "1"
     os.environ.pop("PARAMDELTA_TOKEN", None)
-    os.environ["PARAMDELTA_CACHE"] = str(root / "cache")
-    server = RegistryServer(root / "data").start()
+    os.environ["PARAMDELTA_CACHE"] = str(work / "cache")
     try:
-        models = Models.make(root / "models", tensors=a.tensors, rows=a.rows, cols=a.cols)
-        (root / "scratch").mkdir()
-        t = make_target(server, models, root / "scratch")
-        r = run_load(t, clients=a.clients, rounds=a.rounds, hostile=a.hostile, log_text=server.log_text)
+        calm = scenario(work / "calm", a, 1024, hostile=0)[0]
+        r, note = scenario(work / "light", a, 1024)
+        heavy = scenario(work / "heavy", a, a.heavy_bytes)[0] if a.heavy_bytes else None
     finally:
-        server.stop()
-    blob_bytes = sum(f.stat().st_size for f in (root / "models" / "artifacts").rglob("blobs/*")) // max(
-        1, len(list((root / "models" / "artifacts").glob("*/*"))))
-    note = f"artifacts of {a.tensors} blobs, {blob_bytes / 2**20:.2f} MiB each"
-    text = report(r, note, load_start, os.getloadavg())
+        shutil.rmtree(work, ignore_errors=True)
+    args = "" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report(r, calm, heavy, a.heavy_bytes, note, load_start, os.getloadavg(), args)
     print(text)
-    for e in r.errors[:20] + r.http_failures[:20]:
+    failures = [e for x in (calm, r, heavy) if x for e in (*x.errors, *x.http_failures)]
+    for e in failures[:20]:
         print("error:", e, file=sys.stderr)
     if not a.no_write:
         write_section(a.out, text)
-    shutil.rmtree(root, ignore_errors=True)
-    return 0 if not (r.errors or r.http_failures) and r.finished else 1
+    return 0 if not failures and all(x.finished for x in (calm, r, heavy) if x) else 1
 
 
 if __name__ == "__main__":
