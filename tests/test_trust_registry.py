@@ -64,7 +64,8 @@ def _cursor(values: object) -> str:
 def test_references_outside_their_grammar_are_refused_on_every_route(registry_server: RegistryServer, artifacts: Artifacts,
                                                                      tmp_path: Path):
     srv, token = registry_server, registry_server.token("gram", "push")
-    oci = _upload_blobs(srv, "gram/x", renamed(artifacts.delta, "gram/x", None, tmp_path), token)
+    # artifacts.other: the shared server's search for "tiny chat" (test_registry_e2e) must not find it.
+    oci = _upload_blobs(srv, "gram/x", renamed(artifacts.other, "gram/x", None, tmp_path), token)
     put = lambda ref: httpx.put(f"{srv.url}/v2/gram/x/manifests/{ref}", content=oci,  # noqa: E731
                                 headers={**_bearer(token), "Content-Type": OCI})
 

@@ -70,7 +70,8 @@ class Manifest(Base):
     digest: Mapped[str] = mapped_column(DIGEST, index=True)
     media_type: Mapped[str] = mapped_column(NAME)
     size: Mapped[int] = mapped_column(BigInteger)
-    content: Mapped[bytes] = mapped_column(LargeBinary)
+    # Deferred, like summary: loaded only where used, not by every list and search row (up to 16 MiB each).
+    content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     config_digest: Mapped[str] = mapped_column(DIGEST)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
@@ -94,7 +95,7 @@ class Manifest(Base):
     artifact_created_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # What a version's page and API show, as JSON, computed once at push (or on first read of a manifest pushed
     # before it existed): reads never parse manifest.json, which may hold 10^5 tensors (registry.publish.summarize).
-    summary: Mapped[str | None] = mapped_column(Text, nullable=True)
+    summary: Mapped[str | None] = mapped_column(Text, nullable=True, deferred=True)
 
 
 class ManifestTensor(Base):
