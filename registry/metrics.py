@@ -177,7 +177,13 @@ def escape_controls(text: str) -> str:
 
 
 class SafeLogRecord(logging.LogRecord):
-    """Every log message of the process, escaped in this one place (installed by configure_logging)."""
+    """Every log record of the process, escaped in this one place (installed by configure_logging): its message,
+    and its string arguments too, which formatters such as uvicorn's access log read without the message."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if isinstance(self.args, tuple):
+            self.args = tuple(escape_controls(a) if isinstance(a, str) else a for a in self.args)
 
     def getMessage(self) -> str:  # noqa: N802 - logging's name
         return escape_controls(super().getMessage())
