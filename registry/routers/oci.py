@@ -23,6 +23,7 @@ from registry.auth import Principal, allow, allow_listing
 from registry.blobs import BlobRead, check_digest
 from registry.errors import InvalidRequest
 from registry.http import ERROR_RESPONSES, next_link, parse_json, read_capped
+from registry.schemas import ErrorEnvelope
 from registry.service import Registry
 from registry.uploads import UploadStatus, body_length, range_headers
 
@@ -147,7 +148,9 @@ def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Pulle
     return Response(m.content if request.method == "GET" else None, headers=headers, media_type=m.media_type)
 
 
-@router.put("/{name:path}/manifests/{reference}", status_code=201, summary="Publish a version (validated, immutable)")
+@router.put("/{name:path}/manifests/{reference}", status_code=201, summary="Publish a version (validated, immutable)",
+            responses={409: {"model": ErrorEnvelope, "description": "the version is published (or was) with other content"},
+                       413: {"model": ErrorEnvelope, "description": "the manifest is over PARAMDELTA_MAX_MANIFEST_BYTES"}})
 async def put_manifest(name: str, reference: str, request: Request, reg: Reg, principal: Pusher) -> Response:
     data = await read_capped(request, reg.settings.max_manifest_bytes, "manifest")
     published = await run_in_threadpool(reg.manifests.put, name, reference, request.headers.get("content-type"), data, principal)
