@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from pathlib import Path
 
 import pytest
 from scaleout_fixtures import Backends, scale_backends  # noqa: F401 - fixture
-from sqlalchemy import text
+from sqlalchemy import create_engine, text
 
 from conftest import Artifacts
 from deltaformat.artifact import open_artifact
@@ -26,6 +27,19 @@ def _plain(url: str, scheme: str) -> str:
     return scheme + "://" + url.split("://", 1)[1]
 
 
+def _own_database(url: str) -> str:
+    """A new database on the same server, so that this test's registry (blobs in a local folder) does not mix
+    its rows with the scale-out cluster's (its GC tests count every referenced blob in the bucket)."""
+    name = f"trust_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return url.rsplit("/", 1)[0] + "/" + name
+
+
 def test_plain_postgresql_urls_and_overlong_values_on_postgresql(scale_backends: Backends, artifacts: Artifacts,
                                                                 tmp_path: Path):
     for scheme in ("postgresql", "postgres"):
@@ -36,7 +50,7 @@ def test_plain_postgresql_urls_and_overlong_values_on_postgresql(scale_backends:
         finally:
             db.dispose()
 
-    reg = InProcess(tmp_path / "registry", database_url=_plain(scale_backends.database_url, "postgresql"))
+    reg = InProcess(tmp_path / "registry", database_url=_plain(_own_database(scale_backends.database_url), "postgresql"))
     with reg.http:
         auth = reg.token("pglong", "push")
         art = open_artifact(artifacts.delta)
