@@ -452,7 +452,7 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
         f"in the access log; {r.pulls_verified} pulls verified; the load took {r.wall_seconds:.1f} s "
         f"({r.clients * r.rounds / r.wall_seconds:.0f} operations/s; without the hostile client "
         f"{calm.wall_seconds:.1f} s)." if calm else "",
-        *([f"- p99 with the held uploads / p99 without them (single runs on a shared machine): " + ", ".join(
+        *(["- p99 with the held uploads / p99 without them (single runs on a shared machine): " + ", ".join(
             f"{op} {r.pct(op, 0.99) / calm.pct(op, 0.99):.2f}" for op in (*OPS, "healthz"))
            + f". The p50s are set by {r.clients} clients and the server sharing the cores, not by the hostile client."] if calm else []),
         f"- Hostile uploads: {sum(r.held_at_start)} of {r.hostile} held when the load began, {sum(r.held_at_end)} still "
