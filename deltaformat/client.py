@@ -356,8 +356,9 @@ class RegistryClient:
                 data = f.read(min(self.chunk_bytes, size - offset))
                 resp = self._send("PATCH", location, content=data, headers={
                     "Content-Type": "application/octet-stream", "Content-Range": f"{offset}-{offset + len(data) - 1}"})
-                if resp.status_code == 416:  # the registry stands elsewhere: ask, and go on from there
-                    raise _Retry(f"upload of {digest}: registry is not at offset {offset}", 0)
+                if resp.status_code == 416:  # the registry stands elsewhere (or another request holds the session):
+                    # ask where it stands and go on from there, after the wait it asked for, if any
+                    raise _Retry(f"upload of {digest}: registry is not at offset {offset}", _retry_after(resp) or 0)
                 self._check(resp, f"upload of {digest}", (202,))
                 location = str(resp.url.join(resp.headers.get("location", location)))
                 self.cache.set_upload(self.url, name, digest, location)

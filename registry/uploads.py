@@ -66,6 +66,10 @@ from registry.storage import BlobStore, BlobWriter, UploadState
 log = logging.getLogger("paramdelta.registry")
 
 FLUSH_BYTES = 4 << 20  # body bytes gathered before one write in a worker thread
+# Body bytes all requests of this process may hold gathered at once: past it, a request writes what it
+# holds at once. Without it, every stalled body (a client that sends headers and a few MB, then waits)
+# would keep up to FLUSH_BYTES in memory for as long as its connection stays open.
+GATHERED_CAP_BYTES = 64 << 20
 PURGE_EVERY_SECONDS = 300
 OWNER_LOCK_SPACE = 0x7570  # PostgreSQL advisory lock (space, token id): one token's quota checks run one at a time
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(\d+|\*))?$")
@@ -105,6 +109,7 @@ class Uploads:
         # died) loses it after this long, and the upload can go on in another request.
         self.lease = timedelta(seconds=settings.upload_lease_seconds)
         self._last_purge = 0.0
+        self._gathered = 0  # body bytes gathered and not yet written, over all requests (event loop only)
 
     # -- synchronous steps (run in worker threads by the async entry points) --------
 
@@ -421,28 +426,33 @@ class Uploads:
         received, batch, batched = 0, [], 0
         renewed = time.monotonic()
         chunks = body.__aiter__()
-        while True:
-            try:
-                chunk = await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except Exception as exc:
-                if batch:
+        try:
+            while True:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    if batch:
+                        await to_thread.run_sync(sink, batch)
+                    raise ClientGone(str(exc)) from exc
+                if not chunk:
+                    continue
+                received += len(chunk)
+                if received > limit:
+                    raise over(received) if over is not None else TooLarge(f"body is over the limit of {limit} bytes")
+                batch.append(chunk)
+                batched += len(chunk)
+                self._gathered += len(chunk)
+                if batched >= FLUSH_BYTES or self._gathered > GATHERED_CAP_BYTES:
                     await to_thread.run_sync(sink, batch)
-                raise ClientGone(str(exc)) from exc
-            if not chunk:
-                continue
-            received += len(chunk)
-            if received > limit:
-                raise over(received) if over is not None else TooLarge(f"body is over the limit of {limit} bytes")
-            batch.append(chunk)
-            batched += len(chunk)
-            if batched >= FLUSH_BYTES:
-                await to_thread.run_sync(sink, batch)
-                batch, batched = [], 0
-            if renew is not None and time.monotonic() - renewed > self.lease.total_seconds() / 3:
-                await to_thread.run_sync(renew)
-                renewed = time.monotonic()
+                    self._gathered -= batched
+                    batch, batched = [], 0
+                if renew is not None and time.monotonic() - renewed > self.lease.total_seconds() / 3:
+                    await to_thread.run_sync(renew)
+                    renewed = time.monotonic()
+        finally:
+            self._gathered -= batched  # what is left goes to the caller's last step (or is dropped with an error)
         return received, batch
 
 
