@@ -43,7 +43,7 @@ CARRIED_DIRS = {"additional_chat_templates": ".jinja"}  # folder -> the one suff
 # Files transformers reads as settings whose top-level "auto_map" names classes to import
 # (from the Hub with trust_remote_code): a carried file must not name code.
 CODE_NAMING_KEYS = ("auto_map",)
-_SETTINGS_FILES = ("tokenizer_config.json", "preprocessor_config.json", "generation_config.json",
+CARRIED_SETTINGS_FILES = ("tokenizer_config.json", "preprocessor_config.json", "generation_config.json",
                    "special_tokens_map.json", "added_tokens.json", "chat_template.json")
 
 DIGEST_PATTERN = r"^sha256:[0-9a-f]{64}$"
@@ -304,7 +304,7 @@ def check_carried_path(path: str) -> None:
 
 def check_carried_content(path: str, data: bytes) -> None:
     """Raise FormatError when a carried settings file names code for a loader to import."""
-    if path not in _SETTINGS_FILES:
+    if path not in CARRIED_SETTINGS_FILES:
         return
     try:
         doc = pydantic_core.from_json(data)

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from deltaformat.errors import FormatError
 from deltaformat.manifest import Manifest as DeltaManifest
-from deltaformat.manifest import parse_manifest
+from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, parse_manifest
 from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest, sha256_digest
 from registry.auth import Principal
 from registry.blobs import DIGEST_RE, check_name, check_reference
@@ -209,15 +209,26 @@ class Manifests:
         return summary
 
     def _read_config(self, config_digest: str) -> bytes:
-        size = self.store.stat(config_digest)
+        return self._read_small_blob(config_digest, "manifest.json")
+
+    def _read_small_blob(self, digest: str, what: str) -> bytes:
+        """A blob read whole, when it is at most the manifest cap, checked against its digest."""
+        size = self.store.stat(digest)
         if size is None:
-            raise BlobUnknown(f"config blob {config_digest} is missing from the store")
+            raise BlobUnknown(f"{what} blob {digest} is missing from the store")
         if size > self.max_bytes:
-            raise TooLarge(f"manifest.json {config_digest} has {size} bytes, over the limit of {self.max_bytes}")
-        data = b"".join(self.store.open_range(config_digest))
-        if sha256_digest(data) != config_digest:
-            raise ManifestInvalid(f"config blob {config_digest} does not match its digest in the store")
+            raise TooLarge(f"{what} {digest} has {size} bytes, over the limit of {self.max_bytes}")
+        data = b"".join(self.store.open_range(digest))
+        if sha256_digest(data) != digest:
+            raise ManifestInvalid(f"{what} blob {digest} does not match its digest in the store")
         return data
+
+    def _check_carried_settings(self, delta: DeltaManifest) -> None:
+        """Carried settings files (tokenizer_config.json, ...) must not name code to import (``auto_map``):
+        the path allow-list is in the manifest model, this is the part only their bytes can tell."""
+        for f in delta.files:
+            if f.path in CARRIED_SETTINGS_FILES:
+                check_carried_content(f.path, self._read_small_blob(f.digest, f.path))
 
     def _validate(self, name: str, oci: OciManifest) -> DeltaManifest:
         with self.db.session() as s:
@@ -231,6 +242,7 @@ class Manifests:
         try:
             delta = parse_manifest(self._read_config(oci.config.digest))  # once per push: reads never parse it
             check_layers(oci, delta)
+            self._check_carried_settings(delta)
         except FormatError as exc:
             raise ManifestInvalid(f"{name}: {exc}") from None
         except RecursionError:  # deltaformat refuses deep nesting itself; this keeps a 400 whatever its parser does

@@ -144,9 +144,21 @@ def test_extract_refuses_a_post_model_whose_side_files_name_code(artifacts, tmp_
     assert nothing_beside(tmp_path) == ["post"]
 
 
-def test_registry_refuses_a_push_of_a_hostile_manifest(registry_server, artifacts, tmp_path, client_env):
-    """The registry validates pushed manifests with the same models: a carried weight file is refused at push."""
-    art = hostile(artifacts.delta, tmp_path / "evil", carry("model.safetensors", b"not the weights"))
+def carry_instead(path: str, data: bytes) -> Callable[[dict, Callable], None]:
+    """Replace the carried file ``path`` with ``data`` (add it when the artifact has none)."""
+    def edit(raw: dict, add_blob: Callable[[bytes], dict]) -> None:
+        raw["files"] = [f for f in raw["files"] if f["path"] != path] + [{"path": path, **add_blob(data)}]
+    return edit
+
+
+@pytest.mark.parametrize("edit, words", [
+    (carry("model.safetensors", b"not the weights"), "model.safetensors"),
+    (carry_instead("tokenizer_config.json", b'{"auto_map": {"AutoTokenizer": ["evil/repo--tok.Evil", null]}}'), "auto_map"),
+], ids=["carried-weights", "settings-naming-code"])
+def test_registry_refuses_a_push_of_a_hostile_manifest(registry_server, artifacts, tmp_path, client_env, edit, words):
+    """The registry validates pushed manifests with the same models (a carried weight file), and reads carried
+    settings files to refuse one that names code to import (auto_map): refused at push, not only at apply."""
+    art = hostile(artifacts.delta, tmp_path / "evil", edit)
     data = (art / MANIFEST_FILE).read_bytes()
     raw = json.loads(data)
     layers = [{"mediaType": "application/vnd.paramdelta.file.v1", "digest": f["digest"], "size": f["size"]} for f in raw["files"]]
@@ -163,7 +175,7 @@ def test_registry_refuses_a_push_of_a_hostile_manifest(registry_server, artifact
         rc.upload_blob(name, blob_digest(data), len(data), art / MANIFEST_FILE)
         for layer in json.loads(oci)["layers"]:
             rc.upload_blob(name, layer["digest"], layer["size"], art / "blobs" / "sha256" / hex_of(layer["digest"]))
-        with pytest.raises(RegistryError, match="model.safetensors"):
+        with pytest.raises(RegistryError, match=words):
             rc.put_manifest(name, "1.0", oci)  # name and version match: only the carried file is wrong
 
 
