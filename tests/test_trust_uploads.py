@@ -22,14 +22,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import update
 
 from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
-from support.held import HeldRequest
+from support.held import HeldRequest, UploadRows
 from support.renamed import renamed
-from registry.db import Database, utcnow
 from registry.db.models import UploadSession
 
 pytestmark = pytest.mark.usefixtures("client_env")
@@ -44,36 +42,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-class Sessions:
-    """The server's upload_sessions rows, read and (to stand for time passing) changed in its own database."""
-
-    def __init__(self, srv: RegistryServer):
-        self.db = Database(f"sqlite:///{srv.data / 'registry.db'}", migrate=False)
-
-    def row(self, upload_id: str) -> UploadSession | None:
-        with self.db.session() as s:
-            return s.get(UploadSession, upload_id)
-
-    def wait_until_held(self, upload_id: str) -> None:
-        """Until a request holds the upload's lease: the held request got that far (bounded wait, no timing asserted)."""
-        deadline = time.monotonic() + 30
-        while (row := self.row(upload_id)) is not None and row.lease is None:
-            assert time.monotonic() < deadline, f"no request took upload {upload_id}"
-            time.sleep(0.02)
-
-    def lapse_lease(self, upload_id: str) -> None:
-        """As if the request holding the upload had stalled past its lease."""
-        with self.db.session() as s:
-            s.execute(update(UploadSession).where(UploadSession.id == upload_id)
-                      .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-
-    def close(self) -> None:
-        self.db.dispose()
+def upload_rows(srv: RegistryServer) -> UploadRows:
+    return UploadRows(f"sqlite:///{srv.data / 'registry.db'}")
 
 
 @pytest.fixture
-def sessions(registry_server: RegistryServer) -> Iterator[Sessions]:
-    s = Sessions(registry_server)
+def sessions(registry_server: RegistryServer) -> Iterator[UploadRows]:
+    s = upload_rows(registry_server)
     yield s
     s.close()
 
@@ -115,7 +90,7 @@ def assert_victim_intact(srv: RegistryServer, ref: str, digest: str, tmp_path: P
 
 
 def test_a_held_patch_cannot_poison_another_namespaces_blob(registry_server: RegistryServer, artifacts: Artifacts,
-                                                           sessions: Sessions, tmp_path: Path):
+                                                           sessions: UploadRows, tmp_path: Path):
     srv = registry_server
     ref, digest, genuine = victim_blob(srv, artifacts, "victim1", tmp_path)
     evil = srv.token("evil1", "push")
@@ -150,7 +125,7 @@ def test_a_held_patch_cannot_poison_another_namespaces_blob(registry_server: Reg
     client.pull(f"{srv.host}/victim1/tiny:1.1", tmp_path / "again")
 
 
-def test_a_second_request_on_a_busy_upload_is_refused(registry_server: RegistryServer, sessions: Sessions):
+def test_a_second_request_on_a_busy_upload_is_refused(registry_server: RegistryServer, sessions: UploadRows):
     srv, token = registry_server, registry_server.token("busy1", "push")
     data = random.Random(3).randbytes(200 * KiB)
     location, upload_id = start_session(srv, "busy1/x", token)
@@ -169,7 +144,7 @@ def test_a_second_request_on_a_busy_upload_is_refused(registry_server: RegistryS
     assert done.status_code == 201 and sha256(srv.blob_file(sha256(data)).read_bytes()) == sha256(data)
 
 
-def test_an_upload_completes_once(registry_server: RegistryServer, sessions: Sessions):
+def test_an_upload_completes_once(registry_server: RegistryServer, sessions: UploadRows):
     srv, token = registry_server, registry_server.token("once1", "push")
     data = random.Random(4).randbytes(100 * KiB)
     location, upload_id = start_session(srv, "once1/x", token)
@@ -272,7 +247,7 @@ def test_a_body_of_unannounced_length_reserves_all_the_room_left(quota_server: R
     srv = quota_server
     token = srv.token("stream", "push")
     (first, first_id), (second, _) = start_session(srv, "stream/x", token), start_session(srv, "stream/x", token)
-    sessions = Sessions(srv)
+    sessions = upload_rows(srv)
     try:
         held = HeldRequest(srv, "PATCH", first, token, None)  # chunked: it may send up to the whole quota
         sessions.wait_until_held(first_id)
@@ -294,13 +269,13 @@ def test_gc_purges_sessions_idle_for_two_hours(tmp_path: Path):
         data = random.Random(8).randbytes(100 * KiB)
         assert httpx.patch(srv.url + location, content=data, headers={**bearer(token), "Content-Range": f"0-{len(data) - 1}"}).status_code == 202
         assert (uploads_folder(srv) / upload_id).stat().st_size == len(data)
-        db = Database(f"sqlite:///{srv.data / 'registry.db'}", migrate=False)
+        rows = upload_rows(srv)
         try:
-            with db.session() as s:  # as if its last request were two hours ago
+            with rows.db.session() as s:  # as if its last request were two hours ago
                 row = s.get(UploadSession, upload_id)
                 row.expires_at -= timedelta(hours=2)
         finally:
-            db.dispose()
+            rows.close()
 
         out = subprocess.run([sys.executable, "-m", "deltaformat.cli", "gc", "--data", str(srv.data), "--json"],
                              capture_output=True, text=True, timeout=120,

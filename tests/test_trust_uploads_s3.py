@@ -9,53 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import random
-import time
 import uuid
 from collections.abc import Iterator
-from datetime import timedelta
 
 import httpx
 import pytest
 from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
-from sqlalchemy import update
 
-from registry.db import Database, utcnow
-from registry.db.models import UploadSession
 from registry.storage import UploadState
 from registry.storage.s3 import S3Store
-from support.held import HeldRequest
+from support.held import HeldRequest, UploadRows
 
 pytestmark = pytest.mark.services
 MiB = 1 << 20
 
 
-class Rows:
-    """The replicas' upload_sessions rows in PostgreSQL."""
-
-    def __init__(self, backends: Backends):
-        self.db = Database(backends.database_url, migrate=False)
-
-    def wait_until_held(self, upload_id: str) -> None:
-        deadline = time.monotonic() + 30
-        while True:
-            with self.db.session() as s:
-                row = s.get(UploadSession, upload_id)
-            if row is None or row.lease is not None:
-                return
-            assert time.monotonic() < deadline, f"no request took upload {upload_id}"
-            time.sleep(0.02)
-
-    def lapse_lease(self, upload_id: str) -> None:
-        with self.db.session() as s:
-            s.execute(update(UploadSession).where(UploadSession.id == upload_id)
-                      .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
-
-
 @pytest.fixture
-def rows(scale_backends: Backends) -> Iterator[Rows]:
-    r = Rows(scale_backends)
+def rows(scale_backends: Backends) -> Iterator[UploadRows]:
+    r = UploadRows(scale_backends.database_url)
     yield r
-    r.db.dispose()
+    r.close()
 
 
 def stored_object(cluster: Cluster, digest: str) -> bytes:
@@ -64,7 +37,7 @@ def stored_object(cluster: Cluster, digest: str) -> bytes:
     return s3.get_object(Bucket=cluster.backends.bucket, Key=f"registry/blobs/sha256/{hex_[:2]}/{hex_}")["Body"].read()
 
 
-def test_a_held_patch_cannot_poison_a_blob_across_replicas(cluster: Cluster, rows: Rows):
+def test_a_held_patch_cannot_poison_a_blob_across_replicas(cluster: Cluster, rows: UploadRows):
     a, b = cluster.a, cluster.b
     victim, evil = cluster.backends.token("s3victim", "push"), cluster.backends.token("s3evil", "push")
     genuine = random.Random(21).randbytes(6 * MiB + 123)  # a whole 5 MiB part and a staged tail

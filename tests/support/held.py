@@ -5,7 +5,14 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
+from datetime import timedelta
 from typing import Protocol
+
+from sqlalchemy import update
+
+from registry.db import Database, utcnow
+from registry.db.models import UploadSession
 
 
 class _Server(Protocol):
@@ -35,3 +42,30 @@ class HeldRequest:
         data = resp.read()
         self.sock.close()
         return resp.status, json.loads(data) if data else {}
+
+
+class UploadRows:
+    """A registry's upload_sessions rows, read and (to stand for time passing) changed in its own database."""
+
+    def __init__(self, database_url: str):
+        self.db = Database(database_url, migrate=False)
+
+    def row(self, upload_id: str) -> UploadSession | None:
+        with self.db.session() as s:
+            return s.get(UploadSession, upload_id)
+
+    def wait_until_held(self, upload_id: str) -> None:
+        """Until a request holds the upload's lease: the held request got that far (bounded wait, no timing asserted)."""
+        deadline = time.monotonic() + 30
+        while (row := self.row(upload_id)) is not None and row.lease is None:
+            assert time.monotonic() < deadline, f"no request took upload {upload_id}"
+            time.sleep(0.02)
+
+    def lapse_lease(self, upload_id: str) -> None:
+        """As if the request holding the upload had stalled past its lease."""
+        with self.db.session() as s:
+            s.execute(update(UploadSession).where(UploadSession.id == upload_id)
+                      .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+    def close(self) -> None:
+        self.db.dispose()
