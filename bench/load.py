@@ -62,6 +62,7 @@ for p in (REPO, REPO / "tests"):
 import deltaformat  # noqa: E402
 from deltaformat import client  # noqa: E402
 from deltaformat.cache import Cache  # noqa: E402
+from registry.uploads import GATHERED_CAP_BYTES  # noqa: E402
 from deltaformat.client import RegistryClient  # noqa: E402
 
 BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
@@ -468,9 +469,10 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
             f"{heavy.rss_peak / 2**20:.0f} MiB (+{grew:.0f} MiB, {grew / heavy.hostile:.1f} MiB per held upload, "
             f"against +{(r.rss_peak - r.rss_before) / 2**20:.0f} MiB above); {len(heavy.errors)} exceptions and "
             f"{len(heavy.http_failures)} 5xx/429 for the well-behaved clients, {sum(heavy.held_at_end)} of "
-            f"{heavy.hostile} still held at the end. A held body is kept in memory until 4 MiB have arrived "
-            "(registry.uploads FLUSH_BYTES), so each open upload can pin up to that much, for as long as its "
-            "client keeps the connection open.",
+            f"{heavy.hostile} still held at the end. A request gathers up to 4 MiB of body before writing "
+            f"(registry.uploads FLUSH_BYTES), but all requests together at most {GATHERED_CAP_BYTES >> 20} MiB "
+            "(GATHERED_CAP_BYTES): past that each writes what it holds, so stalled bodies pin a bounded amount "
+            "however many there are.",
         ]
     return "\n".join(lines) + "\n"
 
