@@ -13,10 +13,11 @@ from deltaformat.apply import ApplyResult, apply, preflight
 from deltaformat.artifact import Artifact, open_artifact
 from deltaformat.errors import ParamDeltaError
 from deltaformat.extract import extract
+from deltaformat.lazy import LazyModel, open_model
 from deltaformat.manifest import Manifest
 from deltaformat.verify import VerifyReport, inspect, verify
 
 __all__ = [
     "__version__", "extract", "apply", "verify", "inspect", "preflight", "open_artifact",
-    "Artifact", "Manifest", "ApplyResult", "VerifyReport", "ParamDeltaError",
+    "open_model", "LazyModel", "Artifact", "Manifest", "ApplyResult", "VerifyReport", "ParamDeltaError",
 ]

@@ -102,19 +102,7 @@ def apply(
     original base with one artifact at alpha 1, every output tensor is checked against
     the post model's digest: the result is the post model, bit for bit.
     """
-    arts = [open_any(a, quiet=quiet) for a in artifacts]
-    if not arts:
-        raise ValueError("apply needs at least one artifact")
-    alphas = list(alphas) if alphas is not None else [1.0] * len(arts)
-    if len(alphas) != len(arts):
-        raise ValueError(f"{len(alphas)} alphas for {len(arts)} artifacts: give one alpha per artifact")
-    model = open_model(base)
-    for art in arts:
-        preflight(art.manifest, model, art.location)
-        missing = art.missing_blobs()
-        if missing:
-            raise FormatError(f"{art.location}: {len(missing)} blob(s) missing, first {missing[0]}; pull the artifact again")
-    plan = plan_outputs(arts, alphas, model)
+    arts, alphas, model, plan = prepare(artifacts, base, alphas, quiet)
     shard_bytes = parse_size(shard_size)
     total = sum(t.numel for t in plan)
     tensors = [(t.name, t.dtype, t.shape) for t in plan]
@@ -129,6 +117,25 @@ def apply(
         changes = _write_side_files(tmp, arts, model, plan)
         _write_provenance(tmp, arts, alphas, model, verified, _record_files(tmp, writer.digests))
     return ApplyResult(Path(out), len(plan), total, verified, changes)
+
+
+def prepare(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os.PathLike, alphas: Sequence[float] | None,
+            quiet: bool = False) -> tuple[list[Artifact], list[float], ModelSource, list[_OutTensor]]:
+    """Open the artifacts and the base, pre-flight every manifest against the base (before
+    any blob is decoded) and plan the output tensors: what apply and the lazy loader share."""
+    arts = [open_any(a, quiet=quiet) for a in artifacts]
+    if not arts:
+        raise ValueError("apply needs at least one artifact")
+    alphas = list(alphas) if alphas is not None else [1.0] * len(arts)
+    if len(alphas) != len(arts):
+        raise ValueError(f"{len(alphas)} alphas for {len(arts)} artifacts: give one alpha per artifact")
+    model = open_model(base)
+    for art in arts:
+        preflight(art.manifest, model, art.location)
+        missing = art.missing_blobs()
+        if missing:
+            raise FormatError(f"{art.location}: {len(missing)} blob(s) missing, first {missing[0]}; pull the artifact again")
+    return arts, alphas, model, plan_outputs(arts, alphas, model)
 
 
 HEADROOM_BYTES = 16 << 20  # shard headers, index, config.json: small, but counted
@@ -501,13 +508,7 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
     """config.json from the new base with the post model's token ids; the post model's tokenizer files."""
     first = arts[0]
     m = first.manifest
-    config = dict(model.config)
-    for key in POST_CONFIG_KEYS:
-        if key in m.post_config:
-            config[key] = m.post_config[key]
-    rows = {t.shape[0] for t in plan if t.values is not None and t.base is not None}
-    if len(rows) == 1 and "vocab_size" in config:
-        config["vocab_size"] = rows.pop()
+    config = output_config(arts, model, plan)
     if config:
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     for f in m.files:
@@ -521,6 +522,19 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
         for k in sorted(keys)
         if not (m.base_config.get(k) == m.post_config.get(k) == model.config.get(k))
     }
+
+
+def output_config(arts: list[Artifact], model: ModelSource, plan: list[_OutTensor]) -> dict:
+    """The output's config.json: the new base's, with the post model's token ids (and its vocabulary size when resized)."""
+    m = arts[0].manifest
+    config = dict(model.config)
+    for key in POST_CONFIG_KEYS:
+        if key in m.post_config:
+            config[key] = m.post_config[key]
+    rows = {t.shape[0] for t in plan if t.values is not None and t.base is not None}
+    if len(rows) == 1 and "vocab_size" in config:
+        config["vocab_size"] = rows.pop()
+    return config
 
 
 def _create(path: Path, data: bytes) -> None:
