@@ -4,20 +4,78 @@
     deltaformat.extract("llama3-base", "llama3-inst", "llama3-inst.delta")
     deltaformat.apply(["llama3-inst.delta"], "llama3.1-base", "llama3.1-paramdelta")
 
-torch is imported only when tensor arithmetic runs (deltaformat.arith), so the registry
-client and server start without it.
+The public names load on first use: importing the package (which every ``paramdelta``
+command does) loads neither numpy, pydantic nor httpx, so ``paramdelta --help`` and each
+verb start with only what they call. torch is imported only by the GPU path.
 """
 
-from deltaformat._version import __version__
-from deltaformat.apply import ApplyResult, apply, preflight
-from deltaformat.artifact import Artifact, open_artifact
-from deltaformat.errors import ParamDeltaError
-from deltaformat.extract import extract
-from deltaformat.lazy import LazyModel, open_model
-from deltaformat.manifest import Manifest
-from deltaformat.verify import VerifyReport, inspect, verify
+from __future__ import annotations
 
-__all__ = [
-    "__version__", "extract", "apply", "verify", "inspect", "preflight", "open_artifact",
-    "open_model", "LazyModel", "Artifact", "Manifest", "ApplyResult", "VerifyReport", "ParamDeltaError",
-]
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from deltaformat._version import __version__
+
+# Public name -> the module defining it. A new public name goes here (and in the
+# TYPE_CHECKING block below, for type checkers and editors).
+_EXPORTS: dict[str, str] = {
+    "extract": "deltaformat.extract",
+    "apply": "deltaformat.apply",
+    "preflight": "deltaformat.apply",
+    "ApplyResult": "deltaformat.apply",
+    "verify": "deltaformat.verify",
+    "inspect": "deltaformat.verify",
+    "VerifyReport": "deltaformat.verify",
+    "open_model": "deltaformat.lazy",
+    "LazyModel": "deltaformat.lazy",
+    "open_artifact": "deltaformat.artifact",
+    "Artifact": "deltaformat.artifact",
+    "Manifest": "deltaformat.manifest",
+    "ParamDeltaError": "deltaformat.errors",
+}
+
+if TYPE_CHECKING:
+    from deltaformat.apply import ApplyResult, apply, preflight
+    from deltaformat.artifact import Artifact, open_artifact
+    from deltaformat.errors import ParamDeltaError
+    from deltaformat.extract import extract
+    from deltaformat.lazy import LazyModel, open_model
+    from deltaformat.manifest import Manifest
+    from deltaformat.verify import VerifyReport, inspect, verify
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    """Load a public name from its module on first use (PEP 562), then keep it here."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+    """This package's module object: ``deltaformat.apply`` stays the function.
+
+    Loading a submodule binds it on its package (``deltaformat.apply`` = the module
+    deltaformat/apply.py). The eager imports this file used to make bound the functions
+    over the modules once, at import; loading lazily, a submodule loaded later (verify
+    loads apply) would hide the function of the same name. The submodules stay in
+    sys.modules, where ``import deltaformat.apply`` finds them.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if isinstance(value, types.ModuleType) and name in _EXPORTS and _EXPORTS[name] == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -8,17 +8,27 @@ deltaformat.errors.EXIT_CODES and in --help); PARAMDELTA_DEBUG=1 adds the traceb
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
 
-from pydantic import ValidationError
-
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
 
 Handler = Callable[[argparse.Namespace], int]
+
+# The server's commands, and what they import: the `registry` extra. `pip install paramdelta`
+# alone is the format and the client, so these verbs are offered only when it is installed.
+SERVER_VERBS = ("serve", "token", "gc", "db")
+REGISTRY_EXTRA_MODULES = ("fastapi", "uvicorn", "sqlalchemy", "alembic", "jinja2", "pydantic_settings")
+REGISTRY_HINT = "pip install 'paramdelta[registry]'"
+
+
+def missing_registry_modules() -> list[str]:
+    """The registry extra's modules that are not installed (found without importing them: this runs on every command)."""
+    return [name for name in REGISTRY_EXTRA_MODULES if importlib.util.find_spec(name) is None]
 
 
 def _extract(a: argparse.Namespace) -> int:
@@ -37,11 +47,14 @@ def _apply(a: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deltaformat import apply
-    from deltaformat.client import preflight
     from deltaformat.oci import is_reference
 
+    if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
+        raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
     for ref in a.artifacts:  # registry versions: check the base from manifest.json before downloading blobs
         if not Path(ref).exists() and is_reference(ref):
+            from deltaformat.client import preflight  # the HTTP client only when a registry is asked
+
             preflight(ref, a.base)
     r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
@@ -212,9 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     from deltaformat._version import __version__
 
     codes = "\n".join(f"  {code:>3}  {meaning}" for code, meaning in EXIT_CODES)
+    with_server = not missing_registry_modules()
+    server_note = "" if with_server else f"\n\nto run a registry ({', '.join(SERVER_VERBS)}): {REGISTRY_HINT}"
     p = argparse.ArgumentParser(prog="paramdelta", description="Extract, share and apply ParamΔ delta artifacts.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=f"exit status:\n{codes}\n\nPARAMDELTA_DEBUG=1 prints a traceback with any error.")
+                                epilog=f"exit status:\n{codes}\n\nPARAMDELTA_DEBUG=1 prints a traceback with any error.{server_note}")
     p.add_argument("--version", action="version", version=f"paramdelta {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -273,6 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
 
+    for cmd in (x, ap, v, i, pu, pl):
+        cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        if cmd in (x, ap, pl):
+            cmd.add_argument("--force", action="store_true", help="replace an existing output")
+    if with_server:
+        _add_server_verbs(sub)
+    return p
+
+
+def _add_server_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """serve, token, gc, db: the registry's administration, run where its data is."""
     sv = sub.add_parser("serve", help="run a registry (SQLite + a blob folder by default)")
     sv.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     sv.add_argument("--port", type=int, help="port (default 8000)")
@@ -311,14 +337,15 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (sv, gc):
         cmd.add_argument("--blob-store", help="blob folder or driver URL (default: $PARAMDELTA_BLOB_STORE or --data/blobs)")
 
-    for cmd in (x, ap, v, i, pu, pl):
-        cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        if cmd in (x, ap, pl):
-            cmd.add_argument("--force", action="store_true", help="replace an existing output")
-    return p
-
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((arg for arg in argv if not arg.startswith("-")), None)
+    if verb in SERVER_VERBS and (missing := missing_registry_modules()):
+        # Said here rather than as argparse's "invalid choice": the verb exists, its extra is not installed.
+        print(f"paramdelta: error: '{verb}' runs a registry, which is not installed "
+              f"(no {', '.join(missing)}): {REGISTRY_HINT}", file=sys.stderr)
+        return EXIT_USAGE
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
@@ -335,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _as_error(exc: Exception) -> Exception:
     """The error to show: ours as they are; a file error as ours; anything else named by its type."""
+    from pydantic import ValidationError  # here: a command that never loads pydantic starts without it
+
     if isinstance(exc, ValidationError):  # its own text spans several lines
         first = exc.errors()[0]
         return ValueError(f"{exc.title} field {'.'.join(map(str, first['loc']))}: {first['msg']}")
