@@ -510,7 +510,7 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
     m = first.manifest
     config = output_config(arts, model, plan)
     if config:
-        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        (folder / "config.json").write_text(config_text(config))
     for f in m.files:
         data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
         check_carried_content(f.path, data)
@@ -522,6 +522,11 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
         for k in sorted(keys)
         if not (m.base_config.get(k) == m.post_config.get(k) == model.config.get(k))
     }
+
+
+def config_text(config: dict) -> str:
+    """config.json as apply writes it."""
+    return json.dumps(config, indent=2, sort_keys=True) + "\n"
 
 
 def output_config(arts: list[Artifact], model: ModelSource, plan: list[_OutTensor]) -> dict:
@@ -573,6 +578,12 @@ def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], m
                       files: dict[str, dict]) -> None:
     """paramdelta.json: the inputs, whether the output was proven to be the post model, and
     the sha256 of every other file in the folder (what was proven is exactly what is there)."""
+    _create(folder / PROVENANCE_FILE, provenance_bytes(arts, alphas, model, verified, files))
+
+
+def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSource, verified: bool,
+                     files: dict[str, dict]) -> bytes:
+    """paramdelta.json's bytes (``files``: relative path -> sha256 and size, in the folder's sorted order)."""
     record = {
         "tool": {"name": "paramdelta", "version": __version__},
         "base": {"id": model.id, "source": model.source, "revision": model.revision, "commit": model.commit},
@@ -584,4 +595,4 @@ def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], m
         "verified_exact": verified,
         "files": files,
     }
-    _create(folder / PROVENANCE_FILE, (json.dumps(record, indent=2) + "\n").encode())
+    return (json.dumps(record, indent=2) + "\n").encode()

@@ -52,22 +52,63 @@ class Slot:
     itemsize: int
 
 
+@dataclass(frozen=True)
+class ShardPlan:
+    """One output shard, planned from the shapes alone: its name, header bytes and tensor offsets."""
+
+    name: str
+    head: bytes  # the 8-byte header length, then the JSON header padded to 8 bytes
+    offsets: dict[str, int]  # tensor name -> absolute offset of its first byte in the file
+    size: int  # the file's size in bytes
+
+
+def plan_shards(tensors: list[tuple[str, str, list[int]]], shard_size: int) -> list[ShardPlan]:
+    """Group ``tensors`` (name, dtype, shape), in order, into shards of at most ``shard_size``
+    tensor bytes (a bigger tensor gets a shard of its own) and lay out each shard's header."""
+    groups: list[list[tuple[str, str, list[int]]]] = [[]]
+    used = 0
+    for name, dtype, shape in tensors:
+        nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+        if groups[-1] and used + nbytes > shard_size:
+            groups.append([])
+            used = 0
+        groups[-1].append((name, dtype, shape))
+        used += nbytes
+    n = len(groups)
+    names = [SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    return [_plan_shard(name, group) for name, group in zip(names, groups)]
+
+
+def _plan_shard(name: str, group: list[tuple[str, str, list[int]]]) -> ShardPlan:
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for tensor, dtype, shape in group:
+        nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
+        header[tensor] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
+    start = 8 + len(raw)
+    offsets = {tensor: start + header[tensor]["data_offsets"][0] for tensor, _, _ in group}
+    return ShardPlan(name, struct.pack("<Q", len(raw)) + raw, offsets, start + offset)
+
+
+def index_text(shards: list[ShardPlan]) -> str | None:
+    """The safetensors index (model.safetensors.index.json) of several shards; None for one."""
+    if len(shards) < 2:
+        return None
+    index = {"metadata": {"total_size": sum(s.size for s in shards)},
+             "weight_map": {t: s.name for s in shards for t in s.offsets}}
+    return json.dumps(index, indent=2, sort_keys=True) + "\n"
+
+
 class ShardedWriter:
     """Plans shards for ``tensors`` (name, dtype, shape) and accepts chunks in any order."""
 
     def __init__(self, folder: Path, tensors: list[tuple[str, str, list[int]]], shard_size: int):
         self.folder = folder
-        groups: list[list[tuple[str, str, list[int]]]] = [[]]
-        used = 0
-        for name, dtype, shape in tensors:
-            nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
-            if groups[-1] and used + nbytes > shard_size:
-                groups.append([])
-                used = 0
-            groups[-1].append((name, dtype, shape))
-            used += nbytes
-        n = len(groups)
-        self.files = [folder / (SINGLE_FILE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors") for i in range(n)]
+        self.plan = plan_shards(tensors, shard_size)
+        self.files = [folder / shard.name for shard in self.plan]
         self.slots: dict[str, Slot] = {}
         self._fds: dict[Path, int] = {}
         self._sha = {p: hashlib.sha256() for p in self.files}
@@ -75,28 +116,19 @@ class ShardedWriter:
         self._hasher = ThreadPoolExecutor(1, thread_name_prefix="paramdelta-hash")  # one thread: FIFO order
         self._backlog = threading.BoundedSemaphore(HASH_BACKLOG)
         self.digests: dict[str, tuple[str, int]] = {}  # file name -> (sha256 digest, size), after close
-        for path, group in zip(self.files, groups):
-            self._write_header(path, group)
+        itemsizes = {name: ITEMSIZE[dtype] for name, dtype, _ in tensors}
+        for path, shard in zip(self.files, self.plan):
+            self._write_header(path, shard, itemsizes)
 
-    def _write_header(self, path: Path, group: list[tuple[str, str, list[int]]]) -> None:
-        header: dict = {"__metadata__": {"format": "pt"}}
-        offset = 0
-        for name, dtype, shape in group:
-            nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-            offset += nbytes
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned
-        start = 8 + len(raw)
+    def _write_header(self, path: Path, shard: ShardPlan, itemsizes: dict[str, int]) -> None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
         self._fds[path] = fd
-        head = struct.pack("<Q", len(raw)) + raw
-        os.pwrite(fd, head, 0)
-        os.ftruncate(fd, start + offset)
-        self._sha[path].update(head)
-        self._hashed_to[path] = len(head)
-        for name, dtype, _ in group:
-            self.slots[name] = Slot(path, start + header[name]["data_offsets"][0], ITEMSIZE[dtype])
+        os.pwrite(fd, shard.head, 0)
+        os.ftruncate(fd, shard.size)
+        self._sha[path].update(shard.head)
+        self._hashed_to[path] = len(shard.head)
+        for name, offset in shard.offsets.items():
+            self.slots[name] = Slot(path, offset, itemsizes[name])
 
     def write(self, name: str, start: int, bits: np.ndarray) -> None:
         """Write elements starting at element ``start`` of tensor ``name``.
@@ -148,10 +180,9 @@ class ShardedWriter:
             size = path.stat().st_size
             sha = self._sha[path] if self._hashed_to[path] == size else _hash_file(path)
             self.digests[path.name] = ("sha256:" + sha.hexdigest(), size)
-        if len(self.files) > 1:
-            total = sum(p.stat().st_size for p in self.files)
-            index = {"metadata": {"total_size": total}, "weight_map": {n: s.file.name for n, s in self.slots.items()}}
-            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        index = index_text(self.plan)
+        if index is not None:
+            (self.folder / INDEX_FILE).write_text(index)
 
     def abort(self) -> None:
         for fd in self._fds.values():
