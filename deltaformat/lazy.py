@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +32,7 @@ from deltaformat.digests import chunk_hash
 from deltaformat.dtypes import uint_dtype
 from deltaformat.errors import FormatError, ModelError, VerificationError
 from deltaformat.extract import chunk_ranges
+from deltaformat.models import ModelSource
 
 if TYPE_CHECKING:
     import torch
@@ -64,16 +65,19 @@ class LazyModel(Mapping):
     says whether every tensor was computed and proven to be the post model's.
     """
 
-    def __init__(self, arts: list[Artifact], alphas: list[float], plan: list[_OutTensor], config: dict,
+    def __init__(self, arts: list[Artifact], alphas: list[float], model: ModelSource, plan: list[_OutTensor],
                  framework: str = "pt", device: str = "cpu"):
         if framework not in FRAMEWORKS:
             raise ValueError(f"framework {framework!r}: use 'pt' (torch tensors) or 'np' (numpy arrays)")
-        self.artifacts, self.alphas, self.config = arts, alphas, config
+        self.artifacts, self.alphas, self.base = arts, alphas, model
+        self.config = output_config(arts, model, plan)
+        self.plan = plan
         self._plan = {t.name: t for t in plan}
         self._framework, self._device = framework, device
         self._lock = threading.Lock()
         self._closed = False
         self._verified: set[str] = set()
+        self._settled: set[str] = set()  # tensors whose proof ran (proven, or found on another base)
         # apply's up-front probe: hash the smallest bases (about 1 % of the model); on a new
         # base one of them differs, and from then on nothing can be proven, so nothing is hashed.
         probes = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
@@ -103,6 +107,12 @@ class LazyModel(Mapping):
     def verified_exact(self) -> bool:
         return bool(self._plan) and self._verified == set(self._plan)
 
+    @property
+    def exact_possible(self) -> bool:
+        """False once ``verified_exact`` can no longer become True (another base, several
+        artifacts, an alpha other than 1, a new dtype): then nothing is hashed any more."""
+        return bool(self._plan) and not self._other_base and all(t.expect is not None for t in self.plan)
+
     # -- lifetime --------------------------------------------------------------------
     def close(self) -> None:
         """Refuse further access. No file stays open between accesses (every read opens,
@@ -118,17 +128,46 @@ class LazyModel(Mapping):
     # -- computing one tensor --------------------------------------------------------
     def _compute(self, t: _OutTensor) -> np.ndarray:
         """All elements of ``t`` as raw bits, chunk by chunk into one array (the tensor plus a chunk)."""
-        prove = t.expect is not None and (not self._other_base or t.name in self._known_original)
         bits = np.empty(t.numel, dtype=uint_dtype(t.dtype))
-        hashes = []
-        for start, count in chunk_ranges(t.numel):
-            _, piece = _chunk(t, start, count, self._device)
+        ranges = chunk_ranges(t.numel)
+
+        def put(index: int, piece: np.ndarray) -> None:
+            start, count = ranges[index]
             bits[start : start + count] = piece
-            if prove:
-                hashes.append(chunk_hash(piece))
-        if prove:
-            self._settle(t, hashes)
+
+        if self.needs_proof(t.name):
+            self.prove(t.name, put)
+        else:
+            for index in range(len(ranges)):
+                put(index, self.chunk_bits(t.name, index))
         return bits
+
+    def chunk_bits(self, name: str, index: int) -> np.ndarray:
+        """Chunk ``index`` (of CHUNK_ELEMENTS elements) of tensor ``name``, as raw bits; not proven
+        here: a caller serving chunks calls ``prove`` first where ``needs_proof`` says so."""
+        if self._closed:
+            raise ValueError(f"tensor {name!r}: the lazy model was closed")
+        t = self._plan[name]
+        start, count = chunk_ranges(t.numel)[index]
+        return _chunk(t, start, count, self._device)[1]
+
+    def needs_proof(self, name: str) -> bool:
+        """Whether apply would check tensor ``name`` against the post model and that has not run yet."""
+        t = self._plan[name]
+        return (t.expect is not None and name not in self._settled
+                and (not self._other_base or name in self._known_original))
+
+    def prove(self, name: str, on_chunk: Callable[[int, np.ndarray], None] | None = None) -> None:
+        """Compute every chunk of ``name`` (handed to ``on_chunk``), hashing them: apply's check.
+        Raises VerificationError where the output differs from the post model on the original base."""
+        t = self._plan[name]
+        hashes = []
+        for index in range(len(chunk_ranges(t.numel))):
+            piece = self.chunk_bits(name, index)
+            hashes.append(chunk_hash(piece))
+            if on_chunk is not None:
+                on_chunk(index, piece)
+        self._settle(t, hashes)
 
     def _settle(self, t: _OutTensor, out_hashes: list[bytes]) -> None:
         """apply's proof for one tensor: its output digest, then its base digest where a mismatch needs it."""
@@ -140,6 +179,7 @@ class LazyModel(Mapping):
         if proof.failed:
             raise VerificationError(f"tensor {t.name!r}: the output differs from the post model although the base is the original one")
         with self._lock:
+            self._settled.add(t.name)
             if proof.other_base:
                 self._other_base = True
             if proof.verified:
@@ -166,7 +206,7 @@ def open_model(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os
     now, not at the first tensor.
     """
     arts, alphas, model, plan = prepare(artifacts, base, alphas, quiet)
-    return LazyModel(arts, alphas, plan, output_config(arts, model, plan), framework, device)
+    return LazyModel(arts, alphas, model, plan, framework, device)
 
 
 def load_transformers_model(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os.PathLike, *,
