@@ -2,13 +2,12 @@
 FROM python:3.11-slim-bookworm
 
 ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-# The CPU build of torch first: an unpinned torch would resolve to a multi-GB CUDA build.
-RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY deltaformat ./deltaformat
 COPY registry ./registry
+# The server with its PostgreSQL and S3 drivers; no torch: the registry does no tensor arithmetic.
 RUN pip install ".[scale]" && useradd --system --uid 10001 paramdelta
 USER paramdelta
 
