@@ -40,10 +40,12 @@ def big(tmp_path_factory) -> tuple[Path, Path, Path]:
 
 
 @contextlib.contextmanager
-def small_disk(folder: Path, size: str) -> Iterator[Path]:
-    """A real filesystem of ``size`` (tmpfs) at ``folder``; always unmounted."""
+def small_disk(folder: Path, size: str, inodes: int | None = None) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs) at ``folder``, with at most ``inodes`` files and folders
+    when given; always unmounted."""
     folder.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True)
+    options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], check=True)
     try:
         yield folder
     finally:
@@ -106,6 +108,25 @@ def test_apply_refuses_before_writing_when_the_output_cannot_fit(big, tmp_path):
         proc = cli("apply", delta, "--base", base, "--out", disk / "model", "-q")
         assert_one_line(proc, NoSpaceError.exit_code, "not enough space")
         assert "bytes" in proc.stderr and "free" in proc.stderr
+        assert list(disk.iterdir()) == []
+
+
+def inodes_used(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_files - st.f_ffree
+
+
+def test_a_disk_that_fills_after_the_size_check_is_one_line_and_leaves_nothing(big, tmp_path):
+    """The disk fills while apply writes, after its free-space check passed: here the filesystem runs out of
+    files (inodes) at apply's last file, once every shard is written. One line, exit 12, nothing left."""
+    base, _, delta = big
+    args = ("apply", delta, "--base", base, "--shard-size", "8MB", "-q")
+    with small_disk(tmp_path / "roomy", "256m") as roomy:  # how many files and folders a whole apply makes
+        assert cli(*args, "--out", roomy / "model").returncode == 0
+        needed = inodes_used(roomy)
+    with small_disk(tmp_path / "disk", "256m", inodes=needed - 1) as disk:
+        proc = cli(*args, "--out", disk / "model")
+        assert_one_line(proc, NoSpaceError.exit_code, f"no space left on device writing {disk / 'model'}")
         assert list(disk.iterdir()) == []
 
 
