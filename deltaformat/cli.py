@@ -284,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=_search)
 
+    from deltaformat.mount import add_verbs as add_mount_verbs  # mount, umount (issue #13)
+
+    add_mount_verbs(sub)
+
     for cmd in (pu, pl, se):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")

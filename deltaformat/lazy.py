@@ -11,28 +11,38 @@ chunk is computed by apply's own ``_chunk``. Nothing is cached: computing a tens
 that tensor plus the chunk being computed, and the caller decides what to keep.
 
 Values are torch tensors by default (``framework="pt"``, as safetensors' ``safe_open``
-names it): torch is what can hold bf16 and fp8, the dtypes models ship in, and it is
-already needed for the arithmetic. ``framework="np"`` gives numpy arrays for the dtypes
-numpy has, and refuses BF16/F8 tensors by name rather than hand out raw bits.
+names it): torch is what can hold bf16 and fp8, the dtypes models ship in, and what
+models are run with (``pip install 'paramdelta[torch]'``). ``framework="np"`` gives numpy
+arrays for the dtypes numpy has, without torch, and refuses BF16/F8 tensors by name
+rather than hand out raw bits.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import math
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cache
+from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deltaformat.apply import _base_chunk_hash, _chunk, _OutTensor, _probe_other_base, _Proof, output_config, prepare
+from deltaformat.apply import (PROVENANCE_FILE, _base_chunk_hash, _chunk, _OutTensor, _probe_other_base, _Proof, config_text,
+                               output_config, prepare, provenance_bytes)
 from deltaformat.artifact import Artifact
 from deltaformat.digests import chunk_hash
-from deltaformat.dtypes import uint_dtype
+from deltaformat.dtypes import ITEMSIZE, uint_dtype
 from deltaformat.errors import FormatError, ModelError, VerificationError
 from deltaformat.extract import chunk_ranges
-from deltaformat.models import ModelSource
+from deltaformat.manifest import CHUNK_ELEMENTS, check_carried_content
+from deltaformat.models import INDEX_FILE, ModelSource
+from deltaformat.writer import ShardPlan, index_text, parse_size, plan_shards
 
 if TYPE_CHECKING:
     import torch
@@ -69,6 +79,9 @@ class LazyModel(Mapping):
                  framework: str = "pt", device: str = "cpu"):
         if framework not in FRAMEWORKS:
             raise ValueError(f"framework {framework!r}: use 'pt' (torch tensors) or 'np' (numpy arrays)")
+        if framework == "pt" and importlib.util.find_spec("torch") is None:
+            raise ValueError("framework 'pt' gives torch tensors and torch is not installed: "
+                             "pip install 'paramdelta[torch]', or open the model with framework='np'")
         self.artifacts, self.alphas, self.base = arts, alphas, model
         self.config = output_config(arts, model, plan)
         self.plan = plan
@@ -320,3 +333,183 @@ def _assign(model, target: str, value: "torch.Tensor", dtype: "torch.dtype | Non
         module._parameters[attr] = torch.nn.Parameter(value, requires_grad=value.is_floating_point())
     else:
         module._buffers[attr] = value
+
+
+# -- the output folder, file by file (what `paramdelta mount` serves) -----------------------
+
+PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # same length as any digest: sizes paramdelta.json before hashing
+
+
+class ChunkCache:
+    """Computed chunks (raw bits), least recently used dropped first, at most ``max_bytes`` in all."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, int]) -> np.ndarray | None:
+        with self._lock:
+            bits = self._items.get(key)
+            if bits is not None:
+                self._items.move_to_end(key)
+            return bits
+
+    def put(self, key: tuple[str, int], bits: np.ndarray) -> None:
+        if bits.nbytes > self.max_bytes:
+            return  # bigger than the whole cache: served, not kept
+        with self._lock:
+            old = self._items.pop(key, None)
+            self._bytes -= old.nbytes if old is not None else 0
+            self._items[key] = bits
+            self._bytes += bits.nbytes
+            while self._bytes > self.max_bytes:
+                _, dropped = self._items.popitem(last=False)
+                self._bytes -= dropped.nbytes
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+
+@dataclass(frozen=True)
+class _Span:
+    """One tensor's bytes inside a shard file."""
+
+    start: int  # absolute offset in the file
+    end: int
+    name: str
+    itemsize: int
+
+
+class ModelFolder:
+    """apply's output folder, computed on read: its files, their sizes, and any byte range of them."""
+
+    def __init__(self, lazy: LazyModel, shard_size: int | str, cache_bytes: int | str):
+        self.lazy = lazy
+        self.cache = ChunkCache(parse_size(cache_bytes))
+        self.shards = plan_shards([(t.name, t.dtype, t.shape) for t in lazy.plan], parse_size(shard_size))
+        self._spans = {s.name: self._spans_of(s) for s in self.shards}
+        self.files: dict[str, bytes | ShardPlan | None] = {s.name: s for s in self.shards}
+        index = index_text(self.shards)
+        if index is not None:
+            self.files[INDEX_FILE] = index.encode()
+        if lazy.config:
+            self.files["config.json"] = config_text(lazy.config).encode()
+        self._add_carried_files()
+        self.files[PROVENANCE_FILE] = None  # computed when first needed (see _provenance)
+        self.dirs = {str(p) for rel in self.files for p in PurePosixPath(rel).parents if str(p) != "."}
+        self._tensor_locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+        self._provenance_lock = threading.Lock()
+
+    def _spans_of(self, shard: ShardPlan) -> list[_Span]:
+        spans = []
+        for name, start in shard.offsets.items():
+            dtype, shape = self.lazy.dtype_and_shape(name)
+            nbytes = ITEMSIZE[dtype] * math.prod(shape)
+            spans.append(_Span(start, start + nbytes, name, ITEMSIZE[dtype]))
+        return sorted(spans, key=lambda s: s.start)
+
+    def _add_carried_files(self) -> None:
+        """The post model's tokenizer and template files, checked as apply checks them."""
+        first = self.lazy.artifacts[0]
+        for f in first.manifest.files:
+            if f.path in self.files or f.path == PROVENANCE_FILE:
+                raise FormatError(f"carried file {f.path!r} collides with a file apply writes")
+            data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+            check_carried_content(f.path, data)
+            self.files[f.path] = data
+
+    # -- sizes and bytes ---------------------------------------------------------------
+    def size(self, rel: str) -> int:
+        entry = self.files[rel]
+        if isinstance(entry, ShardPlan):
+            return entry.size
+        if entry is None:
+            return len(self._provenance(sized_only=True))
+        return len(entry)
+
+    def read(self, rel: str, offset: int, size: int) -> bytes:
+        entry = self.files[rel]
+        if isinstance(entry, ShardPlan):
+            return self._read_shard(entry, offset, size)
+        data = self._provenance() if entry is None else entry
+        return data[offset : offset + size]
+
+    def _read_shard(self, shard: ShardPlan, offset: int, size: int) -> bytes:
+        end = min(shard.size, offset + size)
+        out = bytearray()
+        if offset < len(shard.head):
+            out += shard.head[offset:end]
+        for span in self._spans[shard.name]:
+            if span.end <= offset or span.start >= end or span.start == span.end:
+                continue
+            out += self._tensor_bytes(span, max(offset, span.start) - span.start, min(end, span.end) - span.start)
+        return bytes(out)
+
+    def _tensor_bytes(self, span: _Span, lo: int, hi: int) -> bytes:
+        """Bytes [lo, hi) of one tensor, from the chunks that hold them."""
+        chunk_bytes = CHUNK_ELEMENTS * span.itemsize
+        parts = []
+        for index in range(lo // chunk_bytes, (hi - 1) // chunk_bytes + 1):
+            raw = memoryview(self.chunk(span.name, index)).cast("B")
+            first = index * chunk_bytes
+            parts.append(raw[max(lo, first) - first : min(hi, first + len(raw)) - first])
+        return b"".join(parts)
+
+    def chunk(self, name: str, index: int) -> np.ndarray:
+        """Chunk ``index`` of tensor ``name``: from the cache, else computed (the whole tensor
+        proven first where apply would prove it; one thread proves, the others wait)."""
+        key = (name, index)
+        bits = self.cache.get(key)
+        if bits is not None:
+            return bits
+        if self.lazy.needs_proof(name):
+            with self._tensor_lock(name):
+                if self.lazy.needs_proof(name):
+                    self.lazy.prove(name, lambda i, piece: self.cache.put((name, i), piece))
+            bits = self.cache.get(key)
+            if bits is not None:
+                return bits
+        bits = self.lazy.chunk_bits(name, index)
+        self.cache.put(key, bits)
+        return bits
+
+    def _tensor_lock(self, name: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._tensor_locks.setdefault(name, threading.Lock())
+
+    # -- paramdelta.json -------------------------------------------------------------------
+    def _provenance(self, sized_only: bool = False) -> bytes:
+        """paramdelta.json as apply writes it. Its size is known without hashing once the output
+        cannot be exact (digests have one length); else, and for its bytes, every shard is hashed."""
+        with self._provenance_lock:
+            cached = getattr(self, "_provenance_data", None)
+            if cached is not None:
+                return cached
+            if sized_only and not self.lazy.exact_possible:
+                return self._provenance_record({s.name: PLACEHOLDER_DIGEST for s in self.shards}, False)
+            digests = {s.name: self._shard_digest(s) for s in self.shards}
+            self._provenance_data = self._provenance_record(digests, self.lazy.verified_exact)
+            return self._provenance_data
+
+    def _provenance_record(self, shard_digests: dict[str, str], verified: bool) -> bytes:
+        files = {}
+        for rel in sorted((r for r in self.files if r != PROVENANCE_FILE), key=PurePosixPath):
+            entry = self.files[rel]
+            if isinstance(entry, ShardPlan):
+                files[rel] = {"sha256": shard_digests[rel], "size": entry.size}
+            else:
+                files[rel] = {"sha256": "sha256:" + hashlib.sha256(entry).hexdigest(), "size": len(entry)}
+        lazy = self.lazy
+        return provenance_bytes(lazy.artifacts, lazy.alphas, lazy.base, verified, files)
+
+    def _shard_digest(self, shard: ShardPlan) -> str:
+        sha = hashlib.sha256(shard.head)
+        for span in self._spans[shard.name]:
+            chunk_bytes = CHUNK_ELEMENTS * span.itemsize
+            for index in range(-(-(span.end - span.start) // chunk_bytes)):  # none for an empty tensor
+                sha.update(memoryview(self.chunk(span.name, index)).cast("B"))
+        return "sha256:" + sha.hexdigest()

@@ -1,0 +1,223 @@
+"""paramdelta mount: the ParamΔ model as a read-only folder whose tensor bytes are computed on read.
+
+The folder holds exactly what ``apply --out`` would write (config.json, the carried
+tokenizer and chat-template files, the safetensors shards and their index, paramdelta.json),
+byte for byte: the shard layout, headers and index come from the shapes alone
+(``writer.plan_shards``), and each tensor's bytes from the lazy loader (``deltaformat.lazy``),
+chunk by chunk, as apply computes them. Anything that reads model folders
+(``from_pretrained``, vLLM, safetensors' mmap) then uses the delta with no merged copy on disk.
+
+``deltaformat.lazy.ModelFolder`` is the folder as files and byte ranges (no FUSE; the tests read it
+directly too); ``mount`` serves it through libfuse with mfusepy, a maintained ctypes binding (no
+compiler, no async framework; libfuse 3 on Linux, and macFUSE or FUSE-T on macOS, which is
+what macOS would need). Computed chunks are kept in a bounded LRU cache; the kernel's page
+cache keeps what was read.
+
+Verification is apply's: on the original base with one artifact at alpha 1 a tensor is
+proven equal to the post model (all its chunks hashed) before any of its bytes are served,
+and a mismatch there is an I/O error naming the tensor. paramdelta.json records the sha256
+of every file, so its bytes need every shard hashed: the first read of it (or a stat, when
+whether the output is exact is still open) computes the whole model once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
+
+from deltaformat.errors import FileSystemError, ParamDeltaError
+
+if TYPE_CHECKING:
+    from deltaformat.lazy import ModelFolder
+
+DEFAULT_CACHE = "512MiB"
+MAX_THREADS = 16  # FUSE request threads (concurrent readers); chunks compute in parallel as torch/numpy release the GIL
+APPLY_HINT = "use `paramdelta apply --out DIR` to write the model instead"
+
+
+# -- FUSE ------------------------------------------------------------------------------------
+
+
+def load_fuse():
+    """mfusepy over libfuse 3 (libfuse 2 where only it is found); a clear error where FUSE cannot run."""
+    os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would take libfuse 2 first where both exist
+    try:
+        import mfusepy
+    except ImportError:
+        raise FileSystemError(f"mounting needs mfusepy: pip install 'paramdelta[mount]'; or {APPLY_HINT}") from None
+    except OSError as exc:  # mfusepy loads libfuse on import
+        raise FileSystemError(f"FUSE is not available here ({exc}): install fuse3 (Debian/Ubuntu: apt-get install fuse3; "
+                              f"macOS: macFUSE or FUSE-T); or {APPLY_HINT}") from None
+    if sys.platform.startswith("linux") and not os.path.exists("/dev/fuse"):
+        raise FileSystemError(f"FUSE is not available here (no /dev/fuse; in a container, pass --device /dev/fuse "
+                              f"--cap-add SYS_ADMIN); or {APPLY_HINT}")
+    return mfusepy
+
+
+def _operations(folder: ModelFolder, fuse, on_ready):
+    """The read-only filesystem: directories and the folder's files; every write is EROFS."""
+    now = time.time_ns()
+    owner = {"st_uid": os.getuid(), "st_gid": os.getgid(), "st_atime": now, "st_mtime": now, "st_ctime": now}
+    entries = set(folder.files) | folder.dirs
+
+    def served(fn, *args):
+        try:
+            return fn(*args)
+        except ParamDeltaError as exc:  # a reader sees EIO; the reason goes to the mount's log, one line
+            print(f"paramdelta mount: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            raise fuse.FuseOSError(errno.EIO) from None
+
+    class ReadOnlyModel(fuse.Operations):
+        use_ns = True
+
+        def init(self, path):
+            on_ready()
+
+        def getattr(self, path, fh=None):
+            rel = path.lstrip("/")
+            if rel == "" or rel in folder.dirs:
+                return {**owner, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
+            if rel not in folder.files:
+                raise fuse.FuseOSError(errno.ENOENT)
+            return {**owner, "st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": served(folder.size, rel)}
+
+        def readdir(self, path, fh):
+            rel = path.lstrip("/")
+            parent = PurePosixPath(rel) if rel else PurePosixPath(".")
+            return [".", "..", *sorted(PurePosixPath(e).name for e in entries if PurePosixPath(e).parent == parent)]
+
+        def open(self, path, flags):
+            if flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
+                raise fuse.FuseOSError(errno.EROFS)
+            if path.lstrip("/") not in folder.files:
+                raise fuse.FuseOSError(errno.ENOENT)
+            return 0
+
+        def read(self, path, size, offset, fh):
+            return served(folder.read, path.lstrip("/"), offset, size)
+
+        def statfs(self, path):
+            blocks = sum(s.size for s in folder.shards) // 4096
+            return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": 0, "f_bavail": 0,
+                    "f_files": len(entries), "f_ffree": 0, "f_namemax": 255}
+
+    return ReadOnlyModel()
+
+
+def mount(artifacts, base, mountpoint, *, alphas=None, cache_size: int | str = DEFAULT_CACHE,
+          shard_size: int | str = "5GB", quiet: bool = False) -> None:
+    """Serve base + Σ alphas[i] * Δ[i] at ``mountpoint`` until it is unmounted (``paramdelta umount``,
+    Ctrl-C or SIGTERM: libfuse unmounts before this returns)."""
+    fuse = load_fuse()
+    point = Path(mountpoint)
+    if not point.is_dir():
+        raise FileSystemError(f"{point}: no such folder to mount on")
+    if os.path.ismount(point):
+        raise FileSystemError(f"{point}: something is mounted there already (`paramdelta umount {point}`)")
+    from deltaformat.lazy import ModelFolder, open_model  # the format library only when mounting
+
+    with open_model(artifacts, base, alphas=alphas, framework="np", quiet=quiet) as lazy:  # chunks are raw bits: no torch
+        folder = ModelFolder(lazy, shard_size, cache_size)
+
+        mounted = threading.Event()
+
+        def ready() -> None:
+            mounted.set()
+            if not quiet:
+                print(f"mount: the ParamΔ model is at {point} ({len(folder.files)} files, computed on read; cache "
+                      f"{folder.cache.max_bytes:,} bytes); unmount with `paramdelta umount {point}` or Ctrl-C",
+                      file=sys.stderr, flush=True)
+
+        try:
+            fuse.FUSE(_operations(folder, fuse, ready), str(point), foreground=True, nothreads=False, ro=True,
+                      fsname="paramdelta", subtype="paramdelta", default_permissions=True, max_threads=MAX_THREADS)
+        except RuntimeError as exc:  # libfuse's status: also non-zero when a signal ended the loop
+            if not mounted.is_set() or os.path.ismount(point):
+                raise FileSystemError(f"{point}: FUSE failed (libfuse status {exc}); or {APPLY_HINT}") from None
+        # Unmounted (umount, Ctrl-C or SIGTERM): libfuse has taken the mount down before returning.
+
+
+def mount_in_background(argv: list[str], mountpoint: str | os.PathLike, log: Path, timeout: float = 120.0) -> int:
+    """Run ``paramdelta mount ARGV --foreground`` detached (its output in ``log``); return its pid once
+    ``mountpoint`` is mounted, or raise with its last message if it stopped first.
+
+    A new process rather than libfuse's fork: forking a Python process whose libraries may
+    have started threads (torch's, OpenMP's) is not safe.
+    """
+    load_fuse()  # the same clear error here, before anything starts
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "deltaformat.cli", "mount", *argv, "--foreground"],
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while not os.path.ismount(mountpoint):
+        if proc.poll() is not None:
+            lines = log.read_text(errors="replace").strip().splitlines() or ["(no output)"]
+            raise FileSystemError(f"mount stopped before {mountpoint} was mounted: {lines[-1]}")
+        if time.monotonic() > deadline:
+            proc.terminate()
+            raise FileSystemError(f"{mountpoint} was not mounted after {timeout:.0f} s; see {log}")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def unmount(mountpoint: str | os.PathLike) -> None:
+    """Unmount a paramdelta mount (the serving process then exits)."""
+    point = os.fspath(mountpoint)
+    if not os.path.ismount(point):
+        raise FileSystemError(f"{point}: nothing is mounted there")
+    helper = shutil.which("fusermount3") or shutil.which("fusermount")
+    cmd = [helper, "-u", point] if helper else ["umount", point]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = " ".join((done.stderr or done.stdout).split()) or f"{cmd[0]} exited with {done.returncode}"
+        raise FileSystemError(f"{point}: could not unmount ({reason}); a process may still be reading it")
+
+
+# -- the CLI verbs (argument handling only; deltaformat/cli.py calls these) ----------------------
+
+
+def cli_mount(a) -> int:
+    """``paramdelta mount``: foreground (until Ctrl-C, SIGTERM or umount) or, by default, in the background."""
+    if a.foreground:
+        mount(a.artifacts, a.base, a.mountpoint, alphas=a.alpha, cache_size=a.cache_size, shard_size=a.shard_size,
+              quiet=a.quiet)
+        return 0
+    argv = [*a.artifacts, "--base", str(a.base), str(a.mountpoint), "--cache-size", str(a.cache_size),
+            "--shard-size", str(a.shard_size), *(["--alpha", *map(str, a.alpha)] if a.alpha else []),
+            *(["--quiet"] if a.quiet else [])]
+    log = Path(a.log) if a.log else Path(os.environ.get("TMPDIR", "/tmp")) / f"paramdelta-mount-{os.getpid()}.log"
+    pid = mount_in_background(argv, a.mountpoint, log)
+    print(f"mounted the ParamΔ model at {a.mountpoint} (process {pid}, log {log}); "
+          f"unmount with `paramdelta umount {a.mountpoint}`")
+    return 0
+
+
+def cli_umount(a) -> int:
+    unmount(a.mountpoint)
+    return 0
+
+
+def add_verbs(sub) -> None:
+    """The ``mount`` and ``umount`` subcommands."""
+    mt = sub.add_parser("mount", help="serve new base + deltas as a read-only model folder (FUSE), computed on read")
+    mt.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
+    mt.add_argument("--base", required=True, help="new base model folder or Hub id")
+    mt.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
+    mt.add_argument("--alpha", type=float, nargs="+", help="scale per artifact (default 1)")
+    mt.add_argument("--cache-size", default=DEFAULT_CACHE, help=f"computed chunks kept in memory (default {DEFAULT_CACHE})")
+    mt.add_argument("--shard-size", default="5GB", help="shard size of the folder presented, as apply's (default 5GB)")
+    mt.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C, SIGTERM or umount")
+    mt.add_argument("--log", help="the background server's log file (default: a file in $TMPDIR, printed)")
+    mt.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    mt.set_defaults(func=cli_mount)
+    um = sub.add_parser("umount", help="unmount a `paramdelta mount` (its process exits)")
+    um.add_argument("mountpoint", metavar="MOUNTPOINT")
+    um.set_defaults(func=cli_umount)
