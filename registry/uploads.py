@@ -41,8 +41,10 @@ import json
 import logging
 import math
 import re
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,6 +112,11 @@ class Uploads:
         self.lease = timedelta(seconds=settings.upload_lease_seconds)
         self._last_purge = 0.0
         self._gathered = 0  # body bytes gathered and not yet written, over all requests (event loop only)
+        # Whole-blob uploads (POST ?digest=) in progress per token, in this process: they have no session row,
+        # so the session quota cannot see them; the same number bounds them here (per replica).
+        self._whole: Counter[int | None] = Counter()
+        self._whole_bytes: Counter[int | None] = Counter()  # the bytes they may still bring, reserved up front
+        self._whole_lock = threading.Lock()
 
     # -- synchronous steps (run in worker threads by the async entry points) --------
 
@@ -323,7 +330,7 @@ class Uploads:
         return digest
 
     async def monolithic(self, name: str, digest: str, body: AsyncIterator[bytes],
-                         before: Callable[[], object] | None = None) -> str:
+                         before: Callable[[], object] | None = None, declared: int | None = None) -> str:
         """POST ?digest=: a whole blob in one request.
 
         No session: the client cannot resume such a request, so nothing is recorded until
@@ -331,14 +338,53 @@ class Uploads:
         (the caller's authorization) runs first, in the worker thread that opens the upload.
         """
 
+        held: list[tuple[int | None, int]] = []
+
         def open_() -> BlobWriter:
-            if before is not None:
-                before()
+            who = before() if before is not None else None
             check_digest(digest)
+            held.append(self._begin_whole(getattr(who, "token_id", None), declared))
             with _answer_disk_full(f"upload of {digest}"):
                 return self.store.blob_writer()
 
-        put = await to_thread.run_sync(open_)
+        try:
+            put = await to_thread.run_sync(open_)
+            return await self._receive_whole(name, digest, body, put, held[0][1])
+        finally:
+            if held:
+                self._end_whole(*held[0])
+
+    def _begin_whole(self, owner: int | None, declared: int | None) -> tuple[int | None, int]:
+        """Count a whole-blob upload of ``owner``'s and reserve the bytes it may bring (``declared``, or all
+        the room left when unknown), within the same quotas as sessions: 429 past them, 413 for one
+        upload larger than the whole byte quota. Returns (owner, bytes reserved)."""
+        with self._whole_lock:
+            count, room = self._whole[owner], self.max_bytes - self._whole_bytes[owner]
+            if count >= self.max_sessions:
+                raise TooManyRequests(
+                    f"token #{owner} has {count} whole-blob uploads in progress, the most "
+                    f"PARAMDELTA_UPLOAD_MAX_SESSIONS={self.max_sessions} allows; wait for one to end")
+            if declared is not None and declared > self.max_bytes:
+                raise TooLarge(f"a blob of {declared} bytes is more than one token may upload at once "
+                               f"(PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes})")
+            want = room if declared is None else declared
+            if want > room or room <= 0:
+                raise TooManyRequests(
+                    f"token #{owner} has {self._whole_bytes[owner]} bytes of whole-blob uploads in progress; "
+                    f"PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes} leaves no room for {want} more")
+            self._whole[owner] += 1
+            self._whole_bytes[owner] += want
+        return owner, want
+
+    def _end_whole(self, owner: int | None, reserved: int) -> None:
+        with self._whole_lock:
+            self._whole[owner] -= 1
+            self._whole_bytes[owner] -= reserved
+            if not self._whole[owner]:
+                del self._whole[owner], self._whole_bytes[owner]
+
+    async def _receive_whole(self, name: str, digest: str, body: AsyncIterator[bytes], put: BlobWriter, reserved: int) -> str:
+        """The bytes of a whole-blob upload, hashed as they arrive, verified, then recorded in one transaction."""
         sha = hashlib.sha256()
 
         def sink(chunks: list[bytes]) -> None:
@@ -359,8 +405,11 @@ class Uploads:
                 record_blob(s, name, digest, size)  # linked, and its GC grace period starts over
 
         too_large = TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes (PARAMDELTA_MAX_BLOB_BYTES)")
+        over_quota = TooManyRequests(f"the upload went past the {reserved} bytes its token had room for "
+                                     f"(PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes})")
         try:
-            size, last = await self._pump(body, self.max_blob_bytes, lambda _: too_large, sink)
+            size, last = await self._pump(body, min(self.max_blob_bytes, reserved),
+                                          lambda _: too_large if reserved >= self.max_blob_bytes else over_quota, sink)
             await to_thread.run_sync(finish, last, size)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):

@@ -243,6 +243,47 @@ def test_open_sessions_and_their_bytes_are_limited_per_token(quota_server: Regis
     assert patch(locations[1], first).status_code == 202
 
 
+def test_whole_blob_uploads_are_limited_per_token_like_sessions(quota_server: RegistryServer):
+    """POST ?digest= uploads have no session row, yet count against the same per-token quotas (3 at once, 1 MiB)."""
+    srv = quota_server
+    token, colleague = srv.token("whole", "push"), srv.token("whole", "push")
+    blobs = [random.Random(20 + i).randbytes(200 * KiB) for i in range(4)]
+
+    def held_post(data: bytes, who: str = token) -> HeldRequest:
+        return HeldRequest(srv, "POST", f"/v2/whole/x/blobs/uploads/?digest={sha256(data)}", who, len(data))
+
+    def wait_for_temp_files(count: int) -> None:
+        deadline = time.monotonic() + 30  # until the server has opened that many whole-blob uploads (bounded wait)
+        while len(list(uploads_folder(srv).glob("put-*"))) < count:
+            assert time.monotonic() < deadline, f"the server did not open {count} whole-blob uploads"
+            time.sleep(0.02)
+
+    held = [held_post(b) for b in blobs[:3]]
+    wait_for_temp_files(3)
+    fourth = httpx.post(f"{srv.url}/v2/whole/x/blobs/uploads/", params={"digest": sha256(blobs[3])},
+                        content=blobs[3], headers=bearer(token))
+    assert fourth.status_code == 429 and "PARAMDELTA_UPLOAD_MAX_SESSIONS" in error_of(fourth)["message"]
+    other = httpx.post(f"{srv.url}/v2/whole/x/blobs/uploads/", params={"digest": sha256(blobs[3])},
+                       content=blobs[3], headers=bearer(colleague))
+    assert other.status_code == 201  # the limit is per token
+    for req, data in zip(held, blobs):
+        assert req.send_body(data)[0] == 201
+    big = random.Random(30).randbytes(MiB + 1)  # more than the token may upload at once: 413, no retry helps
+    too_big = httpx.post(f"{srv.url}/v2/whole/x/blobs/uploads/", params={"digest": sha256(big)}, content=big, headers=bearer(token))
+    assert too_big.status_code == 413 and "PARAMDELTA_UPLOAD_MAX_BYTES" in error_of(too_big)["message"]
+
+    halves = [random.Random(40 + i).randbytes(600 * KiB) for i in range(2)]
+    first = held_post(halves[0])
+    wait_for_temp_files(1)
+    second = httpx.post(f"{srv.url}/v2/whole/x/blobs/uploads/", params={"digest": sha256(halves[1])},
+                        content=halves[1], headers=bearer(token))
+    assert second.status_code == 429 and "PARAMDELTA_UPLOAD_MAX_BYTES" in error_of(second)["message"]
+    assert first.send_body(halves[0])[0] == 201
+    again = httpx.post(f"{srv.url}/v2/whole/x/blobs/uploads/", params={"digest": sha256(halves[1])},
+                       content=halves[1], headers=bearer(token))
+    assert again.status_code == 201  # an ended upload gives its room back
+
+
 def test_a_body_of_unannounced_length_reserves_all_the_room_left(quota_server: RegistryServer):
     srv = quota_server
     token = srv.token("stream", "push")

@@ -60,7 +60,8 @@ def version_check(_: Annotated[Principal, Depends(allow_listing)]) -> JSONRespon
 async def start_upload(name: str, request: Request, reg: Reg,
                        digest: str | None = None, mount: str | None = None, from_: Annotated[str | None, Query(alias="from")] = None) -> Response:
     if digest and not (mount and from_):  # a whole blob: authorized in the worker-thread call that opens the upload
-        await reg.uploads.monolithic(name, digest, request.stream(), before=lambda: _PUSH(request, name))
+        await reg.uploads.monolithic(name, digest, request.stream(), before=lambda: _PUSH(request, name),
+                                     declared=body_length(request.headers))
         return _blob_created(name, digest)
     principal = await run_in_threadpool(_PUSH, request, name)
     if mount and from_:
@@ -68,7 +69,8 @@ async def start_upload(name: str, request: Request, reg: Reg,
         if await run_in_threadpool(reg.blobs.mount, name, mount, from_):
             return _blob_created(name, mount)
     if digest:
-        await reg.uploads.monolithic(name, digest, request.stream())
+        await reg.uploads.monolithic(name, digest, request.stream(), before=lambda: principal,
+                                     declared=body_length(request.headers))
         return _blob_created(name, digest)
     return _upload_status(await run_in_threadpool(reg.uploads.start, name, principal.token_id), 202)
 
