@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+import deltaformat
 from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from support.serve import ServeProcess
@@ -208,3 +209,87 @@ def test_gpu_apply_without_torch_names_the_extra(artifacts, tmp_path):
     assert run.code == 2
     assert run.err.count("\n") == 1 and "pip install 'paramdelta[torch]'" in run.err, run.err
     assert not out.exists()
+
+
+# --- fresh virtual environments, installed as a user installs ---
+
+
+@pytest.fixture(scope="module")
+def client_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`pip install paramdelta`, no extras: the venv's folder."""
+    return fresh_venv(tmp_path_factory.mktemp("client-install"), ["."])
+
+
+def paramdelta_in(venv: Path, args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]:
+    return _run([str(venv / "bin" / "paramdelta"), *args], tmp)
+
+
+def test_a_plain_install_is_the_client_without_torch_or_the_server_stack(client_install, tmp_path):
+    assert installed_distributions(client_install, tmp_path) & NOT_IN_A_CLIENT_INSTALL == set()
+    loaded = _run([str(client_install / "bin" / "python"), "-c", "import sys, deltaformat; print(*sys.modules)"], tmp_path)
+    assert loaded.returncode == 0, loaded.stderr
+    assert {name.split(".")[0] for name in loaded.stdout.split()} & HEAVY_MODULES == set()
+
+
+def test_a_plain_install_offers_the_client_verbs_and_names_the_extra_for_the_server(client_install, tmp_path):
+    shown = paramdelta_in(client_install, ["--help"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    verbs = listed_verbs(shown.stdout)
+    assert set(CLIENT_VERBS) <= verbs and not verbs & set(SERVER_VERBS)
+    served = paramdelta_in(client_install, ["serve", "--data", str(tmp_path / "data"), "--port", "1"], tmp_path)
+    assert served.returncode == 2
+    assert served.stderr.count("\n") == 1 and REGISTRY_HINT in served.stderr, served.stderr
+    gpu = paramdelta_in(client_install, ["apply", "x.delta", "--base", "base", "--out", str(tmp_path / "out"), "--device", "cuda"], tmp_path)
+    assert gpu.returncode == 2
+    assert gpu.stderr.count("\n") == 1 and "pip install 'paramdelta[torch]'" in gpu.stderr, gpu.stderr
+
+
+def test_a_plain_install_pushes_searches_pulls_and_inspects(client_install, artifacts, registry, tmp_path):
+    remote = ["--registry", registry.url]
+    token = registry.token("acme", "push")
+    pushed = paramdelta_in(client_install, ["push", str(artifacts.delta), "acme/tiny-chat:1.0", "--token", token, "-q", *remote], tmp_path)
+    assert pushed.returncode == 0, pushed.stderr
+    found = paramdelta_in(client_install, ["search", "tiny", "--json", *remote], tmp_path)
+    assert found.returncode == 0, found.stderr
+    assert "acme/tiny-chat" in {item["name"] for item in json.loads(found.stdout)["items"]}
+    pulled = paramdelta_in(client_install, ["pull", "acme/tiny-chat:1.0", "--out", str(tmp_path / "pulled"), "-q", *remote], tmp_path)
+    assert pulled.returncode == 0, pulled.stderr
+    shown = paramdelta_in(client_install, ["inspect", str(tmp_path / "pulled"), "--json"], tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["manifest_digest"] == deltaformat.inspect(artifacts.delta)["manifest_digest"]
+
+
+@pytest.fixture(scope="module")
+def image_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The registry image's Python environment: the Dockerfile's pip installs, in order, in a fresh venv."""
+    return fresh_venv(tmp_path_factory.mktemp("image-install"), *dockerfile_pip_installs())
+
+
+class ImageServer(ServeProcess):
+    """`paramdelta serve` from the image's environment, ready when /readyz (the image's HEALTHCHECK) answers."""
+
+    probe = "/readyz"
+
+    def __init__(self, venv: Path, data: Path):
+        super().__init__("image registry", data.parent / "image-server.log", ("--data", str(data)), _clean_env(data.parent))
+        self.venv = venv
+
+    def launch(self):
+        cmd = [str(self.venv / "bin" / "paramdelta"), "serve", "--port", str(self.port), *self.args]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=self.log.parent, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+        return self
+
+
+def test_the_registry_image_serves_without_torch_as_a_non_root_user(image_install, tmp_path):
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    users = [line.split()[1] for line in dockerfile.splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0"), "the image runs as a non-root user"
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+    assert "torch" not in installed_distributions(image_install, tmp_path)
+    assert set(SERVER_VERBS) <= listed_verbs(paramdelta_in(image_install, ["--help"], tmp_path).stdout)
+    server = ImageServer(image_install, tmp_path / "data").start()
+    try:
+        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 200
+    finally:
+        server.stop()
