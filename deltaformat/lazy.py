@@ -91,6 +91,7 @@ class LazyModel(Mapping):
         self._closed = False
         self._verified: set[str] = set()
         self._settled: set[str] = set()  # tensors whose proof ran (proven, or found on another base)
+        self._failed: set[str] = set()  # tensors that differ from the post model on the original base
         # apply's up-front probe: hash the smallest bases (about 1 % of the model); on a new
         # base one of them differs, and from then on nothing can be proven, so nothing is hashed.
         probes = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
@@ -160,6 +161,8 @@ class LazyModel(Mapping):
         here: a caller serving chunks calls ``prove`` first where ``needs_proof`` says so."""
         if self._closed:
             raise ValueError(f"tensor {name!r}: the lazy model was closed")
+        if name in self._failed:  # apply's check failed on it: none of its bytes are handed out
+            raise VerificationError(_differs(name))
         t = self._plan[name]
         start, count = chunk_ranges(t.numel)[index]
         return _chunk(t, start, count, self._device)[1]
@@ -190,7 +193,8 @@ class LazyModel(Mapping):
             proof.base = [_base_chunk_hash(t, s, c, None) for s, c in chunk_ranges(t.numel)]
             proof.step()
         if proof.failed:
-            raise VerificationError(f"tensor {t.name!r}: the output differs from the post model although the base is the original one")
+            self._failed.add(t.name)
+            raise VerificationError(_differs(t.name))
         with self._lock:
             self._settled.add(t.name)
             if proof.other_base:
@@ -207,6 +211,10 @@ class LazyModel(Mapping):
 
         signed = bits.view(np.dtype(f"i{bits.dtype.itemsize}")) if bits.dtype.itemsize > 1 else bits
         return torch.from_numpy(signed).view(_torch_dtypes()[t.dtype]).reshape(t.shape)
+
+
+def _differs(name: str) -> str:
+    return f"tensor {name!r}: the output differs from the post model although the base is the original one"
 
 
 def open_model(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os.PathLike, *,
@@ -469,13 +477,29 @@ class ModelFolder:
         if self.lazy.needs_proof(name):
             with self._tensor_lock(name):
                 if self.lazy.needs_proof(name):
-                    self.lazy.prove(name, lambda i, piece: self.cache.put((name, i), piece))
+                    self._prove(name)
             bits = self.cache.get(key)
             if bits is not None:
                 return bits
         bits = self.lazy.chunk_bits(name, index)
         self.cache.put(key, bits)
         return bits
+
+    def _prove(self, name: str) -> None:
+        """apply's check of one tensor; its chunks enter the cache only once it passed (as many
+        as the cache holds), so no reader is ever served a chunk of a tensor that failed it."""
+        proven: list[tuple[int, np.ndarray]] = []
+        room = self.cache.max_bytes
+
+        def keep(index: int, piece: np.ndarray) -> None:
+            nonlocal room
+            if piece.nbytes <= room:
+                proven.append((index, piece))
+                room -= piece.nbytes
+
+        self.lazy.prove(name, keep)
+        for index, piece in proven:
+            self.cache.put((name, index), piece)
 
     def _tensor_lock(self, name: str) -> threading.Lock:
         with self._locks_lock:
