@@ -8,10 +8,11 @@
 #   docker-compose                         -> validating compose files only (no daemon needed)
 #   postgresql                             -> scratch PostgreSQL 15 (scripts/services/pg-up.sh)
 #   curl                                   -> s3-up.sh polls the gateway with it
+#   fuse3                                  -> libfuse 3 and fusermount3 for `paramdelta mount` (tests/test_mount.py)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl)
+PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3)
 PG_BIN=/usr/lib/postgresql/15/bin
 
 # Root or sudo: CI and the dev machines run as root, but don't assume it blindly.
