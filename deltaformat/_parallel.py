@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 from collections import deque
@@ -45,47 +44,21 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _one_torch_thread() -> None:
-    """Chunks are the unit of parallelism: each worker runs torch on one intra-op thread.
-
-    Measured on a shared 2-core machine: a 4 Mi-element bf16 + fp32 add took 2.5 ms on
-    one thread and 8-28 ms with torch's default two OpenMP threads per call (each call
-    waits at a barrier for a thread the other worker or another process holds).
-    The setting is per thread (OpenMP ICV), so the caller's own threads keep theirs.
-    """
-    import torch
-
-    torch.set_num_threads(1)
-
-
-@contextlib.contextmanager
-def _caller_on_one_torch_thread() -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def ordered_map(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None, inflight: int | None = None) -> Iterator[R]:
     """Like ``map(fn, items)`` on a thread pool, yielding results in input order.
 
     At most ``inflight`` jobs exist at once, so memory is bounded by that many chunks.
-    zstd, numpy, torch and hashlib release the GIL, so threads use every core.
+    zstd, numpy and hashlib release the GIL, so threads use every core.
     ``items`` is consumed lazily, in the caller's thread, between results: it may
     depend on results already yielded.
     """
     workers = workers or default_workers()
     inflight = inflight or 2 * workers
     if workers == 1:
-        with _caller_on_one_torch_thread():
-            for item in items:
-                yield fn(item)
+        for item in items:
+            yield fn(item)
         return
-    with ThreadPoolExecutor(workers, thread_name_prefix="paramdelta", initializer=_one_torch_thread) as pool:
+    with ThreadPoolExecutor(workers, thread_name_prefix="paramdelta") as pool:
         pending: deque[Future[R]] = deque()
         try:
             for item in items:

@@ -1,0 +1,163 @@
+"""The arithmetic kernel: numpy (deltaformat.arith) against the torch code it replaced.
+
+Per 2^22-element chunk (a bf16 base, an fp32 Δ, a bf16 output, as apply combines
+chunks): milliseconds per chunk for α = 1 (a plain fp32 add) and α = 0.7 (the fused
+multiply-add), on one thread and on two threads each combining its own chunks, and
+the ratio numpy / torch. Then a whole ``deltaformat.apply`` of a synthetic bf16 model
+on a new base (α = 1), once with each kernel, as CPU seconds (all threads) per GB of
+output. torch is the reference it replaced: blocks of 2^18 elements, one intra-op
+thread per worker, ``add_(d, alpha=a)`` then a copy into the output dtype.
+
+Usage: python bench/arith_bench.py [--numel-apply N] [--repeats R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import deltaformat  # noqa: E402
+import deltaformat.apply  # noqa: E402
+from deltaformat import arith  # noqa: E402
+
+CHUNK = 1 << 22
+TORCH_BLOCK = 1 << 18
+
+
+def torch_combine(base_bits, base_dtype, deltas, out_dtype, device="cpu"):
+    """The CPU code deltaformat.arith ran before numpy replaced it."""
+    import torch
+
+    torch.set_num_threads(1)  # what deltaformat._parallel set for every worker
+    n = base_bits.size
+    out = np.empty(n, dtype=np.uint16 if out_dtype != "F32" else np.uint32)
+    base_t, out_t = arith.bits_to_torch(base_bits, base_dtype), arith.bits_to_torch(out, out_dtype)
+    ds = [(a, arith.bits_to_torch(d if isinstance(d, np.ndarray) else d.array(), "F32")) for a, d in deltas]
+    acc = torch.empty(min(n, TORCH_BLOCK), dtype=torch.float32)
+    for s in range(0, n, TORCH_BLOCK):
+        e = min(n, s + TORCH_BLOCK)
+        a = acc[: e - s]
+        a.copy_(base_t[s:e])
+        for alpha, d in ds:
+            a.add_(d[s:e], alpha=alpha)
+        out_t[s:e].copy_(a)
+    return out
+
+
+def bf16_bits(x: np.ndarray) -> np.ndarray:
+    return arith.cast(x.astype(np.float32).view(np.uint32), "F32", "BF16")
+
+
+def make_chunks(k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(k):
+        base = bf16_bits(rng.standard_normal(CHUNK, dtype=np.float32) * 0.02)
+        delta = (rng.standard_normal(CHUNK, dtype=np.float32) * 1e-4).view(np.uint32)
+        out.append((base, delta))
+    return out
+
+
+def time_kernel(fn, chunks, alpha: float, threads: int, repeats: int) -> float:
+    """Best wall milliseconds per chunk over ``repeats`` rounds of every chunk."""
+    def one(c):
+        return fn(c[0], "BF16", [(alpha, c[1])], "BF16")
+
+    best = float("inf")
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, chunks))  # warm: buffers, page faults
+        for _ in range(repeats):
+            t = time.perf_counter()
+            list(pool.map(one, chunks))
+            best = min(best, (time.perf_counter() - t) / len(chunks))
+    return best * 1e3
+
+
+def kernel_rows(repeats: int) -> list[dict]:
+    chunks = make_chunks(4)
+    rows = []
+    for alpha in (1.0, 0.7):
+        for threads in (1, 2):
+            t_np = time_kernel(arith.combine, chunks, alpha, threads, repeats)
+            t_torch = time_kernel(torch_combine, chunks, alpha, threads, repeats)
+            rows.append({"alpha": alpha, "threads": threads, "numpy_ms": t_np, "torch_ms": t_torch, "ratio": t_np / t_torch})
+    return rows
+
+
+def make_model(folder: Path, numel: int, seed: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(seed)
+    rows = numel // 4096
+    tensors = {f"layer{i}.weight": (torch.randn(rows // 4, 4096, generator=g) * 0.02).to(torch.bfloat16) for i in range(4)}
+    folder.mkdir(parents=True)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "torch_dtype": "bfloat16"}))
+
+
+def perturb(src: Path, dst: Path, seed: int) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(seed)
+    t = {k: (v.float() + torch.randn(v.shape, generator=g) * 2e-4).to(torch.bfloat16) for k, v in load_file(src / "model.safetensors").items()}
+    dst.mkdir(parents=True)
+    save_file(t, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    (dst / "config.json").write_text((src / "config.json").read_text())
+
+
+def apply_rows(numel: int, repeats: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="arith-bench-") as tmp:
+        d = Path(tmp)
+        make_model(d / "base", numel, 0)
+        perturb(d / "base", d / "post", 1)
+        perturb(d / "base", d / "new", 2)
+        deltaformat.extract(d / "base", d / "post", d / "delta", quiet=True)
+        gb = numel * 2 / 1e9
+        for name, kernel in (("numpy", arith.combine), ("torch", torch_combine)):
+            deltaformat.apply.combine = kernel
+            best_cpu, best_wall = float("inf"), float("inf")
+            for r in range(repeats + 1):  # the first run warms the page cache
+                out = d / f"out-{name}-{r}"
+                c, t = time.process_time(), time.perf_counter()
+                deltaformat.apply([d / "delta"], d / "new", out, quiet=True)
+                cpu, wall = time.process_time() - c, time.perf_counter() - t
+                if r:
+                    best_cpu, best_wall = min(best_cpu, cpu), min(best_wall, wall)
+            rows.append({"kernel": name, "cpu_s_per_gb": best_cpu / gb, "wall_s_per_gb": best_wall / gb})
+        deltaformat.apply.combine = arith.combine
+        same = all((d / f"out-numpy-{repeats}" / f).read_bytes() == (d / f"out-torch-{repeats}" / f).read_bytes()
+                   for f in ("model.safetensors",))
+        rows.append({"outputs_identical": same})
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--numel-apply", type=int, default=1 << 27, help="elements of the synthetic model (bf16)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    print(f"kernel, per {CHUNK}-element chunk (bf16 base, fp32 delta, bf16 out):")
+    for r in kernel_rows(args.repeats):
+        print(f"  alpha={r['alpha']:<4} threads={r['threads']}: numpy {r['numpy_ms']:6.2f} ms  torch {r['torch_ms']:6.2f} ms  "
+              f"numpy/torch {r['ratio']:.2f}")
+    print(f"apply on a new base, {args.numel_apply} bf16 elements, alpha 1 ({os.cpu_count()} CPUs):")
+    for r in apply_rows(args.numel_apply, max(1, args.repeats // 2)):
+        print("  " + (f"{r['kernel']}: {r['cpu_s_per_gb']:.2f} CPU s/GB, {r['wall_s_per_gb']:.2f} wall s/GB" if "kernel" in r
+                      else f"outputs bit-identical: {r['outputs_identical']}"))
+
+
+if __name__ == "__main__":
+    main()
