@@ -29,6 +29,7 @@ import pytest
 import deltaformat
 from conftest import Artifacts, RegistryServer
 from deltaformat import client
+from deltaformat.artifact import open_artifact
 from support.serve import ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,18 @@ def test_inspect_loads_neither_torch_nor_the_server_stack(artifacts, tmp_path):
     assert run.modules & HEAVY_MODULES == set()
 
 
+@pytest.mark.parametrize("verb", ["extract", "verify", "apply"])
+def test_the_cpu_arithmetic_verbs_load_neither_torch_nor_the_server_stack(verb, artifacts, tmp_path):
+    args = {
+        "extract": ["extract", "--base", str(artifacts.base), "--post", str(artifacts.post), "--out", str(tmp_path / "delta")],
+        "verify": ["verify", str(artifacts.delta), "--base", str(artifacts.base)],
+        "apply": ["apply", str(artifacts.delta), "--base", str(artifacts.newbase), "--out", str(tmp_path / "out")],
+    }[verb]
+    run = paramdelta_here([*args, "-q"], tmp_path)
+    assert run.code == 0, run.err
+    assert run.modules & HEAVY_MODULES == set()
+
+
 @pytest.mark.parametrize("verb", ["search", "pull", "push"])
 def test_registry_client_verbs_load_neither_the_arithmetic_nor_the_server_stack(verb, artifacts, registry, tmp_path):
     args = {
@@ -257,6 +270,23 @@ def test_a_plain_install_pushes_searches_pulls_and_inspects(client_install, arti
     shown = paramdelta_in(client_install, ["inspect", str(tmp_path / "pulled"), "--json"], tmp_path)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["manifest_digest"] == deltaformat.inspect(artifacts.delta)["manifest_digest"]
+
+
+def test_a_plain_install_extracts_verifies_and_applies_bit_exact(client_install, artifacts, tmp_path):
+    delta, out, reference = tmp_path / "delta", tmp_path / "out", tmp_path / "reference"
+    extracted = paramdelta_in(client_install, ["extract", "--base", str(artifacts.base), "--post", str(artifacts.post),
+                                               "--out", str(delta), "--name", "acme/tiny-chat", "--version", "1.0", "-q"], tmp_path)
+    assert extracted.returncode == 0, extracted.stderr
+    assert open_artifact(delta).manifest.blob_digests() == open_artifact(artifacts.delta).manifest.blob_digests()
+    verified = paramdelta_in(client_install, ["verify", str(delta), "--base", str(artifacts.base), "-q"], tmp_path)
+    assert verified.returncode == 0 and "bit for bit" in verified.stdout, verified.stderr
+    applied = paramdelta_in(client_install, ["apply", str(delta), "--base", str(artifacts.newbase), "--out", str(out), "-q"], tmp_path)
+    assert applied.returncode == 0, applied.stderr
+    deltaformat.apply([artifacts.delta], artifacts.newbase, reference, quiet=True)  # this environment's, torch installed
+    shards = sorted(f.name for f in reference.glob("*.safetensors*"))
+    assert shards and sorted(f.name for f in out.glob("*.safetensors*")) == shards
+    for name in shards:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 @pytest.fixture(scope="module")
