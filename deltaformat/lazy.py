@@ -25,6 +25,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -346,6 +347,7 @@ def _assign(model, target: str, value: "torch.Tensor", dtype: "torch.dtype | Non
 # -- the output folder, file by file (what `paramdelta mount` serves) -----------------------
 
 PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # same length as any digest: sizes paramdelta.json before hashing
+READ_AHEAD = 2  # chunks computed ahead of a reader, on as many threads (two cores overlap compute and copying)
 
 
 class ChunkCache:
@@ -411,6 +413,13 @@ class ModelFolder:
         self._tensor_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._provenance_lock = threading.Lock()
+        # Reading ahead: each chunk's successor in file order (shard by shard, tensor by tensor).
+        order = [(span.name, i) for shard in self.shards for span in self._spans[shard.name]
+                 for i in range(-(-(span.end - span.start) // (CHUNK_ELEMENTS * span.itemsize)))]
+        self._successor = dict(zip(order, order[1:]))
+        self._ahead: dict[tuple[str, int], Future] = {}
+        self._ahead_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="paramdelta-ahead")
 
     def _spans_of(self, shard: ShardPlan) -> list[_Span]:
         spans = []
@@ -469,11 +478,26 @@ class ModelFolder:
 
     def chunk(self, name: str, index: int) -> np.ndarray:
         """Chunk ``index`` of tensor ``name``: from the cache, else computed (the whole tensor
-        proven first where apply would prove it; one thread proves, the others wait)."""
+        proven first where apply would prove it; one thread proves, the others wait).
+
+        Readers mostly read in file order (from_pretrained, cp, a sequential scan), so the
+        next chunks in the folder are computed ahead on other threads while this one is
+        copied out: what the reader waits for overlaps with what it does.
+        """
         key = (name, index)
         bits = self.cache.get(key)
-        if bits is not None:
-            return bits
+        if bits is None:
+            ahead = self._ahead.get(key)
+            if ahead is not None:
+                ahead.exception()  # wait; a failure there is raised again by _load below
+                bits = self.cache.get(key)
+            if bits is None:
+                bits = self._load(name, index)
+        self._read_ahead(key)
+        return bits
+
+    def _load(self, name: str, index: int) -> np.ndarray:
+        key = (name, index)
         if self.lazy.needs_proof(name):
             with self._tensor_lock(name):
                 if self.lazy.needs_proof(name):
@@ -484,6 +508,23 @@ class ModelFolder:
         bits = self.lazy.chunk_bits(name, index)
         self.cache.put(key, bits)
         return bits
+
+    def _read_ahead(self, key: tuple[str, int]) -> None:
+        """Compute the next READ_AHEAD chunks in file order in the background, where not cached or under way."""
+        for _ in range(READ_AHEAD):
+            key = self._successor.get(key)
+            if key is None:
+                return
+            with self._ahead_lock:
+                if key in self._ahead or self.cache.get(key) is not None:
+                    continue
+                future = self._pool.submit(self._load, *key)
+                self._ahead[key] = future
+            future.add_done_callback(lambda _, k=key: self._ahead.pop(k, None))
+
+    def close(self) -> None:
+        """Stop computing ahead (chunks under way finish)."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _prove(self, name: str) -> None:
         """apply's check of one tensor; its chunks enter the cache only once it passed (as many

@@ -142,6 +142,8 @@ def mount(artifacts, base, mountpoint, *, alphas=None, cache_size: int | str = D
         except RuntimeError as exc:  # libfuse's status: also non-zero when a signal ended the loop
             if not mounted.is_set() or os.path.ismount(point):
                 raise FileSystemError(f"{point}: FUSE failed (libfuse status {exc}); or {APPLY_HINT}") from None
+        finally:
+            folder.close()
         # Unmounted (umount, Ctrl-C or SIGTERM): libfuse has taken the mount down before returning.
 
 
