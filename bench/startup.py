@@ -133,7 +133,9 @@ def measure(commands: list[Command], trees: dict[str, Path], scratch: Path, env:
 
 
 def report(commands: list[Command], results: dict[tuple[str, str], Timing], before: str, repeat: int, argv: str) -> str:
-    floor = {tree: results[("python -c pass", tree)].median for tree in ("before", "after")}
+    # `python -c pass` does not depend on the tree: one floor from all its runs
+    floor_runs = [t for tree in ("before", "after") for t in results[("python -c pass", tree)].seconds]
+    floor = dict.fromkeys(("before", "after"), statistics.median(floor_runs))
     rows = []
     for command in commands[1:]:
         b, a = results[(command.label, "before")], results[(command.label, "after")]
@@ -143,11 +145,12 @@ def report(commands: list[Command], results: dict[tuple[str, str], Timing], befo
         "## Start-up of the paramdelta command",
         "",
         f"`python bench/startup.py{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
-        f"*before* = the library at {before}, *after* = this tree; the same interpreter (Python {platform.python_version()}) "
+        f"*before* = the library at {before}, *after* = this tree (since issue #11: CPU arithmetic in numpy, "
+        f"the package's names loaded on first use, the HTTP client only for registry references); the same interpreter (Python {platform.python_version()}) "
         f"and installed packages (torch included) for both, {os.cpu_count()} cores shared with other work. Median of "
         f"{repeat} runs each; *x python* = that median over the median of `python -c pass` in the same run "
-        f"({floor['before'] * 1e3:.0f} / {floor['after'] * 1e3:.0f} ms). The tiny model's arithmetic and I/O take "
-        "milliseconds: what `apply`, `inspect` and `pull` show here is start-up.",
+        f"({floor['after'] * 1e3:.0f} ms); *loads* = which of {', '.join(WATCHED)} the command imports. The tiny "
+        "model's arithmetic and I/O take milliseconds: what `apply`, `inspect` and `pull` show here is start-up.",
         "",
         "| command | before ms | x python | after ms | x python | before / after | before loads | after loads |",
         "|---|---:|---:|---:|---:|---:|---|---|",
