@@ -6,7 +6,8 @@
 
 The public names load on first use: importing the package (which every ``paramdelta``
 command does) loads neither numpy, pydantic nor httpx, so ``paramdelta --help`` and each
-verb start with only what they call. torch is imported only by the GPU path.
+verb start with only what they call. The CPU arithmetic is numpy: torch is needed only for
+``apply(..., device="cuda")`` (the ``paramdelta[torch]`` extra).
 """
 
 from __future__ import annotations
