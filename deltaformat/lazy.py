@@ -252,11 +252,26 @@ def load_transformers_model(artifacts: Sequence[str | os.PathLike | Artifact], b
         for name, target in targets.items():
             _assign(model, target, tensors[name], dtype)
         model.tie_weights()
+        _set_generation_config(model, tensors.artifacts[0])
     left = [n for n, p in model.named_parameters() if p.is_meta]
     if left:
         raise ModelError(f"{cls.__name__} has parameters the ParamΔ model lacks ({', '.join(left[:4])}); "
                          "pass the model_class the model was saved from")
     return model.eval()
+
+
+def _set_generation_config(model, art: Artifact) -> None:
+    """The post model's generation_config.json (carried by the delta), as from_pretrained reads it from apply's folder."""
+    carried = next((f for f in art.manifest.files if f.path == "generation_config.json"), None)
+    if carried is None or not (hasattr(model, "can_generate") and model.can_generate()):
+        return
+    import json
+
+    from transformers import GenerationConfig
+
+    data = art.read_blob(carried.digest, carried.size, "file 'generation_config.json'")
+    check_carried_content(carried.path, data)
+    model.generation_config = GenerationConfig.from_dict(json.loads(data))
 
 
 def _transformers_config(config: dict):

@@ -194,6 +194,7 @@ def test_transformers_model_equals_from_pretrained_of_applied_folder(tmp_path, t
     assert type(model) is type(reference) and not model.training
     assert {n: raw(p) for n, p in model.state_dict().items()} == {n: raw(p) for n, p in reference.state_dict().items()}
     assert torch.equal(_logits(model, 96), _logits(reference, 96))
+    assert model.generation_config.max_new_tokens == reference.generation_config.max_new_tokens == 8  # the post's
     if tie:
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
 
