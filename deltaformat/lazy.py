@@ -432,6 +432,7 @@ class ModelFolder:
         order = [(span.name, i) for shard in self.shards for span in self._spans[shard.name]
                  for i in range(-(-(span.end - span.start) // (CHUNK_ELEMENTS * span.itemsize)))]
         self._successor = dict(zip(order, order[1:]))
+        self._previous = dict(zip(order[1:], order))
         self._ahead: dict[tuple[str, int], Future] = {}
         self._ahead_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(READ_AHEAD, thread_name_prefix="paramdelta-ahead")
@@ -495,9 +496,9 @@ class ModelFolder:
         """Chunk ``index`` of tensor ``name``: from the cache, else computed (the whole tensor
         proven first where apply would prove it; one thread proves, the others wait).
 
-        Readers mostly read in file order (from_pretrained, cp, a sequential scan), so the
-        next chunks in the folder are computed ahead on other threads while this one is
-        copied out: what the reader waits for overlaps with what it does.
+        A reader that moved on from the chunk before this one (from_pretrained, cp, a scan)
+        gets the next chunks in file order computed ahead on other threads while this one is
+        copied out; a random reader (mmap'd pages here and there) gets no computing ahead.
         """
         key = (name, index)
         bits = self.cache.get(key)
@@ -508,7 +509,9 @@ class ModelFolder:
                 bits = self.cache.get(key)
             if bits is None:
                 bits = self._load(name, index)
-        self._read_ahead(key)
+        previous = self._previous.get(key)
+        if previous is not None and self.cache.get(previous) is not None:  # a sequential reader: read ahead
+            self._read_ahead(key)
         return bits
 
     def _load(self, name: str, index: int) -> np.ndarray:
