@@ -27,8 +27,9 @@ stamp=".venv/.paramdelta-setup-${EXTRAS:-runtime}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q --upgrade pip
     if [ "$needs_torch" = 1 ]; then
-        # From the CPU index (PARAMDELTA_TORCH_INDEX for a mirror); a torch already there is kept.
-        .venv/bin/python -m pip install -q "torch==2.13.0" \
+        # Only torch from the CPU index (PARAMDELTA_TORCH_INDEX for a mirror); its dependencies come
+        # with the extras below, from the usual index. A torch already there is kept.
+        .venv/bin/python -m pip install -q --no-deps "torch==2.13.0" \
             --index-url "${PARAMDELTA_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}"
     fi
     .venv/bin/python -m pip install -q -e "$spec"
