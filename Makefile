@@ -17,6 +17,7 @@ test-fast:       ## the tests that need no backing services
 bench:           ## measure, and write BENCHMARKS.md
 	scripts/setup.sh bench
 	.venv/bin/python bench/run.py
+	.venv/bin/python bench/startup.py
 
 schema:          ## regenerate spec/manifest.schema.json from the pydantic models
 	.venv/bin/python -m deltaformat.schema
