@@ -292,7 +292,18 @@ def render(results: list[dict], cache: str, started: str) -> str:
                  f"{n / r['seq_mount_again_s'] / 2**20:,.0f} MiB/s | {n / r['seq_applied_s'] / 2**20:,.0f} MiB/s | "
                  f"{r['pages_mount']:,.0f} / {r['pages_applied']:,.0f} |")
     L.append("")
+    L.append(NOTES)
     return "\n".join(L)
+
+
+NOTES = """\
+- *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first (goal: at most 1.0). The mount computes at the pace the reader asks (from_pretrained reads shards through the kernel, page by page or in readahead windows); apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
+- *load of applied folder*: from_pretrained alone, the folder already written and in the page cache: the floor both ways share.
+- Bytes written: what the processes wrote (write_bytes in /proc/PID/io) or, for apply, the folder's size when larger (its writes may not have reached the disk). The mount and the lazy loader write nothing.
+- Mount peak RSS: the mount process; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus the chunks being computed at once (one per concurrent FUSE request, up to 32 MiB each at bf16) plus the two computed ahead.
+- Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; the excess is a constant (the chunks in flight, 3 x 16 MiB at fp32), so the ratio falls as models grow.
+- Random pages: on a fresh mount each page touched in a chunk not yet cached costs that chunk's computation (4M elements); with a cache smaller than the shard, as here, chunks are computed again after eviction. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
+"""
 
 
 def write_section(path: Path, text: str) -> None:
