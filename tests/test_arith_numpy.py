@@ -288,3 +288,33 @@ def test_cpu_arithmetic_does_not_import_torch():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def _model(folder, seed: int, like=None):
+    """A small bf16 safetensors model (post/new base: ``like`` plus a fine-tune-sized step)."""
+    from safetensors.torch import load_file, save_file
+
+    g = torch.Generator().manual_seed(seed)
+    if like is None:
+        tensors = {f"layer{i}.weight": torch.randn(64, 96, generator=g) * 0.02 for i in range(3)}
+    else:
+        tensors = {k: v.float() + torch.randn(v.shape, generator=g) * 2e-4 for k, v in load_file(like / "model.safetensors").items()}
+    folder.mkdir()
+    save_file({k: v.to(torch.bfloat16) for k, v in tensors.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text('{"model_type": "llama", "torch_dtype": "bfloat16"}')
+    return folder
+
+
+def test_library_extract_and_apply_on_the_cpu_do_not_import_torch(tmp_path):
+    base = _model(tmp_path / "base", 0)
+    post, new = _model(tmp_path / "post", 1, base), _model(tmp_path / "new", 2, base)
+    code = (
+        "import sys, deltaformat\n"
+        f"base, post, new, t = {str(base)!r}, {str(post)!r}, {str(new)!r}, {str(tmp_path)!r}\n"
+        "deltaformat.extract(base, post, t + '/delta', quiet=True)\n"
+        "assert deltaformat.apply([t + '/delta'], base, t + '/out', quiet=True).verified_exact\n"
+        "deltaformat.apply([t + '/delta', t + '/delta'], new, t + '/mix', alphas=[0.7, 0.2], quiet=True)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
