@@ -19,6 +19,7 @@ rather than hand out raw bits.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import importlib.util
 import math
@@ -416,6 +417,7 @@ class ModelFolder:
         self.cache = ChunkCache(parse_size(cache_bytes))
         self.shards = plan_shards([(t.name, t.dtype, t.shape) for t in lazy.plan], parse_size(shard_size))
         self._spans = {s.name: self._spans_of(s) for s in self.shards}
+        self._starts = {name: [span.start for span in spans] for name, spans in self._spans.items()}
         self.files: dict[str, bytes | ShardPlan | None] = {s.name: s for s in self.shards}
         index = index_text(self.shards)
         if index is not None:
@@ -472,25 +474,28 @@ class ModelFolder:
         return data[offset : offset + size]
 
     def _read_shard(self, shard: ShardPlan, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a shard: its header, then slices of computed chunks
+        (views, copied once into the answer; the tensors found by bisection, not a scan)."""
         end = min(shard.size, offset + size)
-        out = bytearray()
-        if offset < len(shard.head):
-            out += shard.head[offset:end]
-        for span in self._spans[shard.name]:
-            if span.end <= offset or span.start >= end or span.start == span.end:
-                continue
-            out += self._tensor_bytes(span, max(offset, span.start) - span.start, min(end, span.end) - span.start)
-        return bytes(out)
+        parts: list[bytes | memoryview] = [shard.head[offset:end]] if offset < len(shard.head) else []
+        spans = self._spans[shard.name]
+        first = max(0, bisect.bisect_right(self._starts[shard.name], offset) - 1)
+        for span in spans[first:]:
+            if span.start >= end:
+                break
+            if span.end > offset and span.end > span.start:
+                parts += self._tensor_bytes(span, max(offset, span.start) - span.start, min(end, span.end) - span.start)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
 
-    def _tensor_bytes(self, span: _Span, lo: int, hi: int) -> bytes:
-        """Bytes [lo, hi) of one tensor, from the chunks that hold them."""
+    def _tensor_bytes(self, span: _Span, lo: int, hi: int) -> list[memoryview]:
+        """Bytes [lo, hi) of one tensor, as views of the chunks that hold them."""
         chunk_bytes = CHUNK_ELEMENTS * span.itemsize
         parts = []
         for index in range(lo // chunk_bytes, (hi - 1) // chunk_bytes + 1):
             raw = memoryview(self.chunk(span.name, index)).cast("B")
             first = index * chunk_bytes
             parts.append(raw[max(lo, first) - first : min(hi, first + len(raw)) - first])
-        return b"".join(parts)
+        return parts
 
     def chunk(self, name: str, index: int) -> np.ndarray:
         """Chunk ``index`` of tensor ``name``: from the cache, else computed (the whole tensor

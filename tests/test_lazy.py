@@ -264,3 +264,29 @@ def test_transformers_helper_peak_memory_is_the_model_plus_a_chunk(minilm):
     measured = json.loads(out.stdout.strip().splitlines()[-1])
     assert measured["model"] > 80 << 20  # MiniLM in fp32: the bound below is dominated by it
     assert measured["peak"] <= 1.2 * measured["model"] + 3 * 4 * CHUNK_ELEMENTS, measured
+
+
+@pytest.mark.parametrize("on", ["newbase", "base"])
+def test_model_folder_serves_apply_output_bytes_at_any_range(artifacts, tmp_path, on):
+    """What the mount serves, without FUSE: every file of apply's folder (several shards, index,
+    config, carried files, paramdelta.json), whole and at random ranges, with a cache of two chunks' worth."""
+    import random
+
+    from deltaformat.lazy import ModelFolder
+
+    base = getattr(artifacts, on)
+    deltaformat.apply([artifacts.delta], base, tmp_path / "out", shard_size="40KB", quiet=True)
+    written = {p.relative_to(tmp_path / "out").as_posix(): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    rng = random.Random(0)
+    with deltaformat.open_model([artifacts.delta], base, framework="np") as lazy:
+        folder = ModelFolder(lazy, "40KB", "64KB")
+        try:
+            assert sorted(folder.files) == sorted(written) and len([f for f in written if f.endswith(".safetensors")]) > 1
+            for rel, data in written.items():
+                assert folder.size(rel) == len(data), rel
+                for _ in range(20):
+                    start, length = rng.randrange(len(data)), rng.randrange(1, 3 * 4096)
+                    assert folder.read(rel, start, length) == data[start : start + length], (rel, start, length)
+                assert folder.read(rel, 0, len(data) + 10) == data, rel
+        finally:
+            folder.close()
