@@ -233,7 +233,7 @@ def _narrow(acc: np.ndarray, dtype: str, out: np.ndarray, nans: np.ndarray | Non
         if nans is not None:
             out[nans] = 0xFFFF  # torch's vectorized bf16 rounding: every NaN becomes all ones
     elif dtype == "F16":
-        np.copyto(out.view(np.float16), acc, casting="same_kind")
+        _narrow_f16(wide, out)
         if nans is not None:  # as the F16C instruction: sign, quiet bit, top payload bits
             nan_bits = wide[nans]
             out[nans] = ((nan_bits >> 16) & 0x8000) | 0x7E00 | ((nan_bits >> 13) & 0x3FF)
@@ -250,6 +250,33 @@ def _narrow_bf16(wide: np.ndarray, out: np.ndarray) -> None:
     np.add(t, wide, out=t)
     np.right_shift(t, 16, out=t)
     np.copyto(out, t, casting="unsafe")  # faster than a right_shift casting into ``out`` (buffered)
+
+
+def _narrow_f16(wide: np.ndarray, out: np.ndarray) -> None:
+    """F16 bits of fp32 bits, rounded to nearest even (right for every non-NaN; numpy's half cast is scalar here).
+
+    Normal results: rebias the exponent and round at bit 13 as ``_narrow_bf16`` does at
+    bit 16, clamping overflow to ∞. Results below F16's smallest normal: adding 0.5 in
+    fp32 puts the subnormal's bits at the bottom of the sum, rounded by the hardware.
+    """
+    n = wide.size
+    mag, t, low = (scratch(f"arith.f16.{k}", 4 * n).view(np.uint32) for k in ("mag", "t", "low"))
+    np.bitwise_and(wide, 0x7FFF_FFFF, out=mag)
+    np.right_shift(mag, 13, out=t)
+    np.bitwise_and(t, 1, out=t)
+    np.add(t, np.uint32((0xFFF - ((127 - 15) << 23)) & 0xFFFF_FFFF), out=t)  # wraps for tiny values: replaced below
+    np.add(t, mag, out=t)
+    np.right_shift(t, 13, out=t)
+    np.minimum(t, 0x7C00, out=t)
+    tiny = scratch("arith.f16.tiny", n).view(np.bool_)[:n]
+    np.less(mag, 0x3880_0000, out=tiny)
+    np.add(mag.view(np.float32), np.float32(0.5), out=low.view(np.float32))
+    np.subtract(low, 0x3F00_0000, out=low)
+    np.copyto(t, low, where=tiny)
+    np.right_shift(wide, 16, out=low)
+    np.bitwise_and(low, 0x8000, out=low)
+    np.bitwise_or(t, low, out=t)
+    np.copyto(out, t, casting="unsafe")
 
 
 @_ieee_quietly
