@@ -310,7 +310,7 @@ def _difference_block(base: tuple[np.ndarray, str], post: tuple[np.ndarray, str]
     _widen(*base, base_wide)
     _widen(*post, d)
     np.subtract(d, base_wide, out=d)
-    if not np.isnan(d.max()):
+    if not d.size or not np.isnan(d.max()):
         return
     nans = np.flatnonzero(np.isnan(d))
     p = _widen_nans(*post, nans)

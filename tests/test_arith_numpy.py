@@ -238,6 +238,14 @@ def test_combine_takes_decoded_deltas_block_by_block():
     assert decoded.fills == 3  # one block at a time, never the whole chunk
 
 
+def test_zero_elements():
+    e16, e32 = np.empty(0, np.uint16), np.empty(0, np.uint32)
+    assert arith.combine(e16, "BF16", [(0.7, e32)], "F16").size == 0
+    assert arith.difference(e16, "F16", e16, "BF16").size == 0
+    assert all(x.size == 0 for x in arith.difference_checked(e16, "F16", e16, "BF16"))
+    assert arith.cast(e32, "F32", "F16").size == 0
+
+
 def test_alpha_outside_float32_is_refused_by_name():
     base, d = np.zeros(4, np.uint16), np.zeros(4, np.uint32)
     with pytest.raises(ValueError, match="alpha 1e\\+40 is outside float32"):
