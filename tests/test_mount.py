@@ -33,17 +33,9 @@ PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 SHARD = "40KB"  # the tiny model in several shards, with an index
 
 
-def _fuse_problem() -> str | None:
-    try:
-        from deltaformat.mount import load_fuse
-
-        load_fuse()
-    except Exception as exc:  # noqa: BLE001 - any reason FUSE cannot run here skips these tests
-        return str(exc)
-    return None
-
-
-pytestmark = pytest.mark.skipif(_fuse_problem() is not None, reason=f"FUSE unavailable: {_fuse_problem()}")
+# Only a machine without the kernel's FUSE device skips these (a container started without /dev/fuse).
+# Where the device is there, `make test` has installed libfuse 3 and mfusepy: a missing one fails, loudly.
+pytestmark = pytest.mark.skipif(not Path("/dev/fuse").exists(), reason="no /dev/fuse on this machine: FUSE mounts cannot run")
 
 
 def sha256(path: Path) -> str:
