@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- lazy:begin -->", "<!-- lazy:end -->"
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 SHARD = "2GB"
 RANDOM_PAGES = 2000
@@ -306,17 +305,6 @@ NOTES = """\
 """
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace what lies between the lazy markers (or append the marked section); nothing else changes."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         print(json.dumps(worker(sys.argv[2], sys.argv[3], sys.argv[4:])))
@@ -327,7 +315,9 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     a = ap.parse_args()
-    sys.path.insert(0, str(REPO))
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]
+    from support.report import write_section
+
     started = time.strftime("%Y-%m-%d %H:%M")
     results = []
     with tempfile.TemporaryDirectory(prefix="paramdelta-bench-lazy-") as tmp:
@@ -341,7 +331,7 @@ def main() -> None:
     text = render(results, a.cache_size, started)
     print(text)
     if not a.no_write:
-        write_section(a.out, text)
+        write_section(a.out, "lazy", text)
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ from deltaformat import client  # noqa: E402
 from deltaformat.cache import Cache  # noqa: E402
 from registry.uploads import GATHERED_CAP_BYTES  # noqa: E402
 from deltaformat.client import RegistryClient  # noqa: E402
+from support.report import write_section  # noqa: E402
 
-BEGIN, END = "<!-- load:begin -->", "<!-- load:end -->"
 OPS = ("push", "pull", "search", "page")
 MIX = ("push", "pull", "search", "page", "pull")  # a client's rounds: this, rotated by its number
 NAMESPACES = 8  # the clients' repositories spread over this many namespaces, one push token each
@@ -477,17 +477,6 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace what lies between the load markers (or append the marked section); nothing else changes."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def scenario(root: Path, a: argparse.Namespace, hostile_bytes: int, hostile: int | None = None) -> tuple[LoadResult, str]:
     """One run on a fresh server (its peak RSS is this run's alone)."""
     from conftest import RegistryServer
@@ -539,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:
     for e in failures[:20]:
         print("error:", e, file=sys.stderr)
     if not a.no_write:
-        write_section(a.out, text)
+        write_section(a.out, "load", text)
     return 0 if not failures and all(x.finished for x in (calm, r, heavy) if x) else 1
 
 

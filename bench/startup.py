@@ -42,9 +42,9 @@ for p in (REPO, REPO / "tests"):
     if str(p) not in sys.path:
         sys.path.insert(0, str(p))
 
+from support.report import write_section  # noqa: E402
 from support.serve import ServeProcess  # noqa: E402
 
-BEGIN, END = "<!-- startup:begin -->", "<!-- startup:end -->"
 BEFORE = "7f5ec35"  # the tree when issue #11 began
 WATCHED = ("torch", "fastapi", "sqlalchemy")  # what a client command should not load
 
@@ -158,17 +158,6 @@ def report(commands: list[Command], results: dict[tuple[str, str], Timing], befo
     ]) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace what lies between the startup markers (or append the marked section); nothing else changes."""
-    block = f"{BEGIN}\n{text.rstrip()}\n{END}"
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[:old.index(BEGIN)] + block + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(new)
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--before", default=BEFORE, help=f"git revision to compare with (default {BEFORE})")
@@ -213,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(commands, results, a.before, a.repeat, args)
     print(text)
     if not a.no_write:
-        write_section(a.out, text)
+        write_section(a.out, "startup", text)
     return 0
 
 
