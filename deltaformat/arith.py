@@ -20,6 +20,7 @@ import numpy as np
 from deltaformat._parallel import scratch
 from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Decoded, Materialized
 from deltaformat.dtypes import uint_dtype
+from deltaformat.errors import ParamDeltaError
 
 if TYPE_CHECKING:
     import torch
@@ -368,8 +369,11 @@ def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tupl
 
 @cache
 def _torch():
-    import torch
-
+    try:
+        import torch
+    except ImportError:
+        raise ParamDeltaError("a device other than the CPU needs torch: pip install 'paramdelta[torch]' "
+                              "(the CPU arithmetic needs none)") from None
     return torch
 
 

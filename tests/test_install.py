@@ -224,6 +224,22 @@ def test_gpu_apply_without_torch_names_the_extra(artifacts, tmp_path):
     assert not out.exists()
 
 
+def test_library_gpu_apply_without_torch_names_the_extra(artifacts, tmp_path):
+    """The library call, not only the CLI: a ParamDeltaError naming the extra, not a ModuleNotFoundError."""
+    out = tmp_path / "out"
+    code = (f"import sys; sys.modules['torch'] = None\n"
+            f"import deltaformat\n"
+            f"from deltaformat.errors import ParamDeltaError\n"
+            f"try:\n"
+            f"    deltaformat.apply([{str(artifacts.delta)!r}], {str(artifacts.newbase)!r}, {str(out)!r}, device='cuda', quiet=True)\n"
+            f"except ParamDeltaError as exc:\n"
+            f"    print(exc)\n")
+    done = _run([sys.executable, "-c", code], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'paramdelta[torch]'" in done.stdout, done.stdout
+    assert not out.exists()
+
+
 # --- fresh virtual environments, installed as a user installs ---
 
 
