@@ -32,8 +32,11 @@ if TYPE_CHECKING:
 # grows with the number of blocks faster than the smaller blocks' cache hits save).
 # A multiple of 8: the F16 quirk below concerns the last n mod 8 elements of a call.
 BLOCK = 1 << 18
-# The fused step works in float64 (8 bytes an element, 4 arrays): smaller pieces.
+# The fused step works in float64 (8 bytes an element, several arrays): smaller pieces.
 _FUSED_PIECE = 1 << 15
+_BELOW_F32 = np.int64((1 << 29) - 1)  # the float64 mantissa bits an fp32 (normal) value does not have
+_F32_MIDPOINT = np.int64(1 << 28)  # those bits on a value halfway between two fp32 values
+_F32_SUBNORMAL_EXPONENT = np.int64(1023 - 126)  # float64 exponent fields below this are fp32-subnormal (or zero)
 
 _F32_QUIET = np.uint32(0x0040_0000)
 # What x86 (and so torch's CPU kernels) gives for an invalid operation (∞ − ∞, 0·∞):
@@ -117,25 +120,37 @@ def _accumulate(acc: np.ndarray, alpha: np.float32, d: np.ndarray) -> None:
 
 
 def _fused_piece(acc: np.ndarray, alpha: np.float32, d: np.ndarray) -> None:
-    """fmaf(alpha, d, acc) elementwise, in float64 with a round-to-odd correction.
+    """fmaf(alpha, d, acc) elementwise, in float64, correcting only where double rounding can err.
 
-    alpha·d is exact in float64 (24 + 24 significant bits <= 53). Their sum s is rounded
-    once; TwoSum gives its exact error. Made odd where inexact (round to odd), s then
-    rounds to fp32 correctly: the double rounding through float64 cannot land on an
-    fp32 tie it did not come from (53 >= 24 + 2). Non-finite sums are left as they
-    are (their NaN bits are settled by ``_replay_nans``).
+    alpha·d is exact in float64 (24 + 24 significant bits <= 53); their sum s is rounded
+    once, to float64. Rounding s to fp32 then gives the fused result except where s lies
+    exactly on an fp32 midpoint (a tie) that the exact sum was not on: every fp32 midpoint
+    is a float64 value, so an exact sum on one side of it cannot round past it. Those
+    elements (a tie's bit pattern, or the fp32-subnormal range, where midpoints sit
+    elsewhere; rare) take the exact error (TwoSum) and round to odd, after which the fp32
+    rounding is correct (53 >= 24 + 2). Non-finite sums are left as they are (their NaN
+    bits are settled by ``_replay_nans``).
     """
     n = acc.size
-    a, p, s, t = (scratch(f"arith.f64.{k}", 8 * n).view(np.float64) for k in "apst")
+    p, s = (scratch(f"arith.f64.{k}", 8 * n).view(np.float64) for k in "ps")
     np.multiply(d, np.float64(alpha), out=p)
-    np.copyto(a, acc)
-    np.add(a, p, out=s)
-    np.subtract(s, a, out=t)  # TwoSum (Knuth): t = b', the part of p that s took
-    np.subtract(p, t, out=p)  # p - b'
-    np.subtract(s, t, out=t)  # a' = s - b'
-    np.subtract(a, t, out=a)  # a - a'
-    np.add(a, p, out=a)  # a = exact error: (a + alpha·d) - s
-    _round_to_odd(s, a)
+    np.add(acc, p, out=s)
+    bits, low = s.view(np.int64), scratch("arith.i64", 8 * n).view(np.int64)
+    suspect, small = (scratch(f"arith.{k}", n).view(np.bool_) for k in ("suspect", "small"))
+    np.bitwise_and(bits, _BELOW_F32, out=low)
+    np.equal(low, _F32_MIDPOINT, out=suspect)  # the 29 bits fp32 drops are exactly one half
+    np.right_shift(bits, 52, out=low)
+    np.bitwise_and(low, 0x7FF, out=low)
+    np.less(low, _F32_SUBNORMAL_EXPONENT, out=small)
+    np.logical_or(suspect, small, out=suspect)
+    if suspect.any():
+        at = np.flatnonzero(suspect)
+        a, b = acc[at].astype(np.float64), p[at]
+        t = a + b
+        b_part = t - a  # TwoSum (Knuth): the exact error of t = a + b
+        err = (a - (t - b_part)) + (b - b_part)
+        _round_to_odd(t, err)
+        s[at] = t
     np.copyto(acc, s, casting="same_kind")
 
 
