@@ -117,6 +117,10 @@ class RegistryClient:
         self.cache = cache or Cache()
         self._token = token
         self._origin = _origin(httpx.URL(self.url))
+        # Whether the registry takes a blob in one POST ?digest= with the body (ours does); a stock
+        # distribution registry answers 202 and opens a session instead, so after the first such
+        # answer every blob goes straight to POST + PUT (one request fewer, no body sent twice).
+        self._monolithic = True
         self.http = httpx.Client(timeout=timeout, transport=transport, follow_redirects=False, verify=_ssl_context(),
                                  limits=httpx.Limits(max_connections=workers + 4, max_keepalive_connections=workers + 4),
                                  headers={"User-Agent": f"paramdelta/{__version__}"})
@@ -211,10 +215,30 @@ class RegistryClient:
 
     def manifest_json(self, name: str, reference: str) -> Manifest:
         """A version's manifest.json alone: enough to pre-flight a base without downloading any blob."""
-        content, headers = self._get_small(f"manifest.json of {name}:{reference}", f"/api/v1/deltas/{name}/versions/{reference}/manifest")
+        try:
+            content, headers = self._get_small(f"manifest.json of {name}:{reference}",
+                                               f"/api/v1/deltas/{name}/versions/{reference}/manifest")
+        except RegistryError as exc:
+            if getattr(exc, "status", None) not in (404, 405):
+                raise
+            # A registry without the paramdelta API (a stock OCI one), or a version ours lacks:
+            # the OCI manifest names manifest.json as its config blob (a missing version fails there).
+            return self._manifest_json_from_config(name, reference)
         claimed = headers.get("docker-content-digest")
         if claimed and sha256_digest(content) != claimed:
             raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
+        return parse_manifest(content)
+
+    def _manifest_json_from_config(self, name: str, reference: str) -> Manifest:
+        """manifest.json as the config blob of the OCI manifest ``reference`` names, size and digest checked."""
+        digest, oci_bytes = self.resolve(name, reference)
+        config = parse_oci_manifest(oci_bytes).config
+        what = f"manifest.json of {name}:{reference}"
+        if config.size > MAX_MANIFEST_BYTES:
+            raise FormatError(f"{name}@{digest}: its manifest.json has {config.size:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
+        content, _ = self._get_small(what, f"/v2/{name}/blobs/{config.digest}")
+        if sha256_digest(content) != config.digest:
+            raise CorruptBlobError(f"{what} from {self.url} does not match its digest {config.digest}")
         return parse_manifest(content)
 
     def _get_small(self, what: str, path: str, headers: dict[str, str] | None = None) -> tuple[bytes, httpx.Headers]:
@@ -331,8 +355,7 @@ class RegistryClient:
             return False
         if size <= self.chunk_bytes:
             data = source.read_bytes()
-            self._call(f"upload blob {digest}", "POST", f"/v2/{name}/blobs/uploads/", ok=(201,),
-                       params={"digest": digest}, content=data, headers={"Content-Type": "application/octet-stream"})
+            self._retrying(f"upload blob {digest}", lambda: self._whole_attempt(name, digest, data))
             advance(size)
             return True
         sent = [0]
@@ -340,13 +363,29 @@ class RegistryClient:
         self.cache.set_upload(self.url, name, digest, None)
         return True
 
+    def _whole_attempt(self, name: str, digest: str, data: bytes) -> None:
+        """One try at uploading a small blob: monolithic POST where the registry takes it, else
+        POST (session) + PUT ?digest= with the bytes, as the OCI distribution spec allows either."""
+        what = f"upload blob {digest}"
+        body = {"content": data, "headers": {"Content-Type": "application/octet-stream"}}
+        if self._monolithic:
+            resp = self._check(self._send("POST", f"/v2/{name}/blobs/uploads/", params={"digest": digest}, **body),
+                               what, (201, 202))
+            if resp.status_code == 201:
+                return
+            self._monolithic = False  # 202: the body was ignored and a session opened; use it
+        else:
+            resp = self._check(self._send("POST", f"/v2/{name}/blobs/uploads/"), f"start upload of {digest}", (202,))
+        location = _upload_location(resp, what)
+        self._check(self._send("PUT", _with_digest(location, digest), **body), what, (201,))
+
     def _chunked_attempt(self, name: str, digest: str, size: int, source: Path, advance: Callable[[int], Any], sent: list[int]) -> None:
         """One try at a chunked upload: continue the recorded session from the registry's offset, or start one."""
         location = self.cache.get_upload(self.url, name, digest)
         offset = self._upload_offset(location) if location else None
         if offset is None:
             resp = self._check(self._send("POST", f"/v2/{name}/blobs/uploads/"), f"start upload of {digest}", (202,))
-            location, offset = str(resp.url.join(resp.headers["location"])), 0
+            location, offset = _upload_location(resp, f"start upload of {digest}"), 0
             self.cache.set_upload(self.url, name, digest, location)
         advance(offset - sent[0])
         sent[0] = offset
@@ -365,7 +404,7 @@ class RegistryClient:
                 offset += len(data)
                 advance(len(data))
                 sent[0] = offset
-        resp = self._send("PUT", location, params={"digest": digest})
+        resp = self._send("PUT", _with_digest(location, digest))
         self._check(resp, f"finish upload of {digest}", (201,))
 
     def _upload_offset(self, location: str) -> int | None:
@@ -592,7 +631,7 @@ def search(text: str | None = None, *, base: str | None = None, architecture: st
            registry: str | None = None, token: str | None = None) -> dict[str, Any]:
     """One page of deltas matching the filters: ``{"items": [...], "next_cursor": ...}``."""
     url, tok = _endpoint(None, registry, token)
-    with RegistryClient(url, tok) as client:
+    with RegistryClient(url, tok) as client, _paramdelta_api(url, "search"):
         return client.get_json("search", "/api/v1/deltas", {"q": text, "base": base, "architecture": architecture,
                                                              "namespace": namespace, "sort": sort, "limit": limit, "cursor": cursor})
 
@@ -604,8 +643,21 @@ def compatible(model: str | os.PathLike, *, registry: str | None = None, token: 
     m = open_model(model)
     shapes = architecture_key((t.name, t.shape) for t in m.tensors.values())
     url, tok = _endpoint(None, registry, token)
-    with RegistryClient(url, tok) as client:
+    with RegistryClient(url, tok) as client, _paramdelta_api(url, "search --compatible-with"):
         return client.get_json("compatible", "/api/v1/compatible", {"base_id": m.id, "shapes": shapes, "limit": limit})
+
+
+@contextlib.contextmanager
+def _paramdelta_api(url: str, verb: str) -> Iterator[None]:
+    """A 404 or 405 from /api/v1 means a registry without paramdelta's API (a stock OCI registry):
+    say so in one line instead of passing on the registry's bare "404 page not found"."""
+    try:
+        yield
+    except RegistryError as exc:
+        if getattr(exc, "status", None) not in (404, 405):
+            raise
+        raise RegistryError(f"{verb}: {registry_prefix(url)} has no paramdelta search API (/api/v1 answered "
+                            f"HTTP {exc.status}); it is a plain OCI registry: pull, push and apply work, search does not") from None  # type: ignore[attr-defined]
 
 
 def artifact_from_cache(cache: Cache, oci: Any, location: str) -> Artifact:
@@ -662,6 +714,20 @@ def _retry_after(resp: httpx.Response) -> float | None:
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _upload_location(resp: httpx.Response, what: str) -> str:
+    """The absolute URL of the upload session a 202 opened (the spec's Location, often relative)."""
+    location = resp.headers.get("location")
+    if not location:
+        raise RegistryError(f"{what}: the registry answered {resp.status_code} without a Location for the upload session")
+    return str(resp.url.join(location))
+
+
+def _with_digest(location: str, digest: str) -> str:
+    """The session URL with ``digest=`` added to its query: httpx's ``params=`` would replace the query,
+    dropping the session state a registry keeps there (distribution's ``_state``; without it: 404)."""
+    return str(httpx.URL(location).copy_merge_params({"digest": digest}))
 
 
 def _range_starts_at(resp: httpx.Response, offset: int) -> bool:

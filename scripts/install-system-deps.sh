@@ -9,10 +9,11 @@
 #   postgresql                             -> scratch PostgreSQL 15 (scripts/services/pg-up.sh)
 #   curl                                   -> s3-up.sh polls the gateway with it
 #   fuse3                                  -> libfuse 3 and fusermount3 for `paramdelta mount` (tests/test_mount.py)
+#   docker-registry                        -> a stock OCI distribution registry (tests/test_oci_distribution.py)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3)
+PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3 docker-registry)
 PG_BIN=/usr/lib/postgresql/15/bin
 
 # Root or sudo: CI and the dev machines run as root, but don't assume it blindly.
@@ -58,7 +59,7 @@ fi
 # Verify the binaries the service scripts call, so a broken install fails here
 # rather than as a confusing test error later.
 need=("$PG_BIN/initdb" "$PG_BIN/pg_ctl")
-for b in ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph chromium docker-compose curl; do
+for b in ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph chromium docker-compose curl docker-registry; do
     need+=("$(command -v "$b" || echo "$b")")
 done
 bad=0

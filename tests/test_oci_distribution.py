@@ -1,0 +1,93 @@
+"""paramdelta's client against a stock OCI distribution registry (Debian's ``docker-registry``), anonymously.
+
+Distribution ignores the body of a monolithic ``POST ?digest=`` and answers 202 with an upload
+session: push must fall back to POST + PUT (and chunked PATCH for big blobs), skip what is there
+without our ``blobs/_present`` extension, and pull/apply must work without our /api/v1.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import deltaformat
+from conftest import Artifacts
+from deltaformat import client
+from deltaformat.artifact import blob_path, open_artifact
+from support.distribution import distribution_registry
+from support.tiny_models import load_state
+
+REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
+
+
+@pytest.fixture
+def stock(tmp_path: Path) -> Iterator[str]:
+    """host:port of a fresh docker-registry, no auth configured (anonymous push allowed)."""
+    with distribution_registry(tmp_path / "distribution") as host:
+        yield host
+
+
+def _blob_count(artifact: Path) -> int:
+    return len(open_artifact(artifact).manifest.blob_digests()) + 1  # + manifest.json, the config blob
+
+
+def _largest_blob(artifact: Path) -> int:
+    art = open_artifact(artifact)
+    return max(blob_path(art.blob_dir, d).stat().st_size for d in art.manifest.blob_digests())
+
+
+def _pull_and_check(host: str, artifacts: Artifacts, out: Path) -> None:
+    """Pull into the test's fresh cache and prove base + Δ gives the post model back bit for bit."""
+    pulled = client.pull(f"{host}/{REF}", out)
+    assert pulled.artifact.manifest_bytes == open_artifact(artifacts.delta).manifest_bytes
+    report = deltaformat.verify(out, base=artifacts.base, quiet=True)
+    assert report.round_trip and report.blobs == _blob_count(artifacts.delta) - 1
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole-blobs", "chunked"])
+def test_push_pull_verify_against_stock_registry(stock: str, artifacts: Artifacts, tmp_path: Path, client_env: Path,
+                                                 chunked: bool):
+    # chunked: a chunk a third of the largest blob, so that blob goes in several PATCHes
+    chunk = max(1, _largest_blob(artifacts.delta) // 3) if chunked else client.CHUNK_BYTES
+    pushed = client.push(artifacts.delta, f"{stock}/{REF}", quiet=True, chunk_bytes=chunk)
+    assert (pushed.uploaded, pushed.skipped) == (_blob_count(artifacts.delta), 0)
+    assert pushed.reference == f"{stock}/{REF}"
+    _pull_and_check(stock, artifacts, tmp_path / "pulled")
+
+
+def test_repush_skips_blobs_already_there(stock: str, artifacts: Artifacts, client_env: Path):
+    first = client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    again = client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)  # distribution has no _present: HEADs
+    assert (again.uploaded, again.skipped, again.digest) == (0, _blob_count(artifacts.delta), first.digest)
+
+
+def _cli(env_cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PARAMDELTA_CACHE": str(env_cache), "PARAMDELTA_QUIET": "1"}
+    env.pop("PARAMDELTA_REGISTRY", None)
+    env.pop("PARAMDELTA_TOKEN", None)
+    return subprocess.run([sys.executable, "-m", "deltaformat.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_cli_apply_from_stock_registry_reproduces_post(stock: str, artifacts: Artifacts, tmp_path: Path, client_env: Path):
+    client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    # apply pre-flights the base from manifest.json before any blob: without /api/v1 it comes from the config blob
+    done = _cli(client_env, "apply", f"{stock}/{REF}", "--base", str(artifacts.base), "--out", str(tmp_path / "model"))
+    assert done.returncode == 0, done.stderr
+    assert "bit-exact" in done.stdout
+    applied, post = load_state(tmp_path / "model"), load_state(artifacts.post)
+    assert applied.keys() == post.keys()
+    assert all(applied[k].dtype == post[k].dtype and applied[k].equal(post[k]) for k in post)
+
+
+def test_cli_search_says_the_registry_has_no_search_api(stock: str, client_env: Path):
+    done = _cli(client_env, "search", "tiny", "--registry", f"http://{stock}")
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "no paramdelta search API" in lines[0] and stock in lines[0]
