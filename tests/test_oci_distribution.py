@@ -57,7 +57,18 @@ def test_push_pull_verify_against_stock_registry(stock: str, artifacts: Artifact
     pushed = client.push(artifacts.delta, f"{stock}/{REF}", quiet=True, chunk_bytes=chunk)
     assert (pushed.uploaded, pushed.skipped) == (_blob_count(artifacts.delta), 0)
     assert pushed.reference == f"{stock}/{REF}"
+    patches = (tmp_path / "distribution" / "registry.log").read_text().count('"PATCH /v2/acme/tiny-chat/blobs/uploads/')
+    assert (patches >= 3) == chunked  # the largest blob went in (at least) three PATCHes, and only when chunked
     _pull_and_check(stock, artifacts, tmp_path / "pulled")
+
+
+def test_monolithic_refusal_is_remembered_for_later_blobs(stock: str, artifacts: Artifacts, tmp_path: Path, client_env: Path):
+    client.push(artifacts.delta, f"{stock}/{REF}", quiet=True, workers=1)  # one at a time: no race for the first answer
+    access_log = (tmp_path / "distribution" / "registry.log").read_text()
+    monolithic = access_log.count('"POST /v2/acme/tiny-chat/blobs/uploads/?digest=')
+    sessions = access_log.count('"POST /v2/acme/tiny-chat/blobs/uploads/ HTTP')
+    # the first blob learns distribution answers 202 to a body; the others open a session right away
+    assert (monolithic, sessions) == (1, _blob_count(artifacts.delta) - 1)
 
 
 def test_repush_skips_blobs_already_there(stock: str, artifacts: Artifacts, client_env: Path):
