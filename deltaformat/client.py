@@ -3,7 +3,9 @@
     push   ask which blobs the registry has (one request; a HEAD per blob where the
            registry lacks that extension) and upload only the others (in parallel;
            big blobs in chunks, resumed from the registry's offset, even by a later
-           run), then PUT the OCI manifest under NS/NAME:VERSION.
+           run), then PUT the OCI manifest under NS/NAME:VERSION. Any OCI registry: where the
+           monolithic POST is answered 202 (distribution) small blobs go by POST + PUT, and
+           without blobs/_present it asks with a HEAD per blob.
     pull   resolve the tag to a digest once; then everything by digest: the OCI
            manifest, manifest.json, and the blobs the cache lacks, downloaded in
            parallel into the cache with ranged, resumable requests and checked
