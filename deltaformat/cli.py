@@ -112,6 +112,36 @@ def _pull(a: argparse.Namespace) -> int:
     return 0
 
 
+def _login(a: argparse.Namespace) -> int:
+    from deltaformat import credentials
+    from deltaformat.client import check_login
+
+    user = a.username or input("Username: ")
+    if a.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        from getpass import getpass
+
+        password = getpass()
+    if not user or not password:
+        raise ValueError("login: a username and a password are needed")
+    host = check_login(a.host, user, password)  # refused credentials are never stored
+    print(f"login succeeded for {host}; stored in {credentials.store(host, user, password)}")
+    return 0
+
+
+def _logout(a: argparse.Namespace) -> int:
+    from deltaformat import credentials
+    from deltaformat.oci import registry_url
+
+    host = registry_url(a.host).split("://", 1)[1].rstrip("/")
+    if not credentials.remove(host):
+        print(f"not logged in to {host}", file=sys.stderr)
+        return 0
+    print(f"removed the credentials for {host} from {credentials.config_path()}")
+    return 0
+
+
 def _search(a: argparse.Namespace) -> int:
     from deltaformat import client
 
@@ -283,6 +313,15 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--compatible-with", metavar="MODEL", help="versions that fit this model (its id, or its tensor shapes)")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=_search)
+
+    li = sub.add_parser("login", help="check and store credentials for an OCI registry (docker's config.json)")
+    li.add_argument("host", metavar="HOST[:PORT]")
+    li.add_argument("-u", "--username")
+    li.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    li.set_defaults(func=_login)
+    lo = sub.add_parser("logout", help="remove the stored credentials for an OCI registry")
+    lo.add_argument("host", metavar="HOST[:PORT]")
+    lo.set_defaults(func=_logout)
 
     from deltaformat.mount import add_verbs as add_mount_verbs  # mount, umount (issue #13)
 

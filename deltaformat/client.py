@@ -15,6 +15,9 @@ One httpx.Client per RegistryClient with explicit timeouts; one retry policy
 (``RegistryClient._retrying``: connection errors, 5xx and 429, with backoff and
 Retry-After) that every request goes through, streamed or not; redirects are
 followed by hand so the token is only ever sent to the registry's own origin.
+A registry that answers 401 with a ``Basic`` challenge gets the user and password stored for its
+host[:port] in docker's config.json (``deltaformat.credentials``, written by ``paramdelta login``),
+under the same origin rule; a bearer token, when given, is sent instead.
 
 Which registry: the reference's host (``host:port/ns/name:v``), else ``registry=``
 (--registry), else PARAMDELTA_REGISTRY. Which token: ``token=`` (--token), else
@@ -24,6 +27,7 @@ PARAMDELTA_TOKEN, but only toward PARAMDELTA_REGISTRY or a registry named by
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import functools
 import hashlib
@@ -33,6 +37,7 @@ import os
 import random
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -119,6 +124,12 @@ class RegistryClient:
         self.cache = cache or Cache()
         self._token = token
         self._origin = _origin(httpx.URL(self.url))
+        self.host = httpx.URL(self.url).netloc.decode()  # the key of the docker config's auths
+        # basic credentials: looked up on the registry's first Basic challenge, then sent with every request
+        self._basic: str | None = None
+        self._basic_tried = False
+        self._basic_error: RegistryError | None = None
+        self._basic_lock = threading.Lock()
         # Whether the registry takes a blob in one POST ?digest= with the body (ours does); a stock
         # distribution registry answers 202 and opens a session instead, so after the first such
         # answer every blob goes straight to POST + PUT (one request fewer, no body sent twice).
@@ -164,8 +175,11 @@ class RegistryClient:
         url = httpx.URL(self.url + path_or_url if path_or_url.startswith("/") else path_or_url)
         headers = dict(kw.pop("headers", None) or {})
         for _ in range(MAX_REDIRECTS + 1):
-            auth = {"Authorization": f"Bearer {self._token}"} if self._token and _origin(url) == self._origin else {}
-            resp = self.http.send(self.http.build_request(method, url, headers=headers | auth, **kw), stream=stream)
+            resp = self.http.send(self.http.build_request(method, url, headers=headers | self._auth(url), **kw), stream=stream)
+            if self._wants_basic(resp, url):  # once: from now on every request carries the credentials
+                resp.close()
+                resp = self.http.send(self.http.build_request(method, url, headers=headers | self._auth(url), **kw),
+                                      stream=stream)
             if resp.status_code not in REDIRECTS or "location" not in resp.headers:
                 return resp
             resp.close()
@@ -175,6 +189,37 @@ class RegistryClient:
                 method = "GET"
                 kw.pop("content", None)
         raise RegistryError(f"{method} {path_or_url}: more than {MAX_REDIRECTS} redirects")
+
+    def _auth(self, url: httpx.URL) -> dict[str, str]:
+        """The one place the Authorization header is chosen: only toward the registry's own origin,
+        never a redirect target; the bearer token when there is one, else basic credentials once a
+        ``Basic`` challenge asked for them."""
+        if _origin(url) != self._origin:
+            return {}
+        if self._token:
+            return {"Authorization": f"Bearer {self._token}"}
+        return {"Authorization": self._basic} if self._basic else {}
+
+    def _wants_basic(self, resp: httpx.Response, url: httpx.URL) -> bool:
+        """Whether ``resp`` is a first ``Basic`` challenge from the registry itself that stored
+        credentials can answer (they are then kept for this client's later requests)."""
+        if (resp.status_code != 401 or "authorization" in resp.request.headers or _origin(url) != self._origin
+                or not resp.headers.get("www-authenticate", "").lower().startswith("basic")):
+            return False
+        with self._basic_lock:  # parallel transfers: the file is read once
+            if not self._basic_tried:
+                from deltaformat.credentials import basic_credentials
+
+                self._basic_tried = True
+                try:
+                    found = basic_credentials(self.host)
+                except RegistryError as exc:  # kept: every parallel transfer then fails with this, not a bare 401
+                    self._basic_error = exc
+                    raise
+                self._basic = _basic_header(*found) if found else None
+        if self._basic_error is not None:
+            raise RegistryError(str(self._basic_error))
+        return self._basic is not None
 
     def _call(self, what: str, method: str, path: str, ok: tuple[int, ...] = (200,), **kw: Any) -> httpx.Response:
         """A whole (non-streamed) request with retries; an error answer raises RegistryError."""
@@ -197,10 +242,19 @@ class RegistryClient:
             code, message = f"HTTP {resp.status_code}", resp.text[:200] or resp.reason_phrase
         hint = ""
         if resp.status_code == 401:
-            hint = " (the token was refused)" if self._token else " (pass --token or set PARAMDELTA_TOKEN)"
+            hint = self._unauthorized_hint(resp)
         err = RegistryError(f"{what}: {code}: {message}{hint}")
         err.status, err.code = resp.status_code, code  # type: ignore[attr-defined]
         return err
+
+    def _unauthorized_hint(self, resp: httpx.Response) -> str:
+        if self._token:
+            return " (the token was refused)"
+        if self._basic:
+            return f" (the credentials for {self.host} were refused; run `paramdelta login {self.host}`)"
+        if resp.headers.get("www-authenticate", "").lower().startswith("basic"):
+            return f" ({self.host} needs a login: run `paramdelta login {self.host}`)"
+        return " (pass --token or set PARAMDELTA_TOKEN)"
 
     # -- reading -----------------------------------------------------------------------
 
@@ -697,6 +751,25 @@ def _endpoint(ref: Reference | None, registry: str | None, token: str | None) ->
         if _origin(httpx.URL(url)) in trusted:
             token = os.environ.get("PARAMDELTA_TOKEN") or None
     return url, token
+
+
+def _basic_header(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+def check_login(host: str, user: str, password: str) -> str:
+    """Check ``user:password`` against ``GET /v2/`` of ``host`` (``host[:port]`` or a URL); returns
+    the auths key (``host[:port]``). A refusal is a one-line RegistryError naming the host."""
+    url = registry_url(host)
+    with RegistryClient(url, retries=2) as rc:
+        rc._basic_tried = True  # these credentials, not the stored ones
+        rc._basic = _basic_header(user, password)
+        resp = rc._retrying(f"GET {rc.host}/v2/", lambda: rc._send("GET", "/v2/"))
+        resp.read()
+        if resp.status_code == 401:
+            raise RegistryError(f"{rc.host}: the credentials for {user} were refused (HTTP 401 from /v2/)")
+        rc._check(resp, f"GET {rc.host}/v2/", (200,))
+        return rc.host
 
 
 def _origin(url: httpx.URL) -> tuple[str, str, int | None]:

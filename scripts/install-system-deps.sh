@@ -10,10 +10,11 @@
 #   curl                                   -> s3-up.sh polls the gateway with it
 #   fuse3                                  -> libfuse 3 and fusermount3 for `paramdelta mount` (tests/test_mount.py)
 #   docker-registry                        -> a stock OCI distribution registry (tests/test_oci_distribution.py)
+#   apache2-utils                          -> htpasswd: bcrypt users for the htpasswd-protected docker-registry (tests/test_oci_credentials.py)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3 docker-registry)
+PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3 docker-registry apache2-utils)
 PG_BIN=/usr/lib/postgresql/15/bin
 
 # Root or sudo: CI and the dev machines run as root, but don't assume it blindly.

@@ -1,6 +1,6 @@
 """A real, stock OCI distribution registry (Debian's ``docker-registry``, distribution 2.8) on a
-loopback port: a temp config with no auth section (so anonymous push is allowed) and its own
-storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
+loopback port: a temp config with no auth section (so anonymous push is allowed), or with
+htpasswd auth for given users, and its own storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
 
 from __future__ import annotations
 
@@ -29,19 +29,30 @@ storage:
     enabled: true
 http:
   addr: 127.0.0.1:{port}
+{auth}"""
+
+# distribution's htpasswd auth: bcrypt entries only (htpasswd -B), a Basic challenge on 401
+HTPASSWD_AUTH = """\
+auth:
+  htpasswd:
+    realm: paramdelta-test
+    path: {path}
 """
+HTPASSWD = Path("/usr/bin/htpasswd")
 
 
 @contextlib.contextmanager
-def distribution_registry(folder: Path) -> Iterator[str]:
+def distribution_registry(folder: Path, users: dict[str, str] | None = None) -> Iterator[str]:
     """Run docker-registry with its config and storage under ``folder``; yields its host:port.
-    Fails (not skips) without the binary: CI installs it, and a skip would hide this whole file."""
+    ``users`` (name -> password) turns on htpasswd auth: every request then needs basic credentials.
+    Fails (not skips) without the binaries: CI installs them, and a skip would hide whole files."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: {INSTALL_HINT}")
     port = free_port()
     (folder / "storage").mkdir(parents=True, exist_ok=True)
+    auth = HTPASSWD_AUTH.format(path=_htpasswd_file(folder, users)) if users else ""
     config = folder / "config.yml"
-    config.write_text(CONFIG.format(root=folder / "storage", port=port))
+    config.write_text(CONFIG.format(root=folder / "storage", port=port, auth=auth))
     log_path = folder / "registry.log"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen([str(BINARY), "serve", str(config)], stdout=log, stderr=subprocess.STDOUT,
@@ -58,13 +69,24 @@ def distribution_registry(folder: Path) -> Iterator[str]:
             proc.wait()
 
 
+def _htpasswd_file(folder: Path, users: dict[str, str]) -> Path:
+    """A bcrypt htpasswd file made by apache2-utils' htpasswd (distribution accepts bcrypt only)."""
+    if not HTPASSWD.exists():
+        pytest.fail(f"{HTPASSWD} is missing: apt-get install -y apache2-utils (scripts/install-system-deps.sh installs it)")
+    lines = [subprocess.run([str(HTPASSWD), "-Bbn", user, password], check=True, capture_output=True, text=True).stdout.strip()
+             for user, password in users.items()]
+    path = folder / "htpasswd"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _wait_ready(proc: subprocess.Popen, port: int, log_path: Path) -> None:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"docker-registry exited:\n{log_path.read_text(errors='replace')[-3000:]}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/v2/", timeout=2).status_code in (200, 401):
                 return
         except httpx.TransportError:
             pass
