@@ -5,6 +5,7 @@ never leave the host they were stored for (issue #12, item 2)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.server
 import json
 import os
@@ -136,14 +137,21 @@ def test_credential_helper_is_refused_naming_it(locked: str, artifacts: Artifact
 
 
 class _Challenger(http.server.BaseHTTPRequestHandler):
-    """Answers every request 401 with a Basic challenge and records the Authorization headers it got."""
+    """Records the Authorization headers it gets; answers 401 with a Basic challenge, or, given the
+    right credentials and a ``redirect_to``, redirects there (as a registry redirects to a blob store)."""
 
     seen: list[str | None]
+    redirect_to: str | None = None
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        self.seen.append(self.headers.get("Authorization"))
-        self.send_response(401)
-        self.send_header("WWW-Authenticate", 'Basic realm="other"')
+        got = self.headers.get("Authorization")
+        self.seen.append(got)
+        if self.redirect_to and got == "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode():
+            self.send_response(307)
+            self.send_header("Location", f"http://{self.redirect_to}{self.path}")
+        else:
+            self.send_response(401)
+            self.send_header("WWW-Authenticate", 'Basic realm="other"')
         self.send_header("Content-Length", "0")
         self.end_headers()
 
@@ -153,10 +161,11 @@ class _Challenger(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def challenger() -> Iterator[tuple[str, list[str | None]]]:
+@contextlib.contextmanager
+def _challenger(redirect_to: str | None = None) -> Iterator[tuple[str, list[str | None]]]:
+    """(host:port, Authorization headers seen) of a tiny loopback server: a registry we do not run."""
     seen: list[str | None] = []
-    handler = type("Handler", (_Challenger,), {"seen": seen})
+    handler = type("Handler", (_Challenger,), {"seen": seen, "redirect_to": redirect_to})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -167,6 +176,12 @@ def challenger() -> Iterator[tuple[str, list[str | None]]]:
         server.server_close()
 
 
+@pytest.fixture
+def challenger() -> Iterator[tuple[str, list[str | None]]]:
+    with _challenger() as found:
+        yield found
+
+
 def test_credentials_are_sent_only_to_their_host(locked: str, docker_config: Path,
                                                  challenger: tuple[str, list[str | None]]):
     other, seen = challenger  # same address, another port: another registry as far as credentials go
@@ -174,3 +189,15 @@ def test_credentials_are_sent_only_to_their_host(locked: str, docker_config: Pat
     with pytest.raises(RegistryError, match=f"{other} needs a login"):
         client.fetch_manifest(f"{other}/{REF}")
     assert seen and seen == [None] * len(seen)  # asked for Basic, and still got nothing
+
+
+def test_credentials_are_not_sent_to_a_redirect_target(docker_config: Path, challenger: tuple[str, list[str | None]]):
+    target, seen_by_target = challenger
+    with _challenger(redirect_to=target) as (registry, seen_by_registry):
+        docker_config.parent.mkdir()
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        docker_config.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+        with pytest.raises(RegistryError, match="HTTP 401"):
+            client.fetch_manifest(f"{registry}/{REF}")
+    assert seen_by_registry[:2] == [None, f"Basic {auth}"]  # challenged, then answered with the stored entry
+    assert seen_by_target and seen_by_target == [None] * len(seen_by_target)  # the redirect went there bare
