@@ -116,6 +116,8 @@ def _login(a: argparse.Namespace) -> int:
     from deltaformat import credentials
     from deltaformat.client import check_login
 
+    if a.password_stdin and not a.username:  # stdin holds the password: the user cannot be asked for too
+        raise ValueError("login: --password-stdin needs --username")
     user = a.username or input("Username: ")
     if a.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
