@@ -115,7 +115,8 @@ class RegistryClient:
     def __init__(self, url: str, token: str | None = None, *, retries: int = 6, backoff: float = 0.5,
                  max_delay: float = 10.0, workers: int = TRANSFER_WORKERS, chunk_bytes: int = CHUNK_BYTES,
                  timeout: httpx.Timeout = TIMEOUT, transport: httpx.BaseTransport | None = None,
-                 cache: Cache | None = None, sleep: Callable[[float], None] = time.sleep):
+                 cache: Cache | None = None, sleep: Callable[[float], None] = time.sleep,
+                 basic: tuple[str, str] | None = None):
         if offline():
             raise OfflineError(f"PARAMDELTA_OFFLINE=1: not contacting {url}")
         self.url = url.rstrip("/")
@@ -125,9 +126,10 @@ class RegistryClient:
         self._token = token
         self._origin = _origin(httpx.URL(self.url))
         self.host = httpx.URL(self.url).netloc.decode()  # the key of the docker config's auths
-        # basic credentials: looked up on the registry's first Basic challenge, then sent with every request
-        self._basic: str | None = None
-        self._basic_tried = False
+        # basic credentials: ``basic`` (user, password) when given, else looked up on the registry's first
+        # Basic challenge; then sent with every request
+        self._basic: str | None = _basic_header(*basic) if basic else None
+        self._basic_tried = basic is not None
         self._basic_error: RegistryError | None = None
         self._basic_lock = threading.Lock()
         # Whether the registry takes a blob in one POST ?digest= with the body (ours does); a stock
@@ -290,8 +292,7 @@ class RegistryClient:
         digest, oci_bytes = self.resolve(name, reference)
         config = parse_oci_manifest(oci_bytes).config
         what = f"manifest.json of {name}:{reference}"
-        if config.size > MAX_MANIFEST_BYTES:
-            raise FormatError(f"{name}@{digest}: its manifest.json has {config.size:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
+        _check_config_size(name, digest, config)
         content, _ = self._get_small(what, f"/v2/{name}/blobs/{config.digest}")
         if sha256_digest(content) != config.digest:
             raise CorruptBlobError(f"{what} from {self.url} does not match its digest {config.digest}")
@@ -323,8 +324,7 @@ class RegistryClient:
         make the client download what the manifest does not describe.
         """
         oci = parse_oci_manifest(oci_bytes)
-        if oci.config.size > MAX_MANIFEST_BYTES:
-            raise FormatError(f"{name}@{digest}: its manifest.json has {oci.config.size:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
+        _check_config_size(name, digest, oci.config)
         self.cache.put_manifest(digest, oci_bytes)
         _check_space(self.cache.root, oci.config.size, f"pull {name}")
         self.download_blob(name, oci.config)
@@ -615,6 +615,12 @@ def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None =
     return art
 
 
+def _check_config_size(name: str, digest: str, config: Descriptor) -> None:
+    """Refuse, before downloading it, a manifest.json larger than a reader holds."""
+    if config.size > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{name}@{digest}: its manifest.json has {config.size:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
+
+
 def check_identity(manifest: Manifest, ref: Reference, url: str) -> None:
     """Refuse a manifest.json that is not the delta ``ref`` asked for.
 
@@ -761,9 +767,7 @@ def check_login(host: str, user: str, password: str) -> str:
     """Check ``user:password`` against ``GET /v2/`` of ``host`` (``host[:port]`` or a URL); returns
     the auths key (``host[:port]``). A refusal is a one-line RegistryError naming the host."""
     url = registry_url(host)
-    with RegistryClient(url, retries=2) as rc:
-        rc._basic_tried = True  # these credentials, not the stored ones
-        rc._basic = _basic_header(user, password)
+    with RegistryClient(url, retries=2, basic=(user, password)) as rc:  # these credentials, not the stored ones
         resp = rc._retrying(f"GET {rc.host}/v2/", lambda: rc._send("GET", "/v2/"))
         resp.read()
         if resp.status_code == 401:
