@@ -189,7 +189,7 @@ class Uploads:
                         headers={**range_headers(row.size), "Retry-After": str(wait)})
                 _lock_owner(s, row.owner_token_id)
                 _, held = _owner_usage(s, row.owner_token_id, excluding=upload_id)
-                sess.budget, sess.over_budget = self._budget(row, held, declared)
+                sess.budget, sess.over_budget = self._budget(row.size, held, declared, row.owner_token_id, f"upload {row.id}")
                 row.lease, row.lease_expires_at, row.reserved = lease, now + self.lease, sess.budget
                 row.expires_at = now + self.ttl
         if expired:
@@ -197,19 +197,21 @@ class Uploads:
             raise BlobUploadUnknown(f"upload {upload_id} expired; start a new one")
         return sess
 
-    def _budget(self, row: UploadSession, held: int, declared: int | None) -> tuple[int, Callable[[int], Exception]]:
-        """(bytes this request may add, the error past them); raises when even the announced length does not fit."""
-        blob_room = self.max_blob_bytes - row.size
-        quota_room = self.max_bytes - held - row.size
+    def _budget(self, size: int, held: int, declared: int | None, owner: int | None,
+                what: str) -> tuple[int, Callable[[int], Exception]]:
+        """(bytes a request may add to an upload ``what`` of ``owner``'s that has ``size`` bytes while the token's
+        other uploads hold ``held``, the error past them); raises when even the announced length does not fit."""
+        blob_room = self.max_blob_bytes - size
+        quota_room = self.max_bytes - held - size
         too_large = TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes (PARAMDELTA_MAX_BLOB_BYTES)")
-        if row.size + (declared or 0) > self.max_blob_bytes:
+        if size + (declared or 0) > self.max_blob_bytes:
             raise too_large
-        if row.size + (declared or 0) > self.max_bytes:  # this upload alone: waiting would not help
-            raise TooLarge(f"upload {row.id} would hold {row.size + (declared or 0)} bytes, over the {self.max_bytes} "
+        if size + (declared or 0) > self.max_bytes:  # this upload alone: waiting would not help
+            raise TooLarge(f"{what} would hold {size + (declared or 0)} bytes, over the {self.max_bytes} "
                            "a token's uploads may hold (PARAMDELTA_UPLOAD_MAX_BYTES)")
         over_quota = TooManyRequests(
-            f"token #{row.owner_token_id}'s other open uploads hold {held} bytes; PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes} "
-            f"leaves room for {max(quota_room, 0)} more in upload {row.id}; finish or cancel some, or wait")
+            f"token #{owner}'s other open uploads hold {held} bytes; PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes} "
+            f"leaves room for {max(quota_room, 0)} more in {what}; finish or cancel some, or wait")
         if declared is None:  # a body of unknown length may take all the room there is, so it reserves it all
             budget = min(blob_room, quota_room)
             if budget <= 0:
@@ -218,7 +220,7 @@ class Uploads:
             raise over_quota
         else:
             budget = declared
-        return budget, (lambda received: too_large if row.size + received > self.max_blob_bytes else over_quota)
+        return budget, (lambda received: too_large if size + received > self.max_blob_bytes else over_quota)
 
     def _renew(self, sess: _Session) -> None:
         """Extend this request's lease while its body keeps arriving; refused when another request took it."""
@@ -338,7 +340,7 @@ class Uploads:
         (the caller's authorization) runs first, in the worker thread that opens the upload.
         """
 
-        held: list[tuple[int | None, int]] = []
+        held: list[tuple[int | None, int, Callable[[int], Exception]]] = []
 
         def open_() -> BlobWriter:
             who = before() if before is not None else None
@@ -349,32 +351,27 @@ class Uploads:
 
         try:
             put = await to_thread.run_sync(open_)
-            return await self._receive_whole(name, digest, body, put, held[0][1])
+            _, budget, over = held[0]
+            return await self._receive_whole(name, digest, body, put, budget, over)
         finally:
             if held:
-                self._end_whole(*held[0])
+                owner, budget, _ = held[0]
+                self._end_whole(owner, budget)
 
-    def _begin_whole(self, owner: int | None, declared: int | None) -> tuple[int | None, int]:
-        """Count a whole-blob upload of ``owner``'s and reserve the bytes it may bring (``declared``, or all
-        the room left when unknown), within the same quotas as sessions: 429 past them, 413 for one
-        upload larger than the whole byte quota. Returns (owner, bytes reserved)."""
+    def _begin_whole(self, owner: int | None, declared: int | None) -> tuple[int | None, int, Callable[[int], Exception]]:
+        """Count a whole-blob upload of ``owner``'s and reserve the bytes it may bring, under the same rules as a
+        session's request (``_budget``; the whole-blob uploads in progress in this process are its "held").
+        Returns (owner, bytes reserved, the error past them)."""
         with self._whole_lock:
-            count, room = self._whole[owner], self.max_bytes - self._whole_bytes[owner]
+            count = self._whole[owner]
             if count >= self.max_sessions:
                 raise TooManyRequests(
                     f"token #{owner} has {count} whole-blob uploads in progress, the most "
                     f"PARAMDELTA_UPLOAD_MAX_SESSIONS={self.max_sessions} allows; wait for one to end")
-            if declared is not None and declared > self.max_bytes:
-                raise TooLarge(f"a blob of {declared} bytes is more than one token may upload at once "
-                               f"(PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes})")
-            want = room if declared is None else declared
-            if want > room or room <= 0:
-                raise TooManyRequests(
-                    f"token #{owner} has {self._whole_bytes[owner]} bytes of whole-blob uploads in progress; "
-                    f"PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes} leaves no room for {want} more")
+            budget, over = self._budget(0, self._whole_bytes[owner], declared, owner, "this whole-blob upload")
             self._whole[owner] += 1
-            self._whole_bytes[owner] += want
-        return owner, want
+            self._whole_bytes[owner] += budget
+        return owner, budget, over
 
     def _end_whole(self, owner: int | None, reserved: int) -> None:
         with self._whole_lock:
@@ -383,7 +380,8 @@ class Uploads:
             if not self._whole[owner]:
                 del self._whole[owner], self._whole_bytes[owner]
 
-    async def _receive_whole(self, name: str, digest: str, body: AsyncIterator[bytes], put: BlobWriter, reserved: int) -> str:
+    async def _receive_whole(self, name: str, digest: str, body: AsyncIterator[bytes], put: BlobWriter,
+                             budget: int, over: Callable[[int], Exception]) -> str:
         """The bytes of a whole-blob upload, hashed as they arrive, verified, then recorded in one transaction."""
         sha = hashlib.sha256()
 
@@ -404,12 +402,8 @@ class Uploads:
                 put.commit(digest)
                 record_blob(s, name, digest, size)  # linked, and its GC grace period starts over
 
-        too_large = TooLarge(f"blob exceeds the registry's limit of {self.max_blob_bytes} bytes (PARAMDELTA_MAX_BLOB_BYTES)")
-        over_quota = TooManyRequests(f"the upload went past the {reserved} bytes its token had room for "
-                                     f"(PARAMDELTA_UPLOAD_MAX_BYTES={self.max_bytes})")
         try:
-            size, last = await self._pump(body, min(self.max_blob_bytes, reserved),
-                                          lambda _: too_large if reserved >= self.max_blob_bytes else over_quota, sink)
+            size, last = await self._pump(body, budget, over, sink)
             await to_thread.run_sync(finish, last, size)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
