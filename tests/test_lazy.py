@@ -272,7 +272,7 @@ def test_model_folder_serves_apply_output_bytes_at_any_range(artifacts, tmp_path
     config, carried files, paramdelta.json), whole and at random ranges, with a cache of two chunks' worth."""
     import random
 
-    from deltaformat.lazy import ModelFolder
+    from deltaformat.folder import ModelFolder
 
     base = getattr(artifacts, on)
     deltaformat.apply([artifacts.delta], base, tmp_path / "out", shard_size="40KB", quiet=True)
