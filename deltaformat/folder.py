@@ -7,7 +7,8 @@ by chunk, as apply computes them; headers, index and carried files from the plan
 Chunks are computed on a fixed set of worker threads (one per core), never on the threads
 that serve reads: readers' requests go first, and in between the workers compute ahead in
 file order, whatever order the reader asks in (from_pretrained reads tensors out of file
-order, from several threads). Computing ahead starts when a shard is opened, stays within
+order, from several threads). Computing ahead starts when a shard is opened (the first
+shard: when any file is), stays within
 ``cache_bytes`` of chunks nobody has read yet, and within ``cache_bytes`` of the furthest
 byte a reader asked for; each chunk is computed ahead at most once per mount.
 
@@ -248,8 +249,10 @@ class ModelFolder:
         return len(entry)
 
     def open(self, rel: str) -> None:
-        """A reader opened ``rel``: a shard's chunks start being computed ahead."""
-        ahead = self._ahead.get(rel)
+        """A reader opened ``rel``: that shard's chunks start being computed ahead; any other file
+        starts the first shard's, as a reader of a model folder (from_pretrained, vLLM) reads
+        config.json and the index, builds the model, and only then opens the shards."""
+        ahead = self._ahead.get(rel) or (next(iter(self._ahead.values()), None) if rel not in self._ahead else None)
         if ahead is not None and not ahead.active:
             with self._cond:
                 ahead.active = True

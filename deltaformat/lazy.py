@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from deltaformat.apply import _base_chunk_hash, _chunk, _OutTensor, _probe_other_base, _Proof, output_config, prepare
+from deltaformat._parallel import scratch
+from deltaformat.arith import combine
 from deltaformat.artifact import Artifact
 from deltaformat.digests import chunk_hash
 from deltaformat.dtypes import uint_dtype
@@ -134,31 +136,32 @@ class LazyModel(Mapping):
 
     # -- computing one tensor --------------------------------------------------------
     def _compute(self, t: _OutTensor) -> np.ndarray:
-        """All elements of ``t`` as raw bits, chunk by chunk into one array (the tensor plus a chunk)."""
+        """All elements of ``t`` as raw bits, each chunk computed in its place in one array where
+        it can be (see ``_chunk_into``): the tensor plus the chunk's decoding, not plus a chunk."""
         bits = np.empty(t.numel, dtype=uint_dtype(t.dtype))
-        ranges = chunk_ranges(t.numel)
-
-        def put(index: int, piece: np.ndarray) -> None:
-            start, count = ranges[index]
-            bits[start : start + count] = piece
-
         if self.needs_proof(t.name):
-            self.prove(t.name, put)
+            self.prove(t.name, into=bits)
         else:
-            for index in range(len(ranges)):
-                put(index, self.chunk_bits(t.name, index))
+            for index in range(len(chunk_ranges(t.numel))):
+                self.chunk_bits(t.name, index, into=bits)
         return bits
 
-    def chunk_bits(self, name: str, index: int) -> np.ndarray:
+    def chunk_bits(self, name: str, index: int, into: np.ndarray | None = None) -> np.ndarray:
         """Chunk ``index`` (of CHUNK_ELEMENTS elements) of tensor ``name``, as raw bits; not proven
-        here: a caller serving chunks calls ``prove`` first where ``needs_proof`` says so."""
+        here: a caller serving chunks calls ``prove`` first where ``needs_proof`` says so.
+        ``into``: the whole tensor's array, where the chunk is written (and a view of it returned)."""
         if self._closed:
             raise ValueError(f"tensor {name!r}: the lazy model was closed")
         if name in self._failed:  # apply's check failed on it: none of its bytes are handed out
             raise VerificationError(_differs(name))
         t = self._plan[name]
         start, count = chunk_ranges(t.numel)[index]
-        return _chunk(t, start, count, self._device)[1]
+        if into is None:
+            return _chunk(t, start, count, self._device)[1]
+        place = into[start : start + count]
+        if self._device != "cpu" or not _chunk_into(t, start, count, place):
+            place[...] = _chunk(t, start, count, self._device)[1]
+        return place
 
     def needs_proof(self, name: str) -> bool:
         """Whether apply would check tensor ``name`` against the post model and that has not run yet."""
@@ -166,13 +169,14 @@ class LazyModel(Mapping):
         return (t.expect is not None and name not in self._settled
                 and (not self._other_base or name in self._known_original))
 
-    def prove(self, name: str, on_chunk: Callable[[int, np.ndarray], None] | None = None) -> None:
-        """Compute every chunk of ``name`` (handed to ``on_chunk``), hashing them: apply's check.
-        Raises VerificationError where the output differs from the post model on the original base."""
+    def prove(self, name: str, on_chunk: Callable[[int, np.ndarray], None] | None = None, into: np.ndarray | None = None) -> None:
+        """Compute every chunk of ``name`` (handed to ``on_chunk``; written into ``into`` when given),
+        hashing them: apply's check. Raises VerificationError where the output differs from the
+        post model on the original base."""
         t = self._plan[name]
         hashes = []
         for index in range(len(chunk_ranges(t.numel))):
-            piece = self.chunk_bits(name, index)
+            piece = self.chunk_bits(name, index, into)
             hashes.append(chunk_hash(piece))
             if on_chunk is not None:
                 on_chunk(index, piece)
@@ -204,6 +208,30 @@ class LazyModel(Mapping):
 
         signed = bits.view(np.dtype(f"i{bits.dtype.itemsize}")) if bits.dtype.itemsize > 1 else bits
         return torch.from_numpy(signed).view(_torch_dtypes()[t.dtype]).reshape(t.shape)
+
+
+def _chunk_into(t: _OutTensor, start: int, count: int, place: np.ndarray) -> bool:
+    """Output elements [start, start+count) of ``t`` written into ``place`` (CPU), as apply's
+    ``_chunk`` computes them; False, nothing written, outside the usual case it covers.
+
+    The usual case: the base covers the chunk, every Δ is one stored chunk aligned with it,
+    no patch. Then the base's bits are read straight into ``place`` (when its elements are
+    as wide as the output's) and the sum is written over them, block by block: no
+    chunk-sized result array and no chunk-sized base buffer besides the tensor itself.
+    """
+    if t.base is None or not t.terms or t.patch is not None or min(t.base.numel, t.numel) - start < count:
+        return False
+    streams = [term.entry.delta for term in t.terms]
+    if any(start % s.chunk_elements or count != min(s.chunk_elements, s.numel - start) for s in streams):
+        return False
+    deltas = [(term.alpha, term.artifact.decode_chunk(s, start // s.chunk_elements, f"tensor {term.entry.name!r}"))
+              for term, s in zip(t.terms, streams)]
+    if t.base.itemsize == place.itemsize:
+        base_bits = t.base.read(start, count, place.view(uint_dtype(t.base.dtype)))
+    else:
+        base_bits = t.base.read(start, count, scratch("base", count * t.base.itemsize).view(uint_dtype(t.base.dtype)))
+    combine(base_bits, t.base.dtype, deltas, t.dtype, "cpu", out=place)
+    return True
 
 
 def _differs(name: str) -> str:
