@@ -261,13 +261,18 @@ class ModelFolder:
     def read(self, rel: str, offset: int, size: int, reader: bool = True) -> bytes:
         """Bytes [offset, offset+size) of ``rel``. ``reader`` False: a read this process caused
         (filling the page cache), which does not move where computing ahead may go."""
+        parts = self.read_parts(rel, offset, size, reader)
+        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+
+    def read_parts(self, rel: str, offset: int, size: int, reader: bool = True) -> list[bytes | memoryview]:
+        """``read``'s bytes as the pieces that hold them (views of cached chunks: no copy yet)."""
         entry = self.files[rel]
         if isinstance(entry, ShardPlan):
             if reader:
                 self._reached(rel, min(offset + size, entry.size))
             return self._read_shard(entry, offset, size)
         data = self._provenance() if entry is None else entry
-        return data[offset : offset + size]
+        return [data[offset : offset + size]]
 
     def _reached(self, rel: str, end: int) -> None:
         ahead = self._ahead[rel]
@@ -276,9 +281,9 @@ class ModelFolder:
                 ahead.high_water = max(ahead.high_water, end)
                 self._cond.notify_all()
 
-    def _read_shard(self, shard: ShardPlan, offset: int, size: int) -> bytes:
+    def _read_shard(self, shard: ShardPlan, offset: int, size: int) -> list[bytes | memoryview]:
         """Bytes [offset, offset+size) of a shard: its header, then slices of computed chunks
-        (views, copied once into the answer; the tensors found by bisection, not a scan)."""
+        (views, to be copied once into the answer; the tensors found by bisection, not a scan)."""
         end = min(shard.size, offset + size)
         parts: list[bytes | memoryview] = [shard.head[offset:end]] if offset < len(shard.head) else []
         spans = self._spans[shard.name]
@@ -288,7 +293,7 @@ class ModelFolder:
                 break
             if span.end > offset and span.end > span.start:
                 parts += self._tensor_bytes(span, max(offset, span.start) - span.start, min(end, span.end) - span.start)
-        return bytes(parts[0]) if len(parts) == 1 else b"".join(parts)
+        return parts or [b""]
 
     def _tensor_bytes(self, span: _Span, lo: int, hi: int) -> list[memoryview]:
         """Bytes [lo, hi) of one tensor, as views of the chunks that hold them."""

@@ -26,6 +26,7 @@ whether the output is exact is still open) computes the whole model once.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import queue
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 
 DEFAULT_CACHE = "512MiB"
 MAX_THREADS = 16  # FUSE request threads (concurrent readers); they copy out of the cache, the folder's workers compute
+FOREVER_S = 86400.0  # how long the kernel may keep names and attributes: the folder never changes while mounted
 BUSY_WAIT_S = 5.0  # how long `umount` retries a mount that is busy
 APPLY_HINT = "use `paramdelta apply --out DIR` to write the model instead"
 
@@ -89,7 +91,9 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
     class ReadOnlyModel(fuse.Operations):
         use_ns = True
 
-        def init(self, path):
+        def init_with_config(self, conn, config):
+            if config is not None:  # libfuse 3: nothing changes while mounted, so the kernel need not ask again
+                config.attr_timeout = config.entry_timeout = config.negative_timeout = FOREVER_S
             on_ready()
 
         def getattr(self, path, fh=None):
@@ -117,7 +121,11 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
             return 0
 
         def read(self, path, size, offset, fh):
-            return served(folder.read, path.lstrip("/"), offset, size, not by_us())
+            parts = served(folder.read_parts, path.lstrip("/"), offset, size, not by_us())
+            if len(parts) == 1 and isinstance(parts[0], memoryview) and not parts[0].readonly:
+                # A slice of one cached chunk: mfusepy copies it into libfuse's buffer straight from the chunk.
+                return (ctypes.c_char * len(parts[0])).from_buffer(parts[0])
+            return parts[0] if len(parts) == 1 else b"".join(parts)
 
         def statfs(self, path):
             blocks = sum(s.size for s in folder.shards) // 4096
@@ -259,7 +267,6 @@ def _reuse_big_buffers() -> None:
     folder's few workers bounds what their heaps keep: about 50 MiB more at the peak than
     with 1 MiB, for a 128 MiB cache.
     """
-    import ctypes
     import ctypes.util
 
     name = ctypes.util.find_library("c")
