@@ -70,6 +70,7 @@ class ApplyResult:
     parameters: int
     verified_exact: bool
     config_changes: dict[str, tuple] = field(default_factory=dict)
+    lossy: list[dict] = field(default_factory=list)  # lossy: each lossy delta's preset and recorded errors
 
 
 def open_any(ref: str | os.PathLike | Artifact, *, quiet: bool = False) -> Artifact:
@@ -116,7 +117,7 @@ def apply(
             writer.abort()
         changes = _write_side_files(tmp, arts, model, plan)
         _write_provenance(tmp, arts, alphas, model, verified, _record_files(tmp, writer.digests))
-    return ApplyResult(Path(out), len(plan), total, verified, changes)
+    return ApplyResult(Path(out), len(plan), total, verified, changes, [lossy_record(a) for a in arts if a.manifest.is_lossy])
 
 
 def prepare(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os.PathLike, alphas: Sequence[float] | None,
@@ -189,7 +190,7 @@ def plan_outputs(arts: list[Artifact], alphas: list[float], model: ModelSource) 
         for e in art.manifest.tensors:
             by_name.setdefault(e.name, []).append(_Term(art, alpha, e))
     order = list(model.tensors) + [n for n in by_name if n not in model.tensors]
-    single_exact = len(arts) == 1 and alphas[0] == 1.0
+    single_exact = len(arts) == 1 and alphas[0] == 1.0 and not arts[0].manifest.is_lossy  # lossy: nothing to prove
     plan = []
     for name in order:
         terms = by_name[name]
@@ -512,7 +513,7 @@ def _write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pl
     if config:
         (folder / "config.json").write_text(config_text(config))
     for f in m.files:
-        data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+        data = first.read_carried(f)  # lossy: v2 carried files are compressed
         check_carried_content(f.path, data)
         (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
         _create(folder / f.path, data)
@@ -581,6 +582,11 @@ def _write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], m
     _create(folder / PROVENANCE_FILE, provenance_bytes(arts, alphas, model, verified, files))
 
 
+def lossy_record(art: Artifact) -> dict:
+    """A lossy delta's preset and its recorded errors against the exact Δ (what apply reports instead of exactness)."""
+    return {"preset": art.manifest.lossy_preset, **(art.manifest.lossy_errors() or {})}
+
+
 def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSource, verified: bool,
                      files: dict[str, dict]) -> bytes:
     """paramdelta.json's bytes (``files``: relative path -> sha256 and size, in the folder's sorted order)."""
@@ -589,7 +595,7 @@ def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSour
         "base": {"id": model.id, "source": model.source, "revision": model.revision, "commit": model.commit},
         "deltas": [
             {"location": a.location, "manifest_digest": a.digest, "name": a.manifest.name, "version": a.manifest.version,
-             "source": a.source, "alpha": al}
+             "source": a.source, "alpha": al, **({"lossy": lossy_record(a)} if a.manifest.is_lossy else {})}
             for a, al in zip(arts, alphas)
         ],
         "verified_exact": verified,

@@ -25,6 +25,8 @@ class VerifyReport:
     blobs: int
     stored_bytes: int
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
+    lossy: dict | None = None  # lossy: preset and recorded errors against the exact Δ (never a round-trip claim)
+    base_is_original: bool = False  # lossy: --base was given and its tensors are the extraction base's
 
 
 def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | None = None, quiet: bool = False, workers: int | None = None) -> VerifyReport:
@@ -43,15 +45,17 @@ def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | 
             hashes[id(s)].append(h)
             bar.update(n)
     for name, s in streams:
-        if tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
+        if s.digest is not None and tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
             raise CorruptBlobError(f"tensor {name!r}: decoded stream does not match its recorded digest")
     for e in m.tensors:
         if e.patch is not None:
             data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
             decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
     for f in m.files:
-        check_carried_content(f.path, art.read_blob(f.digest, f.size, f"file {f.path!r}"))
+        check_carried_content(f.path, art.read_carried(f))  # lossy: v2 carried files are compressed
     round_trip = False
+    if m.is_lossy:  # lossy: report the recorded error; a lossy Δ never reproduces the post model bit for bit
+        return _verify_lossy(art, base, workers)
     if base is not None:
         model = open_model(base)
         preflight(m, model, art.location)
@@ -59,6 +63,31 @@ def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | 
             raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}, {m.base.fingerprint}); the round trip cannot be proven on it")
         round_trip = True
     return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), round_trip)
+
+
+def _verify_lossy(art: Artifact, base: str | os.PathLike | None, workers: int | None) -> VerifyReport:
+    """A lossy artifact checked intact (done by the caller); with ``base``, checked to be its original base."""
+    from deltaformat.apply import lossy_record
+
+    m = art.manifest
+    original = False
+    if base is not None:
+        model = open_model(base)
+        preflight(m, model, art.location)
+        sides = [(e, model.tensors[e.name]) for e in m.tensors if e.base is not None and e.name in model.tensors]
+        digests = ordered_map(lambda job: (job[0], _tensor_digest(job[1])), sides, workers)
+        wrong = [e.name for e, d in digests if d != e.base.digest]
+        if wrong:
+            raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}): "
+                                    f"tensor {wrong[0]!r} differs ({len(wrong)} tensor(s) in all)")
+        original = True
+    return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), False, lossy_record(art), original)
+
+
+def _tensor_digest(ref) -> str:
+    from deltaformat.extract import chunk_ranges
+
+    return tensor_digest([chunk_hash(ref.read(s, c)) for s, c in chunk_ranges(ref.numel)])
 
 
 def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
@@ -78,6 +107,7 @@ def inspect(artifact: str | os.PathLike | Artifact) -> dict[str, Any]:
         "format_version": m.format_version, "created_at": m.created_at.isoformat(), "tool": m.tool.model_dump(),
         "base": m.base.model_dump(mode="json"), "post": m.post.model_dump(mode="json"),
         "codec": m.codec.model_dump(), **m.summary(),
+        "lossy_tensors": {e.name: e.delta.lossy.model_dump() for e in m.tensors if e.delta is not None and e.delta.lossy is not None},
     }
 
 

@@ -8,12 +8,18 @@ Adding a codec is adding a module here and one line in ``_REGISTRY``.
 
 from __future__ import annotations
 
-from deltaformat.codec.base import Codec
+from deltaformat.codec.base import Codec, LossyCodec
+from deltaformat.codec.bf16 import Bf16RankZstd
 from deltaformat.codec.bytegroup import BytegroupZstd
+from deltaformat.codec.lowrank import LowRankBf16
+from deltaformat.codec.qgroup import QGroupZstd
 from deltaformat.codec.rankzstd import RankZstd
+from deltaformat.codec.sign import SignZstd
 from deltaformat.errors import FormatError
 
-_REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(), RankZstd())}
+# Lossy codecs (format v2) decode to fp32 Δ bits like the exact ones, so apply's chunk
+# engine dispatches on the id alone; their ``lossy`` flag is what marks a stream inexact.
+_REGISTRY: dict[str, Codec] = {c.id: c for c in (BytegroupZstd(), RankZstd(), Bf16RankZstd(), QGroupZstd(), SignZstd(), LowRankBf16())}
 
 DEFAULT_DELTA_CODEC = RankZstd.id
 DEFAULT_VALUES_CODEC = BytegroupZstd.id
@@ -39,4 +45,12 @@ def codec_ids() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["Codec", "get_codec", "register_codec", "codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
+def get_lossy_codec(codec_id: str) -> LossyCodec:
+    """The lossy codec ``codec_id``; an exact or unknown one is an error naming it."""
+    codec = get_codec(codec_id)
+    if not isinstance(codec, LossyCodec):
+        raise FormatError(f"codec {codec_id!r} is exact, not a lossy codec")
+    return codec
+
+
+__all__ = ["Codec", "LossyCodec", "get_lossy_codec", "get_codec", "register_codec", "codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
