@@ -42,7 +42,13 @@ def register_codec(codec: Codec) -> None:
 
 
 def codec_ids() -> list[str]:
-    return sorted(_REGISTRY)
+    """The exact codecs' ids: their decode gives back the encoded bits (spec §5.1-5.2)."""
+    return sorted(k for k, c in _REGISTRY.items() if not c.lossy)
+
+
+def lossy_codec_ids() -> list[str]:
+    """The lossy codecs' ids (format v2, spec §5.3): decode approximates the Δ that was encoded."""
+    return sorted(k for k, c in _REGISTRY.items() if c.lossy)
 
 
 def get_lossy_codec(codec_id: str) -> LossyCodec:
@@ -53,4 +59,4 @@ def get_lossy_codec(codec_id: str) -> LossyCodec:
     return codec
 
 
-__all__ = ["Codec", "LossyCodec", "get_lossy_codec", "get_codec", "register_codec", "codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
+__all__ = ["Codec", "LossyCodec", "get_lossy_codec", "get_codec", "register_codec", "codec_ids", "lossy_codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
