@@ -147,13 +147,13 @@ def decode_bf16_rank(blob: bytes, n: int, width: int) -> np.ndarray:
 
 def decode_qgroup(blob: bytes, n: int, width: int) -> np.ndarray:
     """qgroup-zstd-v1, spec §5.3.2."""
-    bits, group, first = struct.unpack_from("<BII", blob, 0)
-    assert bits in (2, 4, 8) and 1 <= first <= group <= 1 << 22
+    bits, count, group, first = struct.unpack_from("<BIII", blob, 0)
+    assert bits in (2, 4, 8) and count == n and 1 <= first <= group <= 1 << 22
     if n == 0:
-        assert len(blob) == 9
+        assert len(blob) == 13
         return np.empty(0, np.uint32)
     n_groups = 1 + (-(-(n - first) // group) if n > first else 0)
-    scales, pos = zstd_stream(blob, 9, 2 * n_groups)
+    scales, pos = zstd_stream(blob, 13, 2 * n_groups)
     packed, pos = zstd_stream(blob, pos, -(-n * bits // 8))
     assert pos == len(blob)
     codes = np.unpackbits(np.frombuffer(packed, np.uint8), bitorder="little").reshape(-1, bits)
@@ -165,12 +165,13 @@ def decode_qgroup(blob: bytes, n: int, width: int) -> np.ndarray:
 
 def decode_sign(blob: bytes, n: int, width: int) -> np.ndarray:
     """sign-zstd-v1, spec §5.3.3."""
-    group, first = struct.unpack_from("<II", blob, 0)
+    count, group, first = struct.unpack_from("<III", blob, 0)
+    assert count == n and 1 <= first <= group <= 1 << 22
     if n == 0:
-        assert len(blob) == 8
+        assert len(blob) == 12
         return np.empty(0, np.uint32)
     n_groups = 1 + (-(-(n - first) // group) if n > first else 0)
-    scales, pos = zstd_stream(blob, 8, 2 * n_groups)
+    scales, pos = zstd_stream(blob, 12, 2 * n_groups)
     signs, pos = zstd_stream(blob, pos, -(-n // 8))
     assert pos == len(blob)
     neg = np.unpackbits(np.frombuffer(signs, np.uint8), bitorder="little")
@@ -181,13 +182,13 @@ def decode_sign(blob: bytes, n: int, width: int) -> np.ndarray:
 
 def decode_lowrank(blob: bytes, n: int, width: int) -> np.ndarray:
     """lowrank-bf16-v1, spec §5.3.4."""
-    cols, lead, rank = struct.unpack_from("<IIH", blob, 0)
+    count, cols, lead, rank = struct.unpack_from("<IIIH", blob, 0)
     rows = -(-(lead + n) // cols)
-    assert lead < cols and rank <= min(rows, cols)
+    assert count == n and lead < cols and rank <= min(rows, cols)
     if rank == 0:
-        assert len(blob) == 10
+        assert len(blob) == 14
         return np.zeros(n, np.uint32)
-    left, pos = zstd_stream(blob, 10, 2 * rows * rank)
+    left, pos = zstd_stream(blob, 14, 2 * rows * rank)
     right, pos = zstd_stream(blob, pos, 2 * rank * cols)
     assert pos == len(blob)
     full = bf16_f32(left).reshape(rows, rank).astype(np.float64) @ bf16_f32(right).reshape(rank, cols).astype(np.float64)

@@ -73,6 +73,13 @@ def first_group(lead: int, group: int) -> int:
     return group - lead % group
 
 
+def check_count(r: _Reader, numel: int) -> None:
+    """u32 N, the blob's element count, which must be the manifest's (a chunk's count is < 2^32)."""
+    count = r.u32("element count")
+    if count != numel:
+        r.fail(f"blob holds {count} elements, manifest says {numel}")
+
+
 def read_group_layout(r: _Reader) -> tuple[int, int]:
     """u32 group size G then u32 first-group length F, checked: 1 <= F <= G <= 2^22."""
     group, first = r.u32("group size"), r.u32("first group size")

@@ -7,7 +7,7 @@ an embedding a fine-tune never touched) the untouched rows cost nothing. The chu
 laid out as whole rows of its tensor (C columns, its first element at column L), so
 blocks of rows are approximated independently and decoded chunk-parallel. Spec §5.3.4:
 
-    u32 C (1 … 2^22) | u32 L (< C) | u16 R | if R > 0: zstd stream: U, rows·R bf16 (row-major)
+    u32 N (= numel) | u32 C (1 … 2^22) | u32 L (< C) | u16 R | if R > 0: zstd stream: U, rows·R bf16 (row-major)
                                                | zstd stream: V, R·C bf16 (row-major)
 
 with rows = ceil((L + numel) / C) and R <= min(rows, C). Element p of the chunk is the
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, put_stream, reader
+from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, put_stream, reader, check_count
 from deltaformat.codec.base import LossyCodec, check_finite
 
 MAX_RANK = 0xFFFF
@@ -50,7 +50,7 @@ class LowRankBf16(LossyCodec):
         if touched.size:
             u, s, vt = np.linalg.svd(grid[touched].astype(np.float64), full_matrices=False)
         rank = self._rank(s, p, d.size, touched.size, cols)
-        out = bytearray(U32.pack(cols) + U32.pack(lead) + U16.pack(rank))
+        out = bytearray(U32.pack(d.size) + U32.pack(cols) + U32.pack(lead) + U16.pack(rank))
         if rank == 0:
             return bytes(out)
         root = np.sqrt(s[:rank])
@@ -76,6 +76,7 @@ class LowRankBf16(LossyCodec):
         r = reader(data, self.id, numel)
         if itemsize != 4:
             r.fail(f"decodes F32 Δ only, not {itemsize}-byte elements")
+        check_count(r, numel)
         cols, lead = r.u32("columns"), r.u32("lead")
         rank = U16.unpack(r.take(2, "rank"))[0]
         if not 1 <= cols <= MAX_GROUP or lead >= cols:

@@ -8,7 +8,7 @@ element codes k = round(Δ / s) in −(2^(B−1) − 1) … 2^(B−1) − 1 (B =
 Codes are packed B bits each, least significant first; zstd entropy-codes the packed
 bytes (Huffman over 8/B codes at once). Spec §5.3.2 fixes the layout:
 
-    u8 B (2, 4 or 8) | u32 G | u32 F | zstd stream: n_groups bf16 scales
+    u8 B (2, 4 or 8) | u32 N (= numel) | u32 G | u32 F | zstd stream: n_groups bf16 scales
     | zstd stream: ceil(numel·B/8) bytes of codes      (both streams absent when numel = 0)
 
 Element i decodes to fp32((c_i − 2^(B−1)) · s_g), exact in float32 (an integer of at most
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    U32, bf16_ceil, bf16_values, first_group, group_count, group_grid, group_ids, put_stream, read_group_layout, read_scales, reader,
+    U32, bf16_ceil, bf16_values, first_group, group_count, group_grid, group_ids, put_stream, read_group_layout, check_count, read_scales, reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
 from deltaformat.errors import CorruptBlobError
@@ -47,7 +47,7 @@ class QGroupZstd(LossyCodec):
         check_finite(self.id, delta)
         d = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1)
         first = min(first_group(lead, group), max(1, d.size))
-        out = bytearray([bits]) + U32.pack(group) + U32.pack(first)
+        out = bytearray([bits]) + U32.pack(d.size) + U32.pack(group) + U32.pack(first)
         if d.size == 0:
             return bytes(out)
         grid = group_grid(d, first, group)
@@ -64,6 +64,7 @@ class QGroupZstd(LossyCodec):
         bits = r.u8("bits")
         if bits not in BITS:
             r.fail(f"bits {bits} is not one of {BITS}")
+        check_count(r, numel)
         group, first = read_group_layout(r)
         if numel == 0:
             r.end()
@@ -88,7 +89,8 @@ def _quantise(grid: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     best_scale = np.zeros(grid.shape[0], np.uint16)
     for ratio in CLIP_RATIOS if bits < 8 else (1.0,):
         scale_bits = bf16_ceil(np.minimum(peak * np.float32(ratio), np.float32(scale_limit(bits))))
-        err = ((_codes(grid, bf16_values(scale_bits), qmax) * bf16_values(scale_bits)[:, None] - grid) ** 2).sum(axis=1)
+        approx = _codes(grid, bf16_values(scale_bits), qmax) * bf16_values(scale_bits)[:, None].astype(np.float64)
+        err = ((approx - grid) ** 2).sum(axis=1)  # float64: a huge Δ's square overflows float32
         better = err < best_err
         best_err[better], best_scale[better] = err[better], scale_bits[better]
     scales = bf16_values(best_scale)

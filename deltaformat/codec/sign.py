@@ -7,7 +7,7 @@ is by default one row of the tensor (finer than BitDelta's per-matrix scale at t
 same size); a group that is all zero (rows a fine-tune never touched, e.g. unused
 vocabulary) has scale 0 and decodes to zeros. Spec §5.3.3 fixes the layout:
 
-    u32 G | u32 F | zstd stream: n_groups bf16 scales | zstd stream: ceil(numel/8) sign bytes
+    u32 N (= numel) | u32 G | u32 F | zstd stream: n_groups bf16 scales | zstd stream: ceil(numel/8) sign bytes
 
 Bit i % 8 (least significant first) of sign byte i // 8 is 1 when element i is negative;
 padding bits are 0. Element i decodes to −s_g when its bit is 1, else s_g (exact).
@@ -19,7 +19,7 @@ import numpy as np
 
 from deltaformat.codec._lossyframes import (
     MAX_GROUP, U32, bf16_bits, bf16_values, first_group, group_count, group_ids, put_stream, read_group_layout,
-    read_scales, reader,
+    read_scales, reader, check_count,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
 
@@ -36,7 +36,7 @@ class SignZstd(LossyCodec):
         check_finite(self.id, delta)
         d = np.ascontiguousarray(delta, dtype=np.float32).reshape(-1)
         first = min(first_group(lead, group), max(1, d.size))
-        out = bytearray(U32.pack(group) + U32.pack(first))
+        out = bytearray(U32.pack(d.size) + U32.pack(group) + U32.pack(first))
         if d.size == 0:
             return bytes(out)
         gid = group_ids(d.size, first, group)
@@ -51,6 +51,7 @@ class SignZstd(LossyCodec):
         r = reader(data, self.id, numel)
         if itemsize != 4:
             r.fail(f"decodes F32 Δ only, not {itemsize}-byte elements")
+        check_count(r, numel)
         group, first = read_group_layout(r)
         if numel == 0:
             r.end()
