@@ -301,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--description")
     x.add_argument("--license")
     x.add_argument("--lossy", metavar="PRESET", help="approximate Δ with a lossy preset (format v2): "
-                   "bf16, q8, q4, q2, sign, lowrank, small; see spec/format-v1.md §5.3")
+                   "bf16, q8, q4, q2, sign, lowrank, small; see spec/format-v2.md §8")
     x.add_argument("--format-version", type=int, choices=(1, 2), default=2, help="manifest format to write (default 2)")
     x.set_defaults(func=_extract)
 

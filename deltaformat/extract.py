@@ -176,7 +176,7 @@ def _pair_job(name: str, b: TensorRef, p: TensorRef, start: int, count: int, wri
         return _lossy_pair(name, res, difference(bb, b.dtype, pb, p.dtype), p, start, writer, opts.preset)
     d, bad = difference_checked(bb, b.dtype, pb, p.dtype)  # bad: where base + Δ does not give post back
     res.chunk = writer.put_blob(opts.dcodec.encode(d))
-    if opts.v1:  # v2 drops the stream digest: the blob's sha256 already fixes the decoded Δ (spec §8.1)
+    if opts.v1:  # v2 drops the stream digest: the blob's sha256 already fixes the decoded Δ (spec/format-v2.md §7)
         res.delta_hash = chunk_hash(d)
     if bad.size:
         res.patch = (bad.astype(np.uint64) + np.uint64(start), bb[bad], pb[bad])

@@ -1,4 +1,4 @@
-"""Lossy codecs (format v2, spec §5.3): round trips, error bounds, adversarial chunks, corrupt blobs."""
+"""Lossy codecs (format v2, spec/format-v2.md §5): round trips, error bounds, adversarial chunks, corrupt blobs."""
 
 from __future__ import annotations
 

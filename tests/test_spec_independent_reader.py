@@ -3,7 +3,7 @@
 It reads each test vector's artifact, checks every checksum the spec names, decodes the
 streams and patch, applies the delta to the vector's base with numpy, and must reproduce
 the post model's bytes. If the spec were imprecise, this reader would disagree.
-Format v2 vectors (spec §11): exact ones reproduce the post model the same way; lossy ones
+Format v2 vectors (spec/format-v2.md): exact ones reproduce the post model the same way; lossy ones
 must decode to the reference's Δ (vector/decoded/) and carry honest error statistics.
 """
 
@@ -140,13 +140,13 @@ def groups(n: int, group: int, first: int) -> np.ndarray:
 
 
 def decode_bf16_rank(blob: bytes, n: int, width: int) -> np.ndarray:
-    """bf16-rank-zstd-v1, spec §5.3.1."""
+    """bf16-rank-zstd-v1, format-v2.md §5.1."""
     assert width == 4
     return decode_rank(blob, n, 2).astype(np.uint32) << 16
 
 
 def decode_qgroup(blob: bytes, n: int, width: int) -> np.ndarray:
-    """qgroup-zstd-v1, spec §5.3.2."""
+    """qgroup-zstd-v1, format-v2.md §5.2."""
     bits, count, group, first = struct.unpack_from("<BIII", blob, 0)
     assert bits in (2, 4, 8) and count == n and 1 <= first <= group <= 1 << 22
     if n == 0:
@@ -164,7 +164,7 @@ def decode_qgroup(blob: bytes, n: int, width: int) -> np.ndarray:
 
 
 def decode_sign(blob: bytes, n: int, width: int) -> np.ndarray:
-    """sign-zstd-v1, spec §5.3.3."""
+    """sign-zstd-v1, format-v2.md §5.3."""
     count, group, first = struct.unpack_from("<III", blob, 0)
     assert count == n and 1 <= first <= group <= 1 << 22
     if n == 0:
@@ -181,7 +181,7 @@ def decode_sign(blob: bytes, n: int, width: int) -> np.ndarray:
 
 
 def decode_lowrank(blob: bytes, n: int, width: int) -> np.ndarray:
-    """lowrank-bf16-v1, spec §5.3.4."""
+    """lowrank-bf16-v1, format-v2.md §5.4."""
     count, cols, lead, rank = struct.unpack_from("<IIIH", blob, 0)
     rows = -(-(lead + n) // cols)
     assert count == n and lead < cols and rank <= min(rows, cols)
@@ -214,7 +214,7 @@ def read_stream(art: Path, s: dict) -> np.ndarray:
 
 
 def check_carried(art: Path, m: dict, vector: Path) -> None:
-    """Carried files: v2 blobs are one zstd frame holding the file (spec §3.3)."""
+    """Carried files: v2 blobs are one zstd frame holding the file (format-v2.md §4)."""
     for f in m["files"]:
         blob = (art / "blobs" / "sha256" / f["digest"][7:]).read_bytes()
         assert len(blob) == f["size"] and sha(blob) == f["digest"]
@@ -225,7 +225,7 @@ def check_carried(art: Path, m: dict, vector: Path) -> None:
 
 
 def check_lossy(vector: Path, m: dict, base: dict, post: dict, deltas: dict[str, np.ndarray]) -> None:
-    """Decoded Δ equals the reference's; recorded errors are those against the exact Δ (spec §3.4, §5.3)."""
+    """Decoded Δ equals the reference's; recorded errors are those against the exact Δ (format-v2.md §3, §5)."""
     reference = read_safetensors(vector / "decoded" / "model.safetensors")
     assert set(reference) == set(deltas)
     for t in m["tensors"]:

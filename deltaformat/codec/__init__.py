@@ -47,7 +47,7 @@ def codec_ids() -> list[str]:
 
 
 def lossy_codec_ids() -> list[str]:
-    """The lossy codecs' ids (format v2, spec §5.3): decode approximates the Δ that was encoded."""
+    """The lossy codecs' ids (format v2, spec/format-v2.md §5): decode approximates the Δ that was encoded."""
     return sorted(k for k, c in _REGISTRY.items() if c.lossy)
 
 

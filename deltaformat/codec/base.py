@@ -58,7 +58,7 @@ class Codec(ABC):
     """
 
     id: ClassVar[str]
-    lossy: ClassVar[bool] = False  # True: blobs approximate the exact Δ (format v2, spec §5.3)
+    lossy: ClassVar[bool] = False  # True: blobs approximate the exact Δ (format v2, spec/format-v2.md §5)
 
     @abstractmethod
     def encode(self, bits: np.ndarray) -> bytes:

@@ -4,7 +4,7 @@ Why: bf16 is the arithmetic most post-training already runs in, and ParamΔ's pa
 takes Δ in it; rounding the fp32 Δ of two checkpoints to bf16 (nearest even) keeps 8
 significant bits per element. The blob is a ``rank-zstd-v1`` blob of the ``numel``
 bf16 bit patterns (2-byte elements); element i decodes to the float32 whose top 16 bits
-are bf16 element i and whose low 16 bits are 0 (exact). Spec §5.3.1.
+are bf16 element i and whose low 16 bits are 0 (exact). Spec: format-v2.md §5.1.
 """
 
 from __future__ import annotations

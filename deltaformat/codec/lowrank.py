@@ -5,7 +5,7 @@ LoRA and of the low-rank baselines in Delta-CoMe), so a truncated SVD with an en
 threshold often keeps most of Δ at a small fraction of its size; on a sparse Δ (rows of
 an embedding a fine-tune never touched) the untouched rows cost nothing. The chunk is
 laid out as whole rows of its tensor (C columns, its first element at column L), so
-blocks of rows are approximated independently and decoded chunk-parallel. Spec §5.3.4:
+blocks of rows are approximated independently and decoded chunk-parallel. format-v2.md §5.4:
 
     u32 N (= numel) | u32 C (1 … 2^22) | u32 L (< C) | u16 R | if R > 0: zstd stream: U, rows·R bf16 (row-major)
                                                | zstd stream: V, R·C bf16 (row-major)

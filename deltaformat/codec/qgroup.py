@@ -6,7 +6,7 @@ magnitude. Each group of G consecutive elements (the first group F, so groups fo
 tensor's rows) gets the scale s = max|Δ| / (2^(B−1) − 1), rounded *up* to bfloat16, and
 element codes k = round(Δ / s) in −(2^(B−1) − 1) … 2^(B−1) − 1 (B = 2: ternary −1, 0, 1).
 Codes are packed B bits each, least significant first; zstd entropy-codes the packed
-bytes (Huffman over 8/B codes at once). Spec §5.3.2 fixes the layout:
+bytes (Huffman over 8/B codes at once). format-v2.md §5.2 fixes the layout:
 
     u8 B (2, 4 or 8) | u32 N (= numel) | u32 G | u32 F | zstd stream: n_groups bf16 scales
     | zstd stream: ceil(numel·B/8) bytes of codes      (both streams absent when numel = 0)

@@ -5,7 +5,7 @@ matrix, the mean |Δ| (the scale minimising the L2 error of a sign approximation
 reports fine-tunes that keep most of their quality at 1 bit per parameter. Here a group
 is by default one row of the tensor (finer than BitDelta's per-matrix scale at the
 same size); a group that is all zero (rows a fine-tune never touched, e.g. unused
-vocabulary) has scale 0 and decodes to zeros. Spec §5.3.3 fixes the layout:
+vocabulary) has scale 0 and decodes to zeros. format-v2.md §5.3 fixes the layout:
 
     u32 N (= numel) | u32 G | u32 F | zstd stream: n_groups bf16 scales | zstd stream: ceil(numel/8) sign bytes
 
