@@ -33,7 +33,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +208,6 @@ def markdown(results: list[dict], kl: dict, timing: dict, plot: str) -> str:
             continue
         gain = (r["AxT_m"] - bp["AxT_m"]) / (ex["AxT_m"] - bp["AxT_m"])
         name = f"**{label}**" if label in ("exact", "small") else label
-        preset = PRESETS.get(label)
         lines.append(f"| {name} | {r['bpp']:.4f} | {ex['bpp'] / r['bpp']:.1f} | {r['rel_err']:.3f} | {r['T']:.3f} | {r['A']:.3f} | "
                      f"{r['AxT']:.3f} | {r['AxT_m']:+.3f} | {r['AxT'] / ex['AxT']:.0%} | {gain:.0%} |")
     met = [lb for lb, r in rows.items() if r["bpp"] is not None and lb != "exact" and r["bpp"] <= GOAL_BPP

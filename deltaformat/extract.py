@@ -13,7 +13,7 @@ from deltaformat._version import __version__
 from deltaformat._parallel import ordered_map
 from deltaformat.arith import difference, difference_checked
 from deltaformat.artifact import ArtifactWriter
-from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, get_codec
+from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, Codec, get_codec
 from deltaformat.digests import chunk_hash, fingerprint, tensor_digest
 from deltaformat.dtypes import DELTA_DTYPES
 from deltaformat.errors import FormatError, ModelError
@@ -60,8 +60,8 @@ class _Acc:
 class _Options:
     """How Δ chunks are written: the exact codec, or a lossy preset (v2 only); v1 keeps stream digests."""
 
-    dcodec: object
-    vcodec: object
+    dcodec: Codec
+    vcodec: Codec
     v1: bool
     preset: Preset | None = None
 

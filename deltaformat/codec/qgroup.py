@@ -24,7 +24,6 @@ from deltaformat.codec._lossyframes import (
     U32, bf16_ceil, bf16_values, first_group, group_count, group_grid, group_ids, put_stream, read_group_layout, check_count, read_scales, reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
-from deltaformat.errors import CorruptBlobError
 
 BITS = (2, 4, 8)
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -130,4 +129,4 @@ def _unpack(packed: np.ndarray, bits: int, numel: int, r) -> np.ndarray:
     return flat[:numel]
 
 
-__all__ = ["QGroupZstd", "CorruptBlobError"]
+__all__ = ["QGroupZstd"]

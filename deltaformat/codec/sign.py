@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    MAX_GROUP, U32, bf16_bits, bf16_values, first_group, group_count, group_ids, put_stream, read_group_layout,
+    MAX_GROUP, U32, bf16_bits, first_group, group_count, group_ids, put_stream, read_group_layout,
     read_scales, reader, check_count,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
