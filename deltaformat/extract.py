@@ -289,7 +289,7 @@ def _read_carried(post: ModelSource) -> list[tuple[str, bytes]]:
     return carried
 
 
-CARRIED_ZSTD_LEVEL = 19  # side files are small and written once: the best ratio is worth its second
+CARRIED_ZSTD_LEVEL = 9  # measured on a 711 KB tokenizer.json: 3.6x in 0.06 s (level 19: 4.1x in 0.35 s)
 
 
 def _carry(carried: list[tuple[str, bytes]], writer: ArtifactWriter, v1: bool) -> list[CarriedFile]:

@@ -67,7 +67,8 @@ class LowRankBf16(LossyCodec):
             return 0
         energy = np.cumsum(s**2)
         want = int(np.searchsorted(energy, float(p["energy"]) * energy[-1]) + 1)
-        cap = min(int(p["max_rank"]), n_touched, cols, MAX_RANK)
+        # never more factor elements than the touched rows hold: past that, bf16 rounding of Δ is smaller and better
+        cap = min(int(p["max_rank"]), n_touched, cols, MAX_RANK, (n_touched * cols) // (n_touched + cols))
         if float(p["budget"]) > 0:
             cap = min(cap, int(float(p["budget"]) * numel // (2 * (n_touched + cols))))
         return max(0, min(want, cap, int(np.count_nonzero(s))))
