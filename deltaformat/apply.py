@@ -21,34 +21,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from deltaformat.artifact import Artifact
-from deltaformat.compat import check_base
-from deltaformat.engine import compute
+from deltaformat.chunking import chunk_ranges
+from deltaformat.compat import MAX_LISTED, check_base, preflight
+from deltaformat.engine import compute, compute_chunk, delta_range, patch_chunk, stream_range
 from deltaformat.errors import FormatError, NoSpaceError
 from deltaformat.fsutil import atomic_folder
 from deltaformat.manifest import Manifest
 from deltaformat.models import ModelSource, open_model
-from deltaformat.plan import OutTensor, plan_outputs
+from deltaformat.plan import OutTensor, Term, load_patch, plan_outputs
+from deltaformat.proof import PROBE_SHARE, Proof, base_chunk_hash, base_digest_defined, probe_other_base
 from deltaformat.resolve import DeltaRef, Source, resolve
-from deltaformat.sidefiles import ConfigChanges, record_files, write_provenance, write_side_files
+from deltaformat.sidefiles import (
+    POST_CONFIG_KEYS, PROVENANCE_FILE, ConfigChanges, config_text, output_config, provenance_bytes, record_files,
+    write_provenance, write_side_files,
+)
 from deltaformat.writer import ShardedWriter, parse_size, planned_bytes
 
-# The names this module held before it was split by concern, kept importable for callers
-# that reach into it (deltaformat.lazy and deltaformat.mount among them).
-from deltaformat.chunking import chunk_ranges  # noqa: F401
-from deltaformat.compat import MAX_LISTED, preflight  # noqa: F401
-from deltaformat.engine import compute_chunk as _chunk  # noqa: F401
-from deltaformat.engine import delta_range as _delta_range  # noqa: F401
-from deltaformat.engine import patch_chunk as _patch_chunk  # noqa: F401
-from deltaformat.engine import stream_range as _stream_range  # noqa: F401
-from deltaformat.plan import OutTensor as _OutTensor  # noqa: F401
-from deltaformat.plan import Term as _Term  # noqa: F401
-from deltaformat.plan import load_patch as _load_patch  # noqa: F401
-from deltaformat.proof import PROBE_SHARE  # noqa: F401
-from deltaformat.proof import Proof as _Proof  # noqa: F401
-from deltaformat.proof import base_chunk_hash as _base_chunk_hash  # noqa: F401
-from deltaformat.proof import base_digest_defined as _base_digest_defined  # noqa: F401
-from deltaformat.proof import probe_other_base as _probe_other_base  # noqa: F401
-from deltaformat.sidefiles import POST_CONFIG_KEYS, PROVENANCE_FILE, config_text, output_config, provenance_bytes  # noqa: F401
+# The private names this module held before it was split by concern, kept for callers that
+# reach into it (deltaformat.lazy and deltaformat.mount among them); new code imports the
+# modules that define them.
+_OutTensor, _Term, _Proof = OutTensor, Term, Proof
+_chunk, _delta_range, _stream_range, _patch_chunk = compute_chunk, delta_range, stream_range, patch_chunk
+_load_patch, _base_chunk_hash, _base_digest_defined, _probe_other_base = load_patch, base_chunk_hash, base_digest_defined, probe_other_base
 
 
 @dataclass
@@ -153,3 +147,12 @@ def _check_space(out: Path, nbytes: int, tensors: int, quiet: bool) -> None:
     free = shutil.disk_usage(parent).free
     if free < needed:
         raise NoSpaceError(f"not enough space for {out}: the output needs {needed:,} bytes, {parent} has {free:,} free")
+
+
+__all__ = [
+    # this module's own
+    "ApplyResult", "apply", "open_any", "prepare",
+    # re-exported from the modules apply.py was split into (their names before the split)
+    "MAX_LISTED", "POST_CONFIG_KEYS", "PROBE_SHARE", "PROVENANCE_FILE", "chunk_ranges", "compute", "config_text",
+    "output_config", "plan_outputs", "preflight", "provenance_bytes",
+]

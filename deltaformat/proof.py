@@ -15,6 +15,7 @@ access). A codec whose output is not exact would report measured error here inst
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -61,7 +62,7 @@ class Proof:
         """Whether the base hashes taken so far give the original base's digest of this tensor."""
         t = self.t
         hashes = [h for h in self.base if h is not None]
-        return t.expect_base is None or (bool(hashes) and tensor_digest(hashes) == t.expect_base)
+        return t.expect_base is None or (bool(hashes) and _digest(hashes) == t.expect_base)
 
     _on_original = on_original  # the name lazy.py knew
 
@@ -78,7 +79,7 @@ class Proof:
         """Outputs hashed first: a match proves the tensor; a mismatch needs the base's digest."""
         t = self.t
         if self.stage == 1:
-            if tensor_digest(self.out) == t.expect:
+            if _digest(self.out) == t.expect:
                 self.verified = True
                 return None
             if t.expect_base is None or self.known_original:
@@ -98,9 +99,16 @@ class Proof:
                 return HashMode.OUT
             self.other_base = True
             return None
-        self.verified = tensor_digest(self.out) == self.t.expect
+        self.verified = _digest(self.out) == self.t.expect
         self.failed = not self.verified
         return None
+
+
+def _digest(hashes: Sequence[bytes | None]) -> str:
+    """The tensor digest of a complete round of chunk hashes."""
+    complete = [h for h in hashes if h is not None]
+    assert len(complete) == len(hashes), "a proof step ran before every chunk of its round was hashed"
+    return tensor_digest(complete)
 
 
 def probe_other_base(plan: list[OutTensor], proofs: dict[str, Proof]) -> bool:
@@ -110,10 +118,12 @@ def probe_other_base(plan: list[OutTensor], proofs: dict[str, Proof]) -> bool:
     else is hashed. Tensors found on the original base keep their base hashes and are
     proven through their outputs (a mismatch there is an error, as always).
     """
-    provable = [t for t in plan if t.expect is not None and t.expect_base is not None and base_digest_defined(t) and t.base.numel]
-    budget = max(1 << 20, int(PROBE_SHARE * sum(t.base.numel * t.base.itemsize for t in provable)))
-    for t in sorted(provable, key=lambda t: t.base.numel):
-        budget -= t.base.numel * t.base.itemsize
+    provable = [(t, t.base.numel, t.base.numel * t.base.itemsize) for t in plan
+                if t.base is not None and t.base.numel and t.expect is not None and t.expect_base is not None
+                and base_digest_defined(t)]
+    budget = max(1 << 20, int(PROBE_SHARE * sum(nbytes for _, _, nbytes in provable)))
+    for t, _, nbytes in sorted(provable, key=lambda p: p[1]):  # the smallest bases first
+        budget -= nbytes
         if budget < 0:
             break
         proof = proofs[t.name]

@@ -50,6 +50,7 @@ def verify(artifact: DeltaRef, *, base: str | os.PathLike[str] | ModelSource | N
     _check_streams(art, m, quiet, workers)
     for e in m.tensors:
         if e.patch is not None:
+            assert e.base is not None and e.post is not None  # the manifest's rule: only changed or resized tensors carry one
             data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
             decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
     for f in m.files:

@@ -47,7 +47,7 @@ class CountingProxy:
     def url(self) -> str:
         return f"http://{self.host}"
 
-    def __enter__(self) -> "CountingProxy":
+    def __enter__(self) -> CountingProxy:
         self._thread.start()
         return self
 
