@@ -16,7 +16,7 @@ from deltaformat.manifest import Manifest, Stream, check_carried_content
 from deltaformat.models import ModelSource, open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
-from deltaformat.resolve import DeltaRef, resolve
+from deltaformat.resolve import DeltaRef, Source, resolve
 
 
 @dataclass
@@ -28,7 +28,7 @@ class VerifyReport:
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
 
 
-def verify(artifact: DeltaRef, *, base: str | os.PathLike[str] | ModelSource | None = None, quiet: bool = False,
+def verify(artifact: DeltaRef | Source, *, base: str | os.PathLike[str] | ModelSource | None = None, quiet: bool = False,
            workers: int | None = None) -> VerifyReport:
     """Check every blob, decoded stream, patch and carried file against the manifest.
 
@@ -92,7 +92,7 @@ def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, by
     return s, chunk_hash(bits), bits.size
 
 
-def inspect(artifact: DeltaRef) -> dict[str, Any]:
+def inspect(artifact: DeltaRef | Source) -> dict[str, Any]:
     """A summary of an artifact: names, models, sizes, tensor kinds, codecs, files."""
     art = resolve(artifact).materialize()
     m = art.manifest

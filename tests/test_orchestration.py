@@ -143,3 +143,28 @@ def test_resolve_names_the_kind_of_reference(artifacts: Artifacts, tmp_path: Pat
     assert resolve("127.0.0.1:1/acme/x:1.0").location == "127.0.0.1:1/acme/x:1.0"  # nothing contacted yet
     with pytest.raises(ValueError, match="no such artifact folder, and not a registry reference"):
         resolve(str(tmp_path / "Not-There"))
+
+
+class _Moved(Source):
+    """A reference whose tag moves between the two steps: the manifest checked is not the one downloaded."""
+
+    def __init__(self, checked: Path, downloaded: Path):
+        self.checked, self.downloaded, self.location = FolderSource(checked), FolderSource(downloaded), "acme/moving:latest"
+
+    def manifest(self) -> Manifest:
+        return self.checked.manifest()
+
+    def materialize(self, *, quiet: bool = False):
+        return self.downloaded.materialize(quiet=quiet)
+
+
+def test_a_delta_whose_manifest_changed_after_the_preflight_is_checked_again(artifacts: Artifacts, wrong_base: Path,
+                                                                             tmp_path: Path):
+    other = deltaformat.extract(wrong_base, wrong_base, tmp_path / "for-the-wider-vocab", quiet=True)
+    assert other.base.id != open_artifact(artifacts.delta).manifest.base.id
+    with pytest.raises(IncompatibleBaseError, match="acme/moving:latest"):
+        deltaformat.apply([_Moved(artifacts.delta, tmp_path / "for-the-wider-vocab")], artifacts.newbase, tmp_path / "out",
+                          quiet=True)
+    with pytest.raises(IncompatibleBaseError, match="acme/moving:latest"):
+        deltaformat.verify(_Moved(artifacts.delta, tmp_path / "for-the-wider-vocab"), base=artifacts.newbase, quiet=True)
+    assert not (tmp_path / "out").exists()
