@@ -57,7 +57,7 @@ class ApplyResult:
 
 
 def apply(
-    artifacts: Sequence[DeltaRef],
+    artifacts: Sequence[DeltaRef | Source],
     base: str | os.PathLike[str] | ModelSource,
     out: str | os.PathLike[str],
     *,
@@ -70,9 +70,9 @@ def apply(
 ) -> ApplyResult:
     """Write ``base + Σ alphas[i] * Δ[i]`` as a model folder at ``out``.
 
-    Each artifact is a folder or a registry reference. The new base is pre-flighted
-    against every manifest (names, shapes, dtypes) before any blob is downloaded or
-    decoded. On the original base with one artifact at alpha 1, every output tensor is
+    Each artifact is a folder, an Artifact, a registry reference or a ``resolve``d Source.
+    The new base is pre-flighted against every manifest (names, shapes, dtypes) before
+    any blob is downloaded or decoded. On the original base with one artifact at alpha 1, every output tensor is
     checked against the post model's digest: the result is the post model, bit for bit.
     """
     arts, alphas, model, plan = prepare(artifacts, base, alphas, quiet)
