@@ -44,18 +44,11 @@ def _extract(a: argparse.Namespace) -> int:
 
 
 def _apply(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from deltaformat import apply
-    from deltaformat.oci import is_reference
 
     if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
-    for ref in a.artifacts:  # registry versions: check the base from manifest.json before downloading blobs
-        if not Path(ref).exists() and is_reference(ref):
-            from deltaformat.client import preflight  # the HTTP client only when a registry is asked
-
-            preflight(ref, a.base)
+    # apply pre-flights the base against each manifest.json before it downloads any blob
     r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)

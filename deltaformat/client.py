@@ -679,13 +679,11 @@ def fetch_manifest(ref: str, *, registry: str | None = None, token: str | None =
 
 
 def preflight(ref: str, base: str | os.PathLike, *, registry: str | None = None, token: str | None = None) -> Manifest:
-    """Check that ``base`` fits a registry version from its manifest.json alone, before any blob is downloaded."""
-    from deltaformat.apply import preflight as check
-    from deltaformat.models import open_model
+    """Check that ``base`` fits a registry version from its manifest.json alone: ``deltaformat.preflight``
+    (kept here for callers of the client; it fetches only manifest.json)."""
+    from deltaformat.compat import preflight as check
 
-    manifest = fetch_manifest(ref, registry=registry, token=token)
-    check(manifest, open_model(base), ref)
-    return manifest
+    return check(ref, base, registry=registry, token=token)
 
 
 def search(text: str | None = None, *, base: str | None = None, architecture: str | None = None,

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deltaformat.digests import blob_digest
 from deltaformat.errors import FormatError
 from deltaformat.manifest import (
     ARTIFACT_TYPE, DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, NAME_PATTERN, VERSION_PATTERN, Digest, Manifest,
@@ -157,8 +158,7 @@ def base_architecture_key(manifest: Manifest) -> str:
     return architecture_key((t.name, t.base.shape) for t in manifest.tensors if t.base is not None)
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+sha256_digest = blob_digest  # the name the client and the registry know; deltaformat.digests defines it
 
 
 @dataclass(frozen=True)
