@@ -105,25 +105,36 @@ class RegistryAuth(httpx.Auth):
         if sent:
             request.headers["Authorization"] = sent
         response = yield request
+        for round_ in range(2):
+            if round_ == 1 and not self._invalid_token(response):
+                return  # a second round only for a token the registry found invalid (expired), not for too little scope
+            header = self._answer_to(response, request, key, sent)
+            if header is None or header == sent:
+                return
+            request.headers["Authorization"] = sent = header
+            response = yield request
+
+    def _answer_to(self, response: httpx.Response, request: httpx.Request, key: ScopeKey, sent: str | None) -> str | None:
+        """The Authorization header that answers a 401 challenge from the registry itself; None: none does."""
         if response.status_code != 401 or origin(response.url) != self.origin:
-            return
+            return None
         if request.method != "HEAD" and _declared_length(response) > MAX_CHALLENGE_BODY:
-            return  # httpx reads a challenged answer whole before the retry: not one that says it is huge
+            return None  # httpx reads a challenged answer whole before the retry: not one that says it is huge
         challenge = parse_challenge(response.headers.get("www-authenticate", ""))
         self.last_challenge = challenge
         if challenge is None:
-            return
+            return None
         scheme, params = challenge
         if scheme == "basic":
-            header = self._basic_for_challenge()
-        elif scheme == "bearer":
-            header = self._bearer_for_challenge(key, params, sent)
-        else:
-            return
-        if header is None or header == sent:  # nothing new to say: the 401 stands
-            return
-        request.headers["Authorization"] = header
-        yield request
+            return self._basic_for_challenge()
+        if scheme == "bearer":
+            return self._bearer_for_challenge(key, params, sent)
+        return None
+
+    @staticmethod
+    def _invalid_token(response: httpx.Response) -> bool:
+        challenge = parse_challenge(response.headers.get("www-authenticate", ""))
+        return response.status_code == 401 and challenge is not None and challenge[1].get("error") == "invalid_token"
 
     def _header_for(self, key: ScopeKey) -> str | None:
         with self._lock:
