@@ -263,3 +263,47 @@ def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(artifa
                             token=token, quiet=True)
     finally:
         server.stop()
+
+
+def _session_registry(min_chunk: int | None, refuse_whole: bool) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A registry that opens sessions (202), optionally asks for OCI-Chunk-Min-Length and refuses whole PUTs (413)."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.method == "POST":
+            headers = {"Location": "/v2/ns/x/blobs/uploads/s1"}
+            if min_chunk:
+                headers["OCI-Chunk-Min-Length"] = str(min_chunk)
+            return httpx.Response(202, headers=headers)
+        if request.method == "PATCH":
+            return httpx.Response(202, headers={"Location": "/v2/ns/x/blobs/uploads/s1"})
+        if request.method == "PUT":
+            whole = bool(request.content)
+            return httpx.Response(413 if whole and refuse_whole else 201)
+        return httpx.Response(404)
+
+    return httpx.MockTransport(handler), calls
+
+
+def test_chunks_honour_the_registrys_minimum_length(tmp_path: Path):
+    data = bytes(range(256)) * 40  # 10240 bytes
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    transport, calls = _session_registry(min_chunk=4096, refuse_whole=False)
+    with RegistryClient("http://registry.test", transport=transport, chunk_bytes=1000, cache=Cache(tmp_path / "c")) as c:
+        assert c.upload_blob("ns/x", "sha256:" + hashlib.sha256(data).hexdigest(), len(data), source, present=False)
+    patches = [r for r in calls if r.method == "PATCH"]
+    assert [len(r.content) for r in patches] == [4096, 4096, 2048]  # not 1000-byte chunks: the registry asked for 4096
+    assert b"".join(r.content for r in patches) == data
+
+
+def test_a_blob_refused_whole_goes_in_chunks(tmp_path: Path):
+    data = b"x" * 3000
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    transport, calls = _session_registry(min_chunk=None, refuse_whole=True)
+    with RegistryClient("http://registry.test", transport=transport, chunk_bytes=1 << 20, cache=Cache(tmp_path / "c")) as c:
+        assert c.upload_blob("ns/x", "sha256:" + hashlib.sha256(data).hexdigest(), len(data), source, present=False)
+    assert [r.method for r in calls][-3:] == ["POST", "PATCH", "PUT"]  # after the 413: a session, the bytes, the digest
+    assert [r for r in calls if r.method == "PATCH"][0].content == data
