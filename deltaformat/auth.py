@@ -201,7 +201,7 @@ class RegistryAuth(httpx.Auth):
             raise RegistryError(f"{self.host}: its token realm {realm!r} is not a URL") from None
         if url.scheme not in ("http", "https"):
             raise RegistryError(f"{self.host}: its token realm {realm!r} is not an http(s) URL")
-        query: list[tuple[str, str]] = []
+        query: list[tuple[str, str | int | float | bool | None]] = []
         if params.get("service"):
             query.append(("service", params["service"]))
         query += [("scope", s) for s in (params.get("scope") or "").split() if s]

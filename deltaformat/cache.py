@@ -38,7 +38,7 @@ __all__ = ["Cache", "cache_dir", "offline"]
 class Cache:
     """One cache folder; safe to share between threads and processes."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None):
         self.root = Path(root) if root is not None else cache_dir()
         self.blob_dir = self.root / "blobs" / "sha256"
 

@@ -109,7 +109,7 @@ def push(artifact: str | os.PathLike[str], ref: str, *, registry: str | None = N
         outcomes = [Outcome.PRESENT] * len(blobs)
         for attempt in (1, 2):
             have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
-            now = client.parallel(lambda b: client.send_blob(parsed.name, *b, advance=bar.update,
+            now = client.parallel(lambda b: client.send_blob(parsed.name, b[0], b[1], b[2], advance=bar.update,
                                                              present=None if have is None else b[0] in have), blobs)
             outcomes = [o if o is not Outcome.PRESENT else n for o, n in zip(outcomes, now)]
             try:

@@ -75,7 +75,7 @@ class RetryPolicy:
         if retry_after is not None:
             return min(retry_after, MAX_RETRY_AFTER)
         # exponential backoff with jitter, so parallel transfers do not retry in step
-        return min(self.max_delay, self.backoff * 2 ** n) * random.uniform(0.5, 1.0)
+        return float(min(self.max_delay, self.backoff * 2 ** n)) * random.uniform(0.5, 1.0)
 
 
 @functools.cache
