@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts
+from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import RegistryError
@@ -129,3 +129,31 @@ def test_search_lists_a_token_registry_from_its_catalog(guarded: str, artifacts:
     page = client.search("tiny", registry=guarded, credentials=(USER, PASSWORD))
     assert [(i.name, i.latest_version) for i in page.items] == [("acme/tiny-chat", "1.0")]
     assert "no paramdelta search API" in page.notice
+
+
+@pytest.fixture
+def private_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """Our own registry with anonymous pull off: every /v2/ request without a token gets a Bearer challenge."""
+    (tmp_path / "registry").mkdir()
+    server = RegistryServer(tmp_path / "registry" / "data", args=("--no-anonymous-pull",)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_our_registry_bearer_challenge_is_answered_with_a_docker_style_login(private_registry: RegistryServer,
+                                                                          artifacts: Artifacts, docker_config: Path,
+                                                                          tmp_path: Path):
+    srv = private_registry
+    client.push(artifacts.delta, f"{srv.host}/{REF}", token=srv.token("acme", "push"), quiet=True)
+    refused = _cli("pull", f"{srv.host}/{REF}", "--out", str(tmp_path / "refused"), "-q")
+    assert refused.returncode == 9 and "PARAMDELTA_TOKEN" in _one_line_error(refused)  # our registry: a token is asked for
+
+    # docker-style: the token as the password; the client trades it at the realm the challenge names
+    login = _cli("login", srv.host, "-u", "ci", "--password-stdin", stdin=srv.token("acme", "pull") + "\n")
+    assert login.returncode == 0, login.stderr
+    pulled = _cli("pull", f"{srv.host}/{REF}", "--out", str(tmp_path / "pulled"), "-q")
+    assert pulled.returncode == 0, pulled.stderr
+    assert deltaformat.verify(tmp_path / "pulled", base=artifacts.base, quiet=True).round_trip
+    assert '"GET /auth/token?service=paramdelta&scope=repository%3Aacme%2Ftiny-chat%3Apull' in srv.log_text()
