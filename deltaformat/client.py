@@ -35,11 +35,11 @@ import shutil
 import stat
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from deltaformat import environment
-from deltaformat.api_models import CatalogPage, CompatibleVersion, DeltaSummary, Page
 from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, SOURCE_FILE, Artifact, blob_path, open_artifact
 from deltaformat.auth import origin as _auth_origin
 from deltaformat.cache import Cache, offline
@@ -54,6 +54,20 @@ from deltaformat.registry_client import (
 )
 from deltaformat.transfers import CHUNK_BYTES, READ_BYTES, Outcome
 from deltaformat.transport import MAX_REDIRECTS, MAX_RETRY_AFTER, RETRY_STATUSES, TIMEOUT, retry_after
+
+if TYPE_CHECKING:  # the search answers' models are built on first use: a pull does not need them
+    from deltaformat.api_models import CatalogPage, CompatibleVersion, DeltaSummary, Page
+
+_API_MODELS = ("Page", "DeltaSummary", "CompatibleVersion", "CatalogPage", "TaggedDelta")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_MODELS:
+        from deltaformat import api_models
+
+        return getattr(api_models, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # names this module defined before the split, kept for code that imports them from here
 _check_space = check_space
@@ -212,6 +226,8 @@ def search(text: str | None = None, *, base: str | None = None, architecture: st
     A registry without paramdelta's search API (a stock OCI registry) is listed from its
     catalog, tags and manifest annotations instead: a ``CatalogPage`` whose ``notice`` says so.
     """
+    from deltaformat.api_models import DeltaSummary, Page
+
     url, tok = _endpoint(None, registry, token)
     query = {"q": text, "base": base, "architecture": architecture, "namespace": namespace, "sort": sort,
              "limit": limit, "cursor": cursor}
@@ -230,6 +246,7 @@ def search(text: str | None = None, *, base: str | None = None, architecture: st
 def compatible(model: str | os.PathLike[str], *, registry: str | None = None, token: str | None = None,
                limit: int = 20) -> Page[CompatibleVersion]:
     """Versions that fit a local model or Hub id: same base id, or same tensor names and shapes."""
+    from deltaformat.api_models import CompatibleVersion, Page
     from deltaformat.models import open_model
 
     m = open_model(model)
