@@ -8,6 +8,8 @@ verbs (push, pull, search...) are in ``deltaformat.client``.
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,8 +168,6 @@ class RegistryClient:
 
     def get_json(self, what: str, path: str, params: dict[str, Any]) -> Any:
         """A small JSON answer (bounded like a manifest), parameters that are None left out."""
-        import json
-
         query = {k: v for k, v in params.items() if v is not None}
         content, _ = self.transport.get_small(what, str(httpx.URL(path, params=query)) if query else path)
         try:
@@ -256,8 +256,6 @@ def check_identity(manifest: Manifest, ref: Reference, url: str) -> None:
 
 def check_space(folder: Path, nbytes: int, what: str) -> None:
     """Fail before downloading when the cache's disk cannot hold what is to be downloaded."""
-    import shutil
-
     folder.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(folder).free
     if free < nbytes:

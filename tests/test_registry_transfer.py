@@ -307,3 +307,35 @@ def test_a_blob_refused_whole_goes_in_chunks(tmp_path: Path):
         assert c.upload_blob("ns/x", "sha256:" + hashlib.sha256(data).hexdigest(), len(data), source, present=False)
     assert [r.method for r in calls][-3:] == ["POST", "PATCH", "PUT"]  # after the 413: a session, the bytes, the digest
     assert [r for r in calls if r.method == "PATCH"][0].content == data
+
+
+def _bearer_registry(realm: str, seen: list[httpx.Request]) -> httpx.MockTransport:
+    """https://registry.test asking for a Bearer token from ``realm``; it accepts the token 'granted'."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "registry.test":
+            if request.headers.get("authorization") == "Bearer granted":
+                return httpx.Response(200, json={"tags": []})
+            return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg",scope="repository:ns/x:pull"'})
+        return httpx.Response(200, json={"token": "granted"})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("realm, credentials_sent", [("https://auth.test/token", True), ("http://auth.test/token", False)])
+def test_basic_credentials_go_to_a_token_realm_only_over_https(realm: str, credentials_sent: bool):
+    seen: list[httpx.Request] = []
+    with RegistryClient("https://registry.test", transport=_bearer_registry(realm, seen), basic=("u", "p")) as c:
+        assert c.get_json("tags", "/v2/ns/x/tags/list", {}) == {"tags": []}
+        assert c.get_json("tags", "/v2/ns/x/tags/list", {}) == {"tags": []}  # the token is kept: no second trip
+    token_requests = [r for r in seen if r.url.host == "auth.test"]
+    assert len(token_requests) == 1
+    assert dict(token_requests[0].url.params.multi_items()) == {"service": "reg", "scope": "repository:ns/x:pull"}
+    assert ("authorization" in token_requests[0].headers) == credentials_sent  # never in the clear from an https registry
+
+
+def test_the_user_token_goes_to_a_token_realm_on_the_registrys_origin_only():
+    seen: list[httpx.Request] = []
+    with RegistryClient("https://registry.test", "user-token", transport=_bearer_registry("https://auth.test/token", seen)) as c:
+        c.get_json("tags", "/v2/ns/x/tags/list", {})
+    assert "authorization" not in [r for r in seen if r.url.host == "auth.test"][0].headers
