@@ -236,7 +236,8 @@ def _declared_length(response: httpx.Response) -> int:
         return MAX_CHALLENGE_BODY + 1
 
 
-def _token_from(response: httpx.Response, host: str) -> str:
+def _token_from(response: httpx.Response, host: str) -> str | None:
+    """The token of a realm's answer; None when it holds none (the registry's 401 then stands)."""
     body = bytearray()
     for chunk in response.iter_bytes():
         body += chunk
@@ -244,9 +245,9 @@ def _token_from(response: httpx.Response, host: str) -> str:
             raise RegistryError(f"{host}: the token realm answered more than {MAX_TOKEN_ANSWER:,} bytes; refused")
     try:
         answer = json.loads(bytes(body))
-        token = answer.get("token") or answer.get("access_token")
-    except (ValueError, AttributeError):
-        token = None
+    except ValueError:
+        raise RegistryError(f"{host}: the token realm's answer is not JSON") from None
+    token = (answer.get("token") or answer.get("access_token")) if isinstance(answer, dict) else None
     if not isinstance(token, str) or not token or any(c in token for c in "\r\n"):
-        raise RegistryError(f"{host}: the token realm's answer holds no token")
+        return None
     return token
