@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaformat.apply import _stream_range, open_any
+from deltaformat.apply import open_any
+from deltaformat.engine import stream_range
 from deltaformat.artifact import Artifact
 from deltaformat.fsutil import atomic_folder
 from deltaformat.manifest import TensorEntry
@@ -92,7 +93,7 @@ def export_lora(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
         for e in m.tensors:
             if e.delta is None:
                 continue
-            d = _stream_range(art, e.delta, 0, e.delta.numel, e.name).view(np.float32)
+            d = stream_range(art, e.delta, 0, e.delta.numel, e.name).view(np.float32)
             sq = float(d.astype(np.float64) @ d.astype(np.float64))
             total_sq += sq
             if e.name not in target_names:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import deltaformat
-from deltaformat.apply import _stream_range
+from deltaformat.engine import stream_range
 from deltaformat.artifact import open_artifact
 from deltaformat.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_RECORD, export_lora, low_rank
 
@@ -46,7 +46,7 @@ def dense_low_rank_model(base_folder: Path, artifact: Path, rank: int):
     for t in art.manifest.tensors:
         if t.delta is None or len(t.post.shape) != 2 or "embed" in t.name:
             continue
-        d = _stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).reshape(t.post.shape)
+        d = stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).reshape(t.post.shape)
         b, a, _ = low_rank(d, rank)
         state[t.name] += torch.from_numpy(b @ a)
     model.load_state_dict(state)
@@ -86,9 +86,9 @@ def test_full_rank_export_captures_every_linear_delta(artifacts, tmp_path):
     m = open_artifact(artifacts.delta).manifest
     left = [t for t in m.tensors if t.delta is not None and t.name in sum(record["left_out"].values(), [])]
     art = open_artifact(artifacts.delta)
-    total = sum(float(np.sum(_stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64) ** 2))
+    total = sum(float(np.sum(stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64) ** 2))
                 for t in m.tensors if t.delta is not None)
-    lost = sum(float(np.sum(_stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64) ** 2))
+    lost = sum(float(np.sum(stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64) ** 2))
                for t in left)
     assert r.captured == pytest.approx(1 - lost / total, rel=1e-6)
 

@@ -17,7 +17,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import deltaformat
-from deltaformat.apply import _stream_range
+from deltaformat.engine import stream_range
 from deltaformat.arith import difference
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE, open_artifact
 from deltaformat.digests import blob_digest
@@ -56,7 +56,7 @@ def test_every_changed_delta_is_marked_lossy_with_honest_errors(artifacts, lossy
         assert t.delta.lossy is not None and t.patch is None and t.delta.digest is None
         b, p = base.tensors[t.name], post.tensors[t.name]
         exact = difference(b.read(0, b.numel), b.dtype, p.read(0, p.numel), p.dtype).view(np.float32).astype(np.float64)
-        got = _stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64)
+        got = stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).astype(np.float64)
         err = got - exact
         assert t.delta.lossy.max_abs_error == pytest.approx(np.abs(err).max(), rel=1e-9, abs=1e-30)
         assert t.delta.lossy.delta_frobenius_norm == pytest.approx(np.linalg.norm(exact), rel=1e-9)
@@ -100,7 +100,7 @@ def test_lossy_apply_on_a_new_base_is_base_plus_decoded_delta(artifacts, lossy, 
     for t in art.manifest.tensors:
         if t.delta is None:
             continue
-        d = _stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32)
+        d = stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32)
         want = (newbase[t.name].float().numpy().reshape(-1) + d)
         got = out[t.name].float().numpy().reshape(-1)
         assert np.allclose(got, want, rtol=2.0**-7, atol=0)  # bf16 rounding of the sum

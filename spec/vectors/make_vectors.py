@@ -79,11 +79,11 @@ def _decoded(artifact: Path, folder: Path) -> None:
     """The reference decoder's Δ of every lossy tensor, as fp32 safetensors."""
     import numpy as np
 
-    from deltaformat.apply import _stream_range
+    from deltaformat.engine import stream_range
     from deltaformat.artifact import open_artifact
 
     art = open_artifact(artifact)
-    out = {t.name: torch.from_numpy(_stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).copy())
+    out = {t.name: torch.from_numpy(stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).copy())
            for t in art.manifest.tensors if t.delta is not None and t.delta.lossy is not None}
     folder.mkdir(parents=True)
     save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
