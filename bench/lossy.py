@@ -192,7 +192,7 @@ def markdown(results: list[dict], kl: dict, timing: dict, plot: str) -> str:
     lines = [
         "## Lossy deltas: size against transfer fidelity (all-MiniLM-L6-v2, CPU)",
         "",
-        f"`python bench/lossy.py` — seed(s) {seeds} of the transfer benchmark (same recipes and seeds: post = base + T, "
+        f"`python bench/lossy.py --seeds {len(results)}` — means over seeds {seeds} of the transfer benchmark (same recipes and seeds: post = base + T, "
         "base′ = base + A; weights in fp32). Each row is the ParamΔ model base′ + Δ̂ made by `extract --lossy PRESET` "
         "(or `export-lora --rank R` loaded with peft) and `apply`, scored as in the transfer section. *B/param* = stored "
         "bytes per post parameter (all blobs: Δ, carried tokenizer files; LoRA: the adapter file as written, fp32, "
