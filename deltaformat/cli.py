@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
+from deltaformat import environment
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
 
 Handler = Callable[[argparse.Namespace], int]
@@ -35,31 +36,39 @@ def _extract(a: argparse.Namespace) -> int:
     from deltaformat import extract
 
     m = extract(a.base, a.post, a.out, name=a.name, version=a.version, description=a.description,
-                license=a.license, force=a.force, quiet=a.quiet)
+                license=a.license, force=a.force, quiet=a.quiet, lossy=a.lossy, format_version=a.format_version)
     s = m.summary()
     bpp = f" ({s['bytes_per_parameter']:.3f} B/param)" if s["bytes_per_parameter"] is not None else ""  # None: no parameters
     print(f"wrote {a.out}: {s['tensors']} tensors {s['kinds']}, {s['stored_bytes']:,} bytes{bpp}, "
-          f"{s['patched_elements']} patched elements")
+          f"{s['patched_elements']} patched elements; {_exactness(s)}")
     return 0
 
 
-def _apply(a: argparse.Namespace) -> int:
-    from pathlib import Path
+def _exactness(summary: dict) -> str:
+    """One plain phrase: lossless, or lossy with the preset and its recorded error."""
+    if summary["exact"]:
+        return "lossless (exact Δ)"
+    e = summary["lossy_errors"]
+    return (f"LOSSY (preset {summary['lossy_preset']}): max abs error {e['max_abs_error']:.3g}, "
+            f"relative Frobenius error {e['rel_frobenius_error']:.3g} against the exact Δ")
 
+
+def _lossy_phrase(record: dict) -> str:
+    return (f"lossy delta (preset {record['preset']}), not bit-exact: max abs error {record['max_abs_error']:.3g}, "
+            f"relative Frobenius error {record['rel_frobenius_error']:.3g} against the exact Δ")
+
+
+def _apply(a: argparse.Namespace) -> int:
     from deltaformat import apply
-    from deltaformat.oci import is_reference
 
     if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
-    for ref in a.artifacts:  # registry versions: check the base from manifest.json before downloading blobs
-        if not Path(ref).exists() and is_reference(ref):
-            from deltaformat.client import preflight  # the HTTP client only when a registry is asked
-
-            preflight(ref, a.base)
+    # apply pre-flights the base against each manifest.json before it downloads any blob
     r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
     exact = " (verified bit-exact against the post model)" if r.verified_exact else ""
+    exact += "".join(f"; {_lossy_phrase(rec)}" for rec in r.lossy)
     print(f"wrote {r.out}: {r.tensors} tensors, {r.parameters:,} parameters{exact}")
     return 0
 
@@ -69,6 +78,8 @@ def _verify(a: argparse.Namespace) -> int:
 
     r = verify(a.artifact, base=a.base, quiet=a.quiet)
     proof = "; round trip on the base reproduces the post model bit for bit" if r.round_trip else ""
+    if r.lossy is not None:
+        proof = ("; the base is the original one" if r.base_is_original else "") + f"; {_lossy_phrase(r.lossy)}"
     print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{proof}")
     return 0
 
@@ -91,33 +102,45 @@ def _inspect(a: argparse.Namespace) -> int:
     print(f"  tensors: {info['tensors']} {info['kinds']}  stored {info['stored_bytes']:,} bytes"
           + (f" ({bpp:.3f} B/param)" if bpp is not None else ""))
     print(f"  codec: {info['codec']}  files: {', '.join(info['files']) or '-'}")
+    print(f"  format v{info['format_version']}: {_exactness(info)}")
+    return 0
+
+
+def _export_lora(a: argparse.Namespace) -> int:
+    from deltaformat.lora import export_lora
+
+    r = export_lora(a.artifact, a.out, rank=a.rank, force=a.force, quiet=a.quiet)
+    print(f"wrote {r.out}: LoRA rank {r.rank} on {r.targets} Linear weights, {r.bytes:,} bytes; "
+          f"{r.captured:.1%} of ‖Δ‖² captured; left out: {r.left_out_summary()}")
     return 0
 
 
 def _push(a: argparse.Namespace) -> int:
     from deltaformat.client import push
 
-    r = push(a.artifact, a.reference, registry=a.registry, token=a.token, quiet=a.quiet)
+    r = push(a.artifact, a.reference, registry=a.registry, token=a.token, quiet=a.quiet, credentials=_credentials(a))
+    mounted = f" ({r.mounted} mounted from another repository)" if r.mounted else ""
     print(f"pushed {r.reference} {r.digest}: uploaded {r.uploaded} blob(s), {r.uploaded_bytes:,} bytes; "
-          f"{r.skipped} already in the registry")
+          f"{r.skipped} already in the registry{mounted}")
     return 0
 
 
 def _pull(a: argparse.Namespace) -> int:
     from deltaformat.client import pull
 
-    r = pull(a.reference, a.out, registry=a.registry, token=a.token, quiet=a.quiet, force=a.force)
+    r = pull(a.reference, a.out, registry=a.registry, token=a.token, quiet=a.quiet, force=a.force,
+             credentials=_credentials(a))
     m = r.artifact.manifest
     print(f"pulled {r.pinned} into {a.out}: {len(m.blob_digests())} blobs, {m.stored_bytes():,} bytes")
     return 0
 
 
-def _login(a: argparse.Namespace) -> int:
-    from deltaformat import credentials
-    from deltaformat.client import check_login
-
+def _read_credentials(a: argparse.Namespace, verb: str) -> tuple[str, str] | None:
+    """(user, password) from --username and --password-stdin (or a prompt); None when neither was given."""
     if a.password_stdin and not a.username:  # stdin holds the password: the user cannot be asked for too
-        raise ValueError("login: --password-stdin needs --username")
+        raise ValueError(f"{verb}: --password-stdin needs --username")
+    if not a.username and verb != "login":
+        return None
     user = a.username or input("Username: ")
     if a.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -126,7 +149,19 @@ def _login(a: argparse.Namespace) -> int:
 
         password = getpass()
     if not user or not password:
-        raise ValueError("login: a username and a password are needed")
+        raise ValueError(f"{verb}: a username and a password are needed")
+    return user, password
+
+
+def _credentials(a: argparse.Namespace) -> tuple[str, str] | None:
+    return _read_credentials(a, a.command)
+
+
+def _login(a: argparse.Namespace) -> int:
+    from deltaformat import credentials
+    from deltaformat.client import check_login
+
+    user, password = _read_credentials(a, "login") or ("", "")
     host = check_login(a.host, user, password)  # refused credentials are never stored
     print(f"login succeeded for {host}; stored in {credentials.store(host, user, password)}")
     return 0
@@ -147,22 +182,29 @@ def _logout(a: argparse.Namespace) -> int:
 def _search(a: argparse.Namespace) -> int:
     from deltaformat import client
 
+    notice = None
     if a.compatible_with:
-        page = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
-        rows = [(f"{i['name']}:{i['version']}", i["match"], i["base_id"], i["post_id"], i["stored_bytes"]) for i in page["items"]]
-        header = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
+        found = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
+        rows = [(f"{i.name}:{i.version}", i.match, i.base_id, i.post_id, i.stored_bytes) for i in found.items]
+        header: tuple[str, ...] = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
+        page: client.Page[Any] = found
     else:
-        page = client.search(a.text, base=a.base, architecture=a.architecture, namespace=a.namespace, sort=a.sort,
-                             limit=a.limit, cursor=a.cursor, registry=a.registry, token=a.token)
-        rows = [(f"{i['name']}:{i['latest_version']}", i["base_id"], i["post_id"], i["stored_bytes"],
-                 (i["description"] or "")[:50]) for i in page["items"]]
+        listed = client.search(a.text, base=a.base, architecture=a.architecture, namespace=a.namespace, sort=a.sort,
+                               limit=a.limit, cursor=a.cursor, registry=a.registry, token=a.token,
+                               credentials=_credentials(a))
+        notice = getattr(listed, "notice", None)  # a stock OCI registry: listed from its catalog and annotations
+        rows = [(f"{i.name}:{i.latest_version}", i.base_id, i.post_id or "-", i.stored_bytes,
+                 (i.description or "")[:50]) for i in listed.items]
         header = ("DELTA", "BASE", "POST", "BYTES", "DESCRIPTION")
+        page = listed
+    if notice:
+        print(notice, file=sys.stderr)
     if a.json:
-        print(json.dumps(page, indent=2))
+        print(page.model_dump_json(indent=2, exclude={"notice"}))
         return 0
     _table([header, *rows])
-    if page.get("next_cursor"):
-        print(f"more: --cursor {page['next_cursor']}", file=sys.stderr)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
     return 0
 
 
@@ -273,7 +315,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--version", dest="version", help="version to record")
     x.add_argument("--description")
     x.add_argument("--license")
+    x.add_argument("--lossy", metavar="PRESET", help="approximate Δ with a lossy preset (format v2): "
+                   "bf16, q8, q4, q2, sign, lowrank, small; see spec/format-v2.md §8")
+    x.add_argument("--format-version", type=int, choices=(1, 2), default=2, help="manifest format to write (default 2)")
     x.set_defaults(func=_extract)
+
+    lora = sub.add_parser("export-lora", help="delta artifact -> PEFT LoRA adapter (rank-R SVD of each Linear weight's Δ)")
+    lora.add_argument("artifact", help="artifact folder or registry reference")
+    lora.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    lora.add_argument("--out", required=True, help="adapter folder to write")
+    lora.set_defaults(func=_export_lora)
 
     ap = sub.add_parser("apply", help="new base + deltas -> model folder")
     ap.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
@@ -332,10 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (pu, pl, se):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
+        cmd.add_argument("-u", "--username", help="log in as this user for this command only (else: `paramdelta login`'s)")
+        cmd.add_argument("--password-stdin", action="store_true", help="read the --username's password from stdin")
 
-    for cmd in (x, ap, v, i, pu, pl):
+    for cmd in (x, ap, v, i, pu, pl, lora):
         cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        if cmd in (x, ap, pl):
+        if cmd in (x, ap, pl, lora):
             cmd.add_argument("--force", action="store_true", help="replace an existing output")
     if with_server:
         _add_server_verbs(sub)
@@ -420,7 +473,7 @@ def _as_error(exc: Exception) -> Exception:
 
 
 def _debug_traceback() -> None:
-    if os.environ.get("PARAMDELTA_DEBUG", "").lower() in ("1", "true", "yes"):
+    if environment.debug():
         traceback.print_exc()
 
 

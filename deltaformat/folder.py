@@ -31,11 +31,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deltaformat._parallel import default_workers
-from deltaformat.apply import PROVENANCE_FILE, config_text, provenance_bytes
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import FormatError
 from deltaformat.manifest import CHUNK_ELEMENTS, check_carried_content
 from deltaformat.models import INDEX_FILE
+from deltaformat.sidefiles import PROVENANCE_FILE, config_text, provenance_bytes
 from deltaformat.writer import ShardPlan, index_text, parse_size, plan_shards
 
 if TYPE_CHECKING:
@@ -235,7 +235,7 @@ class ModelFolder:
         for f in first.manifest.files:
             if f.path in self.files or f.path == PROVENANCE_FILE:
                 raise FormatError(f"carried file {f.path!r} collides with a file apply writes")
-            data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+            data = first.read_carried(f)  # v2 carried files are compressed
             check_carried_content(f.path, data)
             self.files[f.path] = data
 

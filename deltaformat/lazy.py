@@ -7,8 +7,9 @@
 
 Each tensor is exactly what ``apply`` would write for it (same dtype, shape and bytes):
 the open, the pre-flight and the plan are apply's own (``apply.prepare``), and each
-chunk is computed by apply's own ``_chunk``. Nothing is cached: computing a tensor holds
-that tensor plus the chunk being computed, and the caller decides what to keep.
+chunk is computed as apply's own ``engine.compute_chunk`` computes it, in its place in the
+tensor. Nothing is cached: computing a tensor holds that tensor plus one chunk's decoding,
+and the caller decides what to keep.
 
 Values are torch tensors by default (``framework="pt"``, as safetensors' ``safe_open``
 names it): torch is what can hold bf16 and fp8, the dtypes models ship in, and what
@@ -28,16 +29,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deltaformat.apply import _base_chunk_hash, _chunk, _OutTensor, _probe_other_base, _Proof, output_config, prepare
 from deltaformat._parallel import scratch
+from deltaformat.apply import prepare
 from deltaformat.arith import combine
 from deltaformat.artifact import Artifact
+from deltaformat.chunking import chunk_ranges
 from deltaformat.digests import chunk_hash
 from deltaformat.dtypes import uint_dtype
+from deltaformat.engine import compute_chunk, delta_range
 from deltaformat.errors import FormatError, ModelError, VerificationError
-from deltaformat.extract import chunk_ranges
 from deltaformat.manifest import check_carried_content
 from deltaformat.models import ModelSource
+from deltaformat.plan import OutTensor
+from deltaformat.proof import Proof, base_chunk_hash, probe_other_base
+from deltaformat.sidefiles import output_config
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +75,7 @@ class LazyModel(Mapping):
     says whether every tensor was computed and proven to be the post model's.
     """
 
-    def __init__(self, arts: list[Artifact], alphas: list[float], model: ModelSource, plan: list[_OutTensor],
+    def __init__(self, arts: list[Artifact], alphas: list[float], model: ModelSource, plan: list[OutTensor],
                  framework: str = "pt", device: str = "cpu"):
         if framework not in FRAMEWORKS:
             raise ValueError(f"framework {framework!r}: use 'pt' (torch tensors) or 'np' (numpy arrays)")
@@ -89,8 +94,8 @@ class LazyModel(Mapping):
         self._failed: set[str] = set()  # tensors that differ from the post model on the original base
         # apply's up-front probe: hash the smallest bases (about 1 % of the model); on a new
         # base one of them differs, and from then on nothing can be proven, so nothing is hashed.
-        probes = {t.name: _Proof(t, len(chunk_ranges(t.numel))) for t in plan}
-        self._other_base = _probe_other_base(plan, probes)
+        probes = {t.name: Proof(t, len(chunk_ranges(t.numel))) for t in plan}
+        self._other_base = probe_other_base(plan, probes)
         self._known_original = {n for n, p in probes.items() if p.known_original}
 
     # -- the mapping ---------------------------------------------------------------
@@ -135,7 +140,7 @@ class LazyModel(Mapping):
         self.close()
 
     # -- computing one tensor --------------------------------------------------------
-    def _compute(self, t: _OutTensor) -> np.ndarray:
+    def _compute(self, t: OutTensor) -> np.ndarray:
         """All elements of ``t`` as raw bits, each chunk computed in its place in one array where
         it can be (see ``_chunk_into``): the tensor plus the chunk's decoding, not plus a chunk."""
         bits = np.empty(t.numel, dtype=uint_dtype(t.dtype))
@@ -157,10 +162,10 @@ class LazyModel(Mapping):
         t = self._plan[name]
         start, count = chunk_ranges(t.numel)[index]
         if into is None:
-            return _chunk(t, start, count, self._device)[1]
+            return compute_chunk(t, start, count, self._device)[1]
         place = into[start : start + count]
         if self._device != "cpu" or not _chunk_into(t, start, count, place):
-            place[...] = _chunk(t, start, count, self._device)[1]
+            place[...] = compute_chunk(t, start, count, self._device)[1]
         return place
 
     def needs_proof(self, name: str) -> bool:
@@ -182,12 +187,12 @@ class LazyModel(Mapping):
                 on_chunk(index, piece)
         self._settle(t, hashes)
 
-    def _settle(self, t: _OutTensor, out_hashes: list[bytes]) -> None:
+    def _settle(self, t: OutTensor, out_hashes: list[bytes]) -> None:
         """apply's proof for one tensor: its output digest, then its base digest where a mismatch needs it."""
-        proof = _Proof(t, len(out_hashes), mode="out", known_original=t.name in self._known_original)
+        proof = Proof(t, len(out_hashes), mode="out", known_original=t.name in self._known_original)
         proof.out = out_hashes
         if proof.step() == "base":
-            proof.base = [_base_chunk_hash(t, s, c, None) for s, c in chunk_ranges(t.numel)]
+            proof.base = [base_chunk_hash(t, s, c, None) for s, c in chunk_ranges(t.numel)]
             proof.step()
         if proof.failed:
             self._failed.add(t.name)
@@ -199,7 +204,7 @@ class LazyModel(Mapping):
             if proof.verified:
                 self._verified.add(t.name)
 
-    def _as_tensor(self, bits: np.ndarray, t: _OutTensor) -> Any:
+    def _as_tensor(self, bits: np.ndarray, t: OutTensor) -> Any:
         if self._framework == "np":
             if t.dtype not in _NUMPY_DTYPES:
                 raise FormatError(f"tensor {t.name!r} is {t.dtype}, which numpy cannot hold; open the model with framework='pt'")
@@ -210,22 +215,18 @@ class LazyModel(Mapping):
         return torch.from_numpy(signed).view(_torch_dtypes()[t.dtype]).reshape(t.shape)
 
 
-def _chunk_into(t: _OutTensor, start: int, count: int, place: np.ndarray) -> bool:
-    """Output elements [start, start+count) of ``t`` written into ``place`` (CPU), as apply's
-    ``_chunk`` computes them; False, nothing written, outside the usual case it covers.
+def _chunk_into(t: OutTensor, start: int, count: int, place: np.ndarray) -> bool:
+    """Output elements [start, start+count) of ``t`` written into ``place`` (CPU), as
+    ``engine.compute_chunk`` computes them; False, nothing written, outside the usual case.
 
-    The usual case: the base covers the chunk, every Δ is one stored chunk aligned with it,
-    no patch. Then the base's bits are read straight into ``place`` (when its elements are
-    as wide as the output's) and the sum is written over them, block by block: no
-    chunk-sized result array and no chunk-sized base buffer besides the tensor itself.
+    The usual case: the base covers the chunk and is changed by Δ, without a patch. Then
+    the base's bits are read straight into ``place`` (when its elements are as wide as the
+    output's) and the sum is written over them, block by block: no chunk-sized result array
+    and no chunk-sized base buffer besides the tensor itself.
     """
     if t.base is None or not t.terms or t.patch is not None or min(t.base.numel, t.numel) - start < count:
         return False
-    streams = [term.entry.delta for term in t.terms]
-    if any(start % s.chunk_elements or count != min(s.chunk_elements, s.numel - start) for s in streams):
-        return False
-    deltas = [(term.alpha, term.artifact.decode_chunk(s, start // s.chunk_elements, f"tensor {term.entry.name!r}"))
-              for term, s in zip(t.terms, streams)]
+    deltas = [(term.alpha, delta_range(term, start, count)) for term in t.terms]
     if t.base.itemsize == place.itemsize:
         base_bits = t.base.read(start, count, place.view(uint_dtype(t.base.dtype)))
     else:
@@ -289,7 +290,7 @@ def _set_generation_config(model, art: Artifact) -> None:
 
     from transformers import GenerationConfig
 
-    data = art.read_blob(carried.digest, carried.size, "file 'generation_config.json'")
+    data = art.read_carried(carried)  # lossy: v2 carried files are compressed
     check_carried_content(carried.path, data)
     model.generation_config = GenerationConfig.from_dict(json.loads(data))
 
