@@ -11,7 +11,7 @@ chunk by chunk, as apply computes them. Anything that reads model folders
 directly too); ``mount`` serves it through libfuse with mfusepy, a maintained ctypes binding (no
 compiler, no async framework; libfuse 3 on Linux, and macFUSE or FUSE-T on macOS, which is
 what macOS would need). Chunks are computed on one worker thread per core, ahead of the
-readers in file order from the moment a shard is opened, and kept in a bounded cache.
+readers in file order from the moment a file of the folder is opened, and kept in a bounded cache.
 Each computed chunk is handed to the kernel's page cache at once (``POSIX_FADV_WILLNEED``
 on the mounted file: the kernel reads the chunk's pages from the cache while they are
 there), and files are opened with ``keep_cache``: a reader's page faults and reads then
