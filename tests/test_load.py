@@ -16,7 +16,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from conftest import RegistryServer
+from paramdelta_dev.serve import RegistryServer
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS, ROUNDS, HELD = 64, 5, 48

@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from support.serve import START_TIMEOUT, free_port
+from paramdelta_dev.ports import free_port
+from paramdelta_dev.serve import START_TIMEOUT
 
 BINARY = Path("/usr/bin/docker-registry")
 INSTALL_HINT = "apt-get install -y docker-registry (scripts/install-system-deps.sh installs it)"

@@ -1,28 +1,28 @@
-"""``paramdelta serve`` as a real subprocess on a loopback port, for end-to-end tests.
+"""``paramdelta serve`` as a real subprocess on a loopback port, for end-to-end tests and benchmarks.
 
 One class for every test that needs a running registry: the embedded default
-(``RegistryServer`` in conftest) and the scale-out replicas (``Replica`` in
-scaleout_fixtures) differ only in their arguments, environment and readiness probe.
+(``RegistryServer`` here) and the scale-out replicas (``paramdelta_dev.scaleout.Replica``)
+differ only in their arguments, environment and readiness probe.
 """
 
 from __future__ import annotations
 
+import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
+from paramdelta_dev.ports import free_port
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ServeProcess:
@@ -33,7 +33,7 @@ class ServeProcess:
     def __init__(self, name: str, log: Path, args: tuple[str, ...], env: dict[str, str], port: int | None = None):
         self.name, self.log, self.args, self.env = name, log, args, env
         self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -43,13 +43,13 @@ class ServeProcess:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def launch(self):
+    def launch(self) -> Self:
         cmd = [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), *self.args]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
         return self
 
-    def wait_ready(self):
+    def wait_ready(self) -> Self:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
@@ -63,7 +63,7 @@ class ServeProcess:
         self.stop()
         raise RuntimeError(f"{self.name} did not answer {self.probe} within {START_TIMEOUT}s:\n{self.log_text()[-3000:]}")
 
-    def start(self):
+    def start(self) -> Self:
         return self.launch().wait_ready()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -81,3 +81,34 @@ class ServeProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without PARAMDELTA_* settings (a server or client configured only by its
+    arguments), plus ``extra``."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PARAMDELTA_")} | extra
+
+
+class RegistryServer(ServeProcess):
+    """The embedded default (SQLite + a blob folder in ``data``), with no PARAMDELTA_* from the environment."""
+
+    def __init__(self, data: Path, *, port: int | None = None, args: tuple[str, ...] = ()):
+        super().__init__("registry", data.parent / f"{data.name}-server.log", ("--data", str(data), *args), clean_env(), port)
+        self.data = data
+
+    def token(self, namespace: str, scope: str) -> str:
+        """A new token, created in the server's database the way `paramdelta token create` does."""
+        from registry.auth import create_token
+        from registry.db import Database
+        from registry.settings import Settings
+
+        db = Database(Settings(data=self.data).resolved_database_url())
+        try:
+            return create_token(db, namespace, scope)
+        finally:
+            db.dispose()
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the filesystem driver keeps a blob (for tests that damage it)."""
+        hex_ = digest.removeprefix("sha256:")
+        return self.data / "blobs" / "blobs" / "sha256" / hex_[:2] / hex_
