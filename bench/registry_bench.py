@@ -205,7 +205,7 @@ class Server:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90.0) -> "Server":
+    def start(self, timeout: float = 90.0) -> Server:
         import httpx
 
         with open(self.log, "ab") as log:
