@@ -17,7 +17,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import tempfile
 import threading
 import time

@@ -20,7 +20,6 @@ Usage: python -m bench.codec_bench [--numel N] [--rel 0.003,0.009,0.03] [--uncha
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

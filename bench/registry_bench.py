@@ -5,8 +5,8 @@ One command; it writes its tables into BENCHMARKS.md between ``<!-- registry:beg
 and ``<!-- registry:end -->`` (other sections are left alone; the file is created when
 absent) and the raw numbers into .bench/registry/results[-quick].json::
 
-    python bench/registry_bench.py            # full run (about 2-3 minutes on 2 shared cores)
-    python bench/registry_bench.py --quick    # smaller artifact, fewer repeats (under 1 minute)
+    python -m bench.registry_bench            # full run (about 2-3 minutes on 2 shared cores)
+    python -m bench.registry_bench --quick    # smaller artifact, fewer repeats (under 1 minute)
 
 What runs, all on 127.0.0.1 with free ports, each server its own process:
 
@@ -79,7 +79,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -91,10 +90,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from paramdelta_dev.llama import llama_config, llama_shapes
+from paramdelta_dev.ports import free_port
+from paramdelta_dev.report import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".bench" / "registry"
 BENCHMARKS = ROOT / "BENCHMARKS.md"
-BEGIN, END = "<!-- registry:begin -->", "<!-- registry:end -->"
+SECTION = "registry"  # its marked section of BENCHMARKS.md
 MiB = 1 << 20
 WORKERS = 8  # deltaformat.client.TRANSFER_WORKERS; the floors use the same
 CONCURRENCY = 32
@@ -183,12 +186,6 @@ def floor_threaded(directory: str, port: int, sink: str) -> None:
 # ---------------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """A child process answering HTTP on 127.0.0.1:port; its output goes to a log file."""
 
@@ -245,21 +242,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------
 
 
-def tensor_shapes(layers: int, vocab: int, hidden: int, ffn: int):
-    yield "model.embed_tokens.weight", (vocab, hidden)
-    for i in range(layers):
-        p = f"model.layers.{i}."
-        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            yield p + f"self_attn.{n}.weight", (hidden, hidden)
-        yield p + "mlp.gate_proj.weight", (ffn, hidden)
-        yield p + "mlp.up_proj.weight", (ffn, hidden)
-        yield p + "mlp.down_proj.weight", (hidden, ffn)
-        yield p + "input_layernorm.weight", (hidden,)
-        yield p + "post_attention_layernorm.weight", (hidden,)
-    yield "model.norm.weight", (hidden,)
-    yield "lm_head.weight", (vocab, hidden)
-
-
 def save_model(folder: Path, tensors: dict, cfg: dict) -> None:
     from safetensors.torch import save_file
 
@@ -287,7 +269,9 @@ def ensure_artifact(quick: bool) -> tuple[Path, Path, Path, float]:
            "torch_dtype": "bfloat16"}
     g_base, g_post = torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)
     b_sd, p_sd = {}, {}
-    for name, s in tensor_shapes(**shape):
+    layout = llama_config(hidden=shape["hidden"], intermediate=shape["ffn"], layers=shape["layers"], vocab=shape["vocab"],
+                          heads=shape["hidden"] // 64)
+    for name, s in llama_shapes(layout):
         if len(s) == 1:
             b = torch.ones(s)
             p = b + torch.randn(s, generator=g_post) * 0.01
@@ -583,7 +567,7 @@ def med(xs: list[float]) -> float:
 def report(r: dict) -> str:
     m, a = r["machine"], r["artifact"]
     L = ["## Registry: transfer throughput, pre-flight, manifest latency", "",
-         f"`python bench/registry_bench.py{' --quick' if r['quick'] else ''}` "
+         f"`python -m bench.registry_bench{' --quick' if r['quick'] else ''}` "
          f"({'quick' if r['quick'] else 'full'} run, {r['when']}, {r['wall_s']:.0f} s; raw numbers in "
          f"`.bench/registry/{r['json_name']}`). Method in the script's docstring.", "",
          f"Machine: {m['cpu']}, {m['usable_cores']} cores usable (shared with other jobs: load average "
@@ -596,7 +580,8 @@ def report(r: dict) -> str:
          f"{WORKERS} parallel transfers everywhere; {r['repeats']} interleaved repeats, medians.", ""]
     t = r["transfer"]
     L += ["### Push and pull throughput (target: >= 0.8 of the faster floor)", "",
-          "| direction | registry MiB/s | floor `asgi` MiB/s | floor `threaded` MiB/s | ratio to `asgi` | ratio to `threaded` | **ratio to faster floor** |",
+          "| direction | registry MiB/s | floor `asgi` MiB/s | floor `threaded` MiB/s | ratio to `asgi` | ratio to `threaded` "
+          "| **ratio to faster floor** |",
           "|---|---:|---:|---:|---:|---:|---:|"]
     for d in ("push", "pull"):
         x = t[d]
@@ -664,18 +649,6 @@ def report(r: dict) -> str:
     return "\n".join(L).rstrip() + "\n"
 
 
-def write_section(text: str) -> None:
-    body = f"{BEGIN}\n{text}{END}"
-    old = BENCHMARKS.read_text() if BENCHMARKS.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old and old.index(BEGIN) < old.index(END):
-        new = old[:old.index(BEGIN)] + body + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip("\n") + "\n\n" + body + "\n"
-    tmp = BENCHMARKS.with_name(f".{BENCHMARKS.name}.{os.getpid()}")
-    tmp.write_text(new)
-    os.replace(tmp, BENCHMARKS)
-
-
 # ---------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------
@@ -740,17 +713,17 @@ def run(quick: bool) -> dict:
             rot = order[i % 3:] + order[:i % 3]
             for who in rot:  # push / upload
                 if who == "registry":
-                    dt, c = measured(reg, lambda: registry_push(reg, art, f"{NS}/push-{i}", token))
+                    dt, c = measured(reg, lambda i=i: registry_push(reg, art, f"{NS}/push-{i}", token))
                 else:
-                    dt, c = measured(servers[who], lambda: floor_upload(servers[who].url, art))
+                    dt, c = measured(servers[who], lambda who=who: floor_upload(servers[who].url, art))
                 times["push"][who].append(dt)
                 cpu["push"][who].append(c)
             for who in reversed(rot):  # pull / download
                 cache, out, dl = run_dir / f"cache-{i}", run_dir / f"out-{i}", run_dir / f"dl-{who}-{i}"
                 if who == "registry":
-                    dt, c = measured(reg, lambda: registry_pull(reg, f"{NS}/push-{i}", cache, out))
+                    dt, c = measured(reg, lambda i=i, cache=cache, out=out: registry_pull(reg, f"{NS}/push-{i}", cache, out))
                 else:
-                    dt, c = measured(servers[who], lambda: floor_download(servers[who].url, art, dl))
+                    dt, c = measured(servers[who], lambda who=who, dl=dl: floor_download(servers[who].url, art, dl))
                 for junk in (cache, out, dl):
                     shutil.rmtree(junk, ignore_errors=True)
                 times["pull"][who].append(dt)
@@ -777,7 +750,7 @@ def run(quick: bool) -> dict:
         ok_t, bad_t, ok_ctx, pull_now, pull_ctx = [], [], [], [], []
         repo = f"{NS}/push-0"
         timed_preflight(reg, repo, base, True)  # warm the header reads
-        for i in range(pre_repeats):
+        for _ in range(pre_repeats):
             ok_t.append(timed_preflight(reg, repo, base, True))
             bad_t.append(timed_preflight(reg, repo, wrong, False))
             with one_ssl_context():
@@ -887,7 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     text = report(r)
     print(text)
     if not a.no_write:
-        write_section(text)
+        write_section(BENCHMARKS, SECTION, text)
         print(f"wrote the registry section of {BENCHMARKS}", file=sys.stderr)
     return 0
 

@@ -73,9 +73,8 @@ def export_tree(rev: str, dest: Path) -> Path:
 
 def make_inputs(root: Path) -> tuple[Path, Path]:
     """A tiny (base, post, new base) trio and the artifact base -> post; returns (artifact, new base)."""
-    from paramdelta_dev.tiny_models import make_trio
-
     import deltaformat
+    from paramdelta_dev.tiny_models import make_trio
 
     base, post, newbase = make_trio(root)
     delta = root / "delta"
@@ -144,7 +143,8 @@ def report(commands: list[Command], results: dict[tuple[str, str], Timing], befo
         "",
         f"`python -m bench.startup{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
         f"*before* = the library at {before}, *after* = this tree (since issue #11: CPU arithmetic in numpy, "
-        f"the package's names loaded on first use, the HTTP client only for registry references); the same interpreter (Python {platform.python_version()}) "
+        "the package's names loaded on first use, the HTTP client only for registry references); "
+        f"the same interpreter (Python {platform.python_version()}) "
         f"and installed packages (torch included) for both, {os.cpu_count()} cores shared with other work. Median of "
         f"{repeat} runs each; *x python* = that median over the median of `python -c pass` in the same run "
         f"({floor['after'] * 1e3:.0f} ms); *loads* = which of {', '.join(WATCHED)} the command imports. The tiny "

@@ -64,7 +64,7 @@ def make_standin(folder: Path, layers: int, rel: float, *, hidden: int = 1024, i
     """
     from deltaformat._parallel import ordered_map
 
-    cfg = llama_config(hidden, inter, layers, vocab, heads)
+    cfg = llama_config(hidden=hidden, intermediate=inter, layers=layers, vocab=vocab, heads=heads)
     spec = {"cfg": cfg, "rel": rel, "seed": seed, "shard_bytes": shard_bytes, "v": 2}
     paths = {k: folder / k for k in ("base", "post", "newbase")}
     shapes = llama_shapes(cfg)
