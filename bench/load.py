@@ -72,6 +72,8 @@ HELD_BYTES = 1 << 20  # what each held upload announces beyond what it sends
 HOSTILE_NAMESPACES = tuple(f"hostile{k}" for k in range(6))  # the hostile client's tokens, one per namespace
 TRICKLE_SECONDS = 0.5
 HEALTH_EVERY = 0.2
+IDLE_REPEATS = 3  # runs of each operation on the quiet server, before the load
+ANYIO_THREADS = 40  # anyio's default worker-thread limit (what the held uploads are counted against)
 
 
 # -- models and artifacts ---------------------------------------------------------------
@@ -332,7 +334,7 @@ def publish_seeds(t: Target, count: int) -> list[Published]:
     return seeds
 
 
-def idle_baseline(t: Target, seeds: list[Published], repeats: int = 3) -> dict[str, float]:
+def idle_baseline(t: Target, seeds: list[Published], repeats: int = IDLE_REPEATS) -> dict[str, float]:
     """Each operation alone, ``repeats`` times: the latency a single client sees on a quiet server."""
     probe = Client(t, 0, seeds, {})
     probe.namespace = "idle"
@@ -438,10 +440,11 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
         f"{r.clients} well-behaved clients (threads, started together) x {r.rounds} operations each, mixed "
         f"push / pull / search / page view ({models_note}); every pull into a fresh cache, verified "
         "(`deltaformat.verify`) and compared byte for byte with what was pushed. Meanwhile one hostile client "
-        f"holds {r.hostile} uploads open over 6 tokens (PATCH, or every fourth a monolithic POST; headers announcing "
-        "1 MiB more than it sends, a first KiB, then a byte every 0.5 s or nothing: "
-        f"{'more' if r.hostile > 40 else 'fewer'} than anyio's 40 worker threads); a monitor asks `/healthz` every 0.2 s. "
-        "*idle* = the median of 3 runs of the same operation by one "
+        f"holds {r.hostile} uploads open over {len(HOSTILE_NAMESPACES)} tokens (PATCH, or every fourth a monolithic POST; "
+        f"headers announcing {HELD_BYTES / 2**20:g} MiB more than it sends, a first KiB, then a byte every {TRICKLE_SECONDS:g} s "
+        f"or nothing: {'more' if r.hostile > ANYIO_THREADS else 'fewer'} than anyio's {ANYIO_THREADS} worker threads); "
+        f"a monitor asks `/healthz` every {HEALTH_EVERY:g} s. "
+        f"*idle* = the median of {IDLE_REPEATS} runs of the same operation by one "
         "client on the quiet server, just before the load (same run). The last column is the same load on a fresh "
         "server without the hostile client, run just before.",
         "",

@@ -45,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 SECTION = "scaleout"  # its marked section of BENCHMARKS.md
 NAME = "bench/scale"
+REPLICAS = 2  # per mode
 
 
 @dataclass
@@ -151,14 +152,14 @@ def section(results: list[Result], args: argparse.Namespace, startup: dict[str, 
                  else "n/a")
     return f"""## Scale-out registry: pulls from object storage via redirect vs proxied (`python -m bench.registry_scale`)
 
-Two `paramdelta serve` replicas per mode on one PostgreSQL 15 and one single-node Ceph RADOS Gateway
+{REPLICAS} `paramdelta serve` replicas per mode on one PostgreSQL 15 and one single-node Ceph RADOS Gateway
 (memstore OSD), all on loopback on this machine ({os.cpu_count()} CPU cores shared with other work: load average
 {startup['load']:.1f} when the runs began; Python {platform.python_version()});
 {args.blobs} blobs of {args.blob_mib} MiB. *redirect*: blob GETs answer 307 to a presigned URL and the client
 fetches from the gateway (PARAMDELTA_S3_REDIRECT=1, the default); *proxied*: the registry streams the bytes
-from the gateway itself (PARAMDELTA_S3_REDIRECT=0). Concurrent clients alternate between the two replicas and
+from the gateway itself (PARAMDELTA_S3_REDIRECT=0). Concurrent clients alternate between the {REPLICAS} replicas and
 each pulls {args.pulls} random blobs; every blob's sha256 is verified. Latency is one blob pull, request to last
-byte. "Registry CPU" is the user+system time the two replicas spent per GiB served.
+byte. "Registry CPU" is the user+system time the {REPLICAS} replicas spent per GiB served.
 
 | mode | clients | pulls | MiB | seconds | MiB/s | p50 ms | p99 ms | errors | registry CPU s/GiB |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
@@ -192,9 +193,9 @@ def main() -> int:
         s3.make_bucket("bench")
         be = Backends(pg, s3, "bench", work)
         t = time.perf_counter()
-        replicas = [Replica(be, f"redirect-{i}", PARAMDELTA_S3_PART_BYTES=str(16 * MiB)) for i in range(2)]
+        replicas = [Replica(be, f"redirect-{i}", PARAMDELTA_S3_PART_BYTES=str(16 * MiB)) for i in range(REPLICAS)]
         replicas += [Replica(be, f"proxied-{i}", PARAMDELTA_S3_REDIRECT="0", PARAMDELTA_S3_PART_BYTES=str(16 * MiB))
-                     for i in range(2)]
+                     for i in range(REPLICAS)]
         for r in replicas:
             r.launch()
         for r in replicas:
@@ -205,9 +206,9 @@ def main() -> int:
         blobs = []
         for i in range(args.blobs):
             data = rnd.randbytes(args.blob_mib * MiB)
-            blobs.append((upload(replicas[i % 2], token, data), len(data)))
+            blobs.append((upload(replicas[i % REPLICAS], token, data), len(data)))
         print(f"uploaded {args.blobs} x {args.blob_mib} MiB", file=sys.stderr)
-        modes = {"redirect": replicas[:2], "proxied": replicas[2:]}
+        modes = {"redirect": replicas[:REPLICAS], "proxied": replicas[REPLICAS:]}
         results = []
         for mode, rs in modes.items():  # warm-up: connections, caches
             run(mode, rs, blobs, 4, 1, seed=99)
