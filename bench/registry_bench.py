@@ -84,7 +84,6 @@ from bench.registry_perf.artifact import ensure_artifact, load_art
 from bench.registry_perf.config import BENCHMARKS, CONCURRENCY, NS, ROOT, WORK, MiB
 from bench.registry_perf.latency import manifest_load
 from bench.registry_perf.report import med, observations, report
-from bench.registry_perf.servers import Server
 from bench.registry_perf.transfers import (
     cli_time,
     client_ctor_seconds,
@@ -99,7 +98,7 @@ from bench.registry_perf.transfers import (
 from paramdelta_dev.machine import describe
 from paramdelta_dev.ports import free_port
 from paramdelta_dev.report import write_section
-from paramdelta_dev.serve import clean_env
+from paramdelta_dev.serve import HttpProcess, ServeProcess, clean_env
 
 SECTION = "registry"  # its marked section of BENCHMARKS.md
 PACKAGES = ("httpx", "httpcore", "h11", "httptools", "uvicorn", "starlette", "fastapi", "SQLAlchemy", "torch")
@@ -143,12 +142,11 @@ def run(quick: bool) -> dict:
             sink = run_dir / f"sink-{name}"
             sink.mkdir()
             port = free_port()
-            servers[name] = Server(name, [py, "-m", "bench.registry_perf.floors", name, str(run_dir / "static"), str(port), str(sink)], port,
-                                   run_dir / f"{name}.log", probe="/oci-manifest.json", env=clean_env())
+            servers[name] = HttpProcess(name, run_dir / f"{name}.log", clean_env(), port, probe="/oci-manifest.json", cwd=ROOT,
+                                        command=[py, "-m", "bench.registry_perf.floors", name, str(run_dir / "static"), str(port), str(sink)])
         port = free_port()
-        servers["registry"] = Server("registry", [py, "-m", "deltaformat.cli", "serve", "--data", str(run_dir / "registry-data"),
-                                                  "--port", str(port)], port, run_dir / "registry.log", probe="/healthz",
-                                     env=clean_env())
+        servers["registry"] = ServeProcess("registry", run_dir / "registry.log", ("--data", str(run_dir / "registry-data")),
+                                           clean_env(), port)
         for s in servers.values():
             s.start()
             stack.callback(s.stop)

@@ -1,6 +1,7 @@
-"""``paramdelta serve`` as a real subprocess on a loopback port, for end-to-end tests and benchmarks.
+"""Servers as real subprocesses on loopback ports, for end-to-end tests and benchmarks.
 
-One class for every test that needs a running registry: the embedded default
+``HttpProcess`` runs any command that answers HTTP (the benchmarks' floors); ``ServeProcess`` is
+``paramdelta serve``. One class for every test that needs a running registry: the embedded default
 (``RegistryServer`` here) and the scale-out replicas (``paramdelta_dev.scaleout.Replica``)
 differ only in their arguments, environment and readiness probe.
 """
@@ -25,14 +26,18 @@ if TYPE_CHECKING:
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
 
 
-class ServeProcess:
-    """A ``paramdelta serve`` child process; its output (access log included) goes to ``log``."""
+class HttpProcess:
+    """A child process answering HTTP on 127.0.0.1:``port``, ready once ``probe`` answers 200; its output goes to ``log``."""
 
     probe = "/healthz"
 
-    def __init__(self, name: str, log: Path, args: tuple[str, ...], env: dict[str, str], port: int | None = None):
-        self.name, self.log, self.args, self.env = name, log, args, env
+    def __init__(self, name: str, log: Path, env: dict[str, str] | None, port: int | None = None, *,
+                 command: list[str] | None = None, probe: str | None = None, cwd: Path | None = None):
+        self.name, self.log, self.env, self.cwd = name, log, env, cwd
         self.port = port or free_port()
+        self._command = command
+        if probe is not None:
+            self.probe = probe
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -43,10 +48,15 @@ class ServeProcess:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def command(self) -> list[str]:
+        if self._command is None:
+            raise TypeError(f"{self.name}: no command given")
+        return self._command
+
     def launch(self) -> Self:
-        cmd = [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), *self.args]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env)
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=self.env, cwd=self.cwd)
         return self
 
     def wait_ready(self) -> Self:
@@ -81,6 +91,17 @@ class ServeProcess:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class ServeProcess(HttpProcess):
+    """A ``paramdelta serve`` child process; its output (access log included) goes to ``log``."""
+
+    def __init__(self, name: str, log: Path, args: tuple[str, ...], env: dict[str, str], port: int | None = None):
+        super().__init__(name, log, env, port)
+        self.args = args
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "deltaformat.cli", "serve", "--port", str(self.port), *self.args]
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -2,7 +2,7 @@
 
 Replica A redirects blob GETs to presigned URLs (signed for a recording forwarder that
 stands for the public storage host), B streams blobs itself (PARAMDELTA_S3_REDIRECT=0).
-See tests/scaleout_fixtures.py.
+See paramdelta_dev/scaleout.py (the fixtures are in tests/conftest.py).
 """
 
 from __future__ import annotations

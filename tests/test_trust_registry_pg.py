@@ -1,4 +1,4 @@
-"""Issue #10 on PostgreSQL (the scale-out's real server, see tests/scaleout_fixtures.py): the URL as libpq and
+"""Issue #10 on PostgreSQL (the scale-out's real server, see paramdelta_dev/scaleout.py): the URL as libpq and
 hosting providers write it works, and values longer than a column are a 400 naming the field, not a 500."""
 
 from __future__ import annotations

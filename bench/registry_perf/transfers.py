@@ -14,7 +14,7 @@ from pathlib import Path
 from bench.registry_perf.artifact import Art, Blob
 from bench.registry_perf.config import ROOT, WORKERS
 from bench.registry_perf.report import med
-from bench.registry_perf.servers import Server
+from paramdelta_dev.serve import HttpProcess
 
 
 def _pool_client():
@@ -63,7 +63,7 @@ def floor_download(url: str, art: Art, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def registry_push(reg: Server, art: Art, repo: str, token: str) -> float:
+def registry_push(reg: HttpProcess, art: Art, repo: str, token: str) -> float:
     from deltaformat import client
 
     t0 = time.perf_counter()
@@ -74,7 +74,7 @@ def registry_push(reg: Server, art: Art, repo: str, token: str) -> float:
     return dt
 
 
-def registry_pull(reg: Server, repo: str, cache: Path, out: Path) -> float:
+def registry_pull(reg: HttpProcess, repo: str, cache: Path, out: Path) -> float:
     from deltaformat import client
 
     os.environ["PARAMDELTA_CACHE"] = str(cache)
@@ -83,7 +83,7 @@ def registry_pull(reg: Server, repo: str, cache: Path, out: Path) -> float:
     return time.perf_counter() - t0
 
 
-def timed_preflight(reg: Server, repo: str, base: Path, expect_ok: bool) -> float:
+def timed_preflight(reg: HttpProcess, repo: str, base: Path, expect_ok: bool) -> float:
     from deltaformat import client
     from deltaformat.errors import IncompatibleBaseError
 
@@ -105,7 +105,7 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measured(server: Server, fn) -> tuple[float, tuple[float, float]]:  # noqa: ANN001
+def measured(server: HttpProcess, fn) -> tuple[float, tuple[float, float]]:  # noqa: ANN001
     """(seconds ``fn`` returned, (server CPU seconds, this process's CPU seconds) spent meanwhile)."""
     s0, c0 = process_cpu(server.proc.pid), time.process_time()
     dt = fn()
