@@ -6,6 +6,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.registry_perf.config import FULL_MODEL, NS, QUICK_MODEL, REL, WORK
@@ -62,6 +63,7 @@ def ensure_artifact(quick: bool) -> tuple[Path, Path, Path, float]:
     return base, wrong, art, time.perf_counter() - t0
 
 
+@dataclass
 class Blob:
     digest: str
     size: int
@@ -72,6 +74,7 @@ class Blob:
         return self.digest.removeprefix("sha256:")
 
 
+@dataclass
 class Art:
     folder: Path
     blobs: list[Blob]  # manifest.json first, then the layers: exactly what push uploads

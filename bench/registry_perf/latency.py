@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from dataclasses import field
-
-from bench.registry_perf.config import *  # noqa: F403
+from dataclasses import dataclass, field
 
 
+@dataclass
 class LoadResult:
     requests: int = 0
     errors: int = 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -112,6 +113,7 @@ def measured(server: HttpProcess, fn) -> tuple[float, tuple[float, float]]:  # n
     return dt, (process_cpu(server.proc.pid) - s0, time.process_time() - c0)
 
 
+@contextlib.contextmanager
 def one_ssl_context():
     """The proposed client fix, applied from outside: every httpx.Client the client makes shares one
     SSL context made once (httpx builds a new one per Client, loading certifi's CA bundle, even for http://)."""

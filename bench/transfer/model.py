@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,6 +64,7 @@ def with_state(template, state: dict[str, torch.Tensor]):
     return m
 
 
+@dataclass
 class Recipe:
     steps: int
     lr: float
