@@ -97,6 +97,7 @@ from bench.registry_perf.transfers import (
 )
 from paramdelta_dev.machine import describe
 from paramdelta_dev.ports import free_port
+from paramdelta_dev.renamed import renamed
 from paramdelta_dev.report import write_section
 from paramdelta_dev.serve import HttpProcess, ServeProcess, clean_env
 
@@ -231,7 +232,8 @@ def run(quick: bool) -> dict:
         # The CLI, once each (full run only): interpreter start and imports included.
         if not quick:
             env = clean_env(PARAMDELTA_CACHE=str(run_dir / "cache-cli"), PARAMDELTA_QUIET="1")
-            cli_push = cli_time(["push", str(art.folder), f"{reg.host}/{NS}/cli:1.0", "--token", token, "-q"], env)
+            cli_push = cli_time(["push", str(renamed(art.folder, f"{NS}/cli", "1.0")), f"{reg.host}/{NS}/cli:1.0", "--token", token, "-q"],
+                                env)
             cli_pull = cli_time(["pull", f"{reg.host}/{NS}/cli:1.0", "--out", str(run_dir / "out-cli"), "-q"], env)
             t0 = time.perf_counter()
             torch_loaded = subprocess.run([py, "-c", "import sys, deltaformat.cli, deltaformat.client; print('torch' in sys.modules)"],
