@@ -29,7 +29,7 @@ import deltaformat
 from deltaformat import arith
 from deltaformat.codec.base import Materialized
 
-APPLY_MODULE = importlib.import_module("deltaformat.apply")  # ``deltaformat.apply`` may name the function
+APPLY_MODULE = importlib.import_module("deltaformat.engine")  # where apply calls ``combine``
 
 CHUNK = 1 << 22
 TORCH_BLOCK = 1 << 18
