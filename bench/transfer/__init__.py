@@ -33,6 +33,21 @@ Exits non-zero when a check fails (see ``CHECKS``).
 
 from __future__ import annotations
 
+from typing import Any
+
+# The experiment's building blocks other benchmarks reuse (bench/lossy.py: ``from bench import transfer as tr``),
+# loaded on first use so that importing the package stays cheap: name -> submodule.
+_BUILDING_BLOCKS = {"Recipe": "model", "train": "model", "save_model": "model", "load_base": "model",
+                    "batches_A": "data", "batches_T": "data", "make_split": "data", "evaluate": "evaluate"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _BUILDING_BLOCKS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{_BUILDING_BLOCKS[name]}"), name)
+
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (see the module docstring); what tests/test_transfer.py calls."""
