@@ -27,10 +27,10 @@ import httpx
 import pytest
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
-from support.serve import ServeProcess
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.serve import RegistryServer, ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT = 600  # seconds for one `pip install`: downloads on a shared machine

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
-from support.distribution import distribution_registry
-from support.renamed import renamed
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.distribution import distribution_registry
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.tiny_models import load_state
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
 

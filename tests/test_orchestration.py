@@ -16,16 +16,17 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import MANIFEST_FILE, open_artifact
 from deltaformat.cache import Cache
 from deltaformat.errors import EXIT_CODES, IncompatibleBaseError
 from deltaformat.manifest import Manifest
 from deltaformat.resolve import FolderSource, Source, resolve
-from support.counting_proxy import CountingProxy
-from support.renamed import renamed
-from support.tiny_models import new_model, save
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.counting_proxy import CountingProxy
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.tiny_models import new_model, save
 
 pytestmark = pytest.mark.usefixtures("client_env")
 NAME = "acme/orchestrate"

@@ -20,12 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, open_artifact
 from deltaformat.digests import blob_digest
 from deltaformat.oci import build_oci_manifest
-from support.renamed import renamed
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
 OCI = "application/vnd.oci.image.manifest.v1+json"
@@ -289,9 +290,9 @@ def test_a_version_published_before_summaries_were_stored_is_summarised_once_on_
                                                                                           artifacts: Artifacts):
     """Migration 0002 adds the summary column empty: the first read of an older version computes it and stores it."""
     from sqlalchemy import delete, select, update
+    from test_registry_api import InProcess
 
     from registry.db.models import Manifest, ManifestTensor
-    from test_registry_api import InProcess
 
     reg = InProcess(tmp_path / "registry")
     with reg.http:
