@@ -141,7 +141,7 @@ def test_annotations_tell_a_plain_oci_client_what_the_delta_is(stock: str, artif
     assert {k: oci["annotations"][k] for k in ("vnd.paramdelta.base.id", "vnd.paramdelta.base.fingerprint",
                                                  "vnd.paramdelta.post.id", "vnd.paramdelta.format.version")} == {
         "vnd.paramdelta.base.id": manifest.base.id, "vnd.paramdelta.base.fingerprint": manifest.base.fingerprint,
-        "vnd.paramdelta.post.id": manifest.post.id, "vnd.paramdelta.format.version": "1"}
+        "vnd.paramdelta.post.id": manifest.post.id, "vnd.paramdelta.format.version": str(manifest.format_version)}
 
 
 def test_blobs_seen_in_another_repository_are_mounted_not_sent(stock: str, artifacts: Artifacts, tmp_path: Path,
