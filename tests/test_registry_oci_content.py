@@ -10,6 +10,7 @@ import io
 import json
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -327,3 +328,32 @@ def test_skopeo_copies_an_image_into_the_registry_with_dest_creds_while_anonymou
     back = run("copy", f"docker://{srv.host}/copied/image:v1", f"oci:{tmp_path / 'back'}:v1", "--src-tls-verify=false")
     assert back.returncode == 0, back.stderr
     assert json.loads((tmp_path / "back" / "index.json").read_text())["manifests"][0]["digest"] == digest
+
+
+def test_gc_keeps_what_a_live_index_lists_and_the_referrers_of_live_manifests(tmp_path: Path):
+    srv = RegistryServer(tmp_path / "data").start()  # its own: a GC with no grace period on the shared one would sweep others
+    try:
+        token = srv.token("gc", "push")
+        child = image(srv, "gc/app", token, b"listed by an index only")
+        child_digest = descriptor(child, put_manifest(srv, "gc/app", digest_of(json.dumps(child).encode()), child, token))
+        index = {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [child_digest]}
+        assert put_manifest(srv, "gc/app", "v1", index, token, OCI_INDEX).status_code == 201
+        signed = artifact_for(srv, "gc/app", token, {"mediaType": OCI_INDEX, "digest": digest_of(json.dumps(index).encode()),
+                                                     "size": len(json.dumps(index))}, "application/vnd.example.signature", "sig")
+        sig_digest = digest_of(json.dumps(signed).encode())
+        assert put_manifest(srv, "gc/app", sig_digest, signed, token).status_code == 201
+        orphan = image(srv, "gc/app", token, b"untagged and unlisted")
+        orphan_digest = digest_of(json.dumps(orphan).encode())
+        assert put_manifest(srv, "gc/app", orphan_digest, orphan, token).status_code == 201
+
+        gc = subprocess.run([sys.executable, "-m", "deltaformat.cli", "gc", "--grace", "0", "--json", "--data", str(srv.data)],
+                            capture_output=True, text=True, timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        assert json.loads(gc.stdout)["manifests_deleted"] == 1  # the orphan, and only it
+        assert httpx.get(f"{srv.url}/v2/gc/app/manifests/{orphan_digest}").status_code == 404
+        assert httpx.get(f"{srv.url}/v2/gc/app/manifests/{child_digest['digest']}").status_code == 200
+        assert httpx.get(f"{srv.url}/v2/gc/app/blobs/{child['layers'][0]['digest']}").content == b"listed by an index only"
+        assert httpx.get(f"{srv.url}/v2/gc/app/manifests/{sig_digest}").status_code == 200
+        assert httpx.get(f"{srv.url}/v2/gc/app/blobs/{signed['layers'][0]['digest']}").content == b"sig"
+    finally:
+        srv.stop()
