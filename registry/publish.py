@@ -34,7 +34,7 @@ from registry.auth import Principal
 from registry.blobs import DIGEST_RE, algorithm_of, check_name, check_reference, digest_bytes
 from registry.content import Content, read_content
 from registry.db import Database, utcnow
-from registry.db.models import Manifest, ManifestBlob, ManifestTensor, Version
+from registry.db.models import Manifest, ManifestBlob, ManifestTensor, RepositoryBlob, Version
 from registry.db.queries import (
     ensure_repository, find_repository, get_repository, insert_ignore, insert_ignore_many, linked_size, live_manifest,
     live_version, too_long,
@@ -137,7 +137,7 @@ class Manifests:
         if by_digest and reference != digest:
             raise DigestInvalid(f"manifest bytes have digest {digest}, not {reference}")
         content = read_content(data, content_type)
-        if reference == LATEST:
+        if reference == LATEST and content.is_delta:
             raise Unsupported("'latest' is managed by the registry (it is the newest version); push a version instead")
         if content.is_delta:
             if content.media_type != OCI_IMAGE_MANIFEST:
@@ -172,11 +172,11 @@ class Manifests:
     def delete(self, name: str, reference: str, principal: Principal) -> None:
         """By digest: delete the manifest and untag its versions. By version: untag it (the name stays reserved)."""
         check_reference(reference)
-        if reference == LATEST:
-            raise Unsupported("'latest' cannot be deleted; delete the version it points to")
         with self.db.session() as s:
             repo = get_repository(s, name)
             now = utcnow()
+            if reference == LATEST and _explicit_latest(s, repo.id) is None:
+                raise Unsupported("'latest' cannot be deleted; delete the version it points to")
             if DIGEST_RE.match(reference):
                 row = _resolve(s, name, reference)
                 row.deleted_at = now
@@ -276,20 +276,27 @@ class Manifests:
     def _check_references(self, name: str, content: Content) -> None:
         """Content that is not a delta: its config and layers must be blobs of the repository, an index's manifests
         manifests of it (as distribution checks them); MANIFEST_BLOB_UNKNOWN names the first missing one."""
-        with self.db.session() as s:
+        blobs, manifests = {d.digest for d in content.blobs}, {d.digest for d in content.manifests}
+        with self.db.session() as s:  # one query per kind, not per descriptor: an index may list thousands
             repo = find_repository(s, name)
-            for desc in content.blobs:
-                if repo is None or linked_size(s, repo.id, desc.digest) is None:
-                    raise ManifestBlobUnknown(f"blob {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
-            for desc in content.manifests:
-                if repo is None or live_manifest(s, repo.id, desc.digest) is None:
-                    raise ManifestBlobUnknown(f"manifest {desc.digest} is not in {name}; push it first",
-                                              detail={"digest": desc.digest})
+            linked = set() if repo is None or not blobs else set(s.scalars(select(RepositoryBlob.digest).where(
+                RepositoryBlob.repository_id == repo.id, RepositoryBlob.digest.in_(blobs))))
+            live = set() if repo is None or not manifests else set(s.scalars(select(Manifest.digest).where(
+                Manifest.repository_id == repo.id, Manifest.digest.in_(manifests), Manifest.deleted_at.is_(None))))
+        for desc in content.blobs:
+            if desc.digest not in linked:
+                raise ManifestBlobUnknown(f"blob {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
+        for desc in content.manifests:
+            if desc.digest not in live:
+                raise ManifestBlobUnknown(f"manifest {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
 
     def _record_content(self, s: Session, name: str, reference: str, digest: str, data: bytes, content: Content,
                         principal: Principal) -> Published:
         """Store content that is not a delta (its references checked by ``_check_references``)."""
         repo = ensure_repository(s, name)
+        if reference == LATEST and _holds_deltas(s, repo.id):
+            raise Unsupported(f"'latest' is managed by the registry in {name}, which holds deltas (it is the newest "
+                              "version); push this under another tag")
         blobs = {d.digest for d in content.blobs}
         claim_blobs(s, repo.id, digest, blobs)  # under the GC locks, as a delta's (registry.gc)
         for desc in content.manifests:  # still there under the lock: GC deletes a manifest only under its lock
@@ -344,6 +351,9 @@ class Manifests:
         return Published(digest, created, content.subject)
 
     def _tag(self, s: Session, repo_id: int, name: str, version: str, row: Manifest, principal: Principal) -> bool:
+        if row.is_delta and (other := _explicit_latest(s, repo_id)) is not None:
+            raise Unsupported(f"{name} has a 'latest' tag of other content ({other.digest}); in a repository of deltas "
+                              f"'latest' names the newest version: delete that tag first (DELETE /v2/{name}/manifests/latest)")
         existing = s.scalar(select(Version).where(Version.repository_id == repo_id, Version.name == version))
         if existing is None:
             s.add(Version(repository_id=repo_id, name=version, manifest_id=row.id, pushed_by=principal.name, created_at=utcnow()))
@@ -433,6 +443,18 @@ def _check_identity(name: str, reference: str, delta: DeltaManifest) -> None:
     if tag is not None and delta.version is not None and delta.version != tag:
         raise ManifestInvalid(f"manifest.json names version {delta.version}, but it is pushed as {name}:{tag}; "
                               "push it as its own version (or extract it again with --version)")
+
+
+def _explicit_latest(s: Session, repo_id: int) -> Manifest | None:
+    """The manifest of a live tag named ``latest`` (pushed content that is not a delta, in a repository of none)."""
+    return s.scalar(select(Manifest).join(Version, Version.manifest_id == Manifest.id).where(
+        Version.repository_id == repo_id, Version.name == LATEST, Version.deleted_at.is_(None)))
+
+
+def _holds_deltas(s: Session, repo_id: int) -> bool:
+    """Whether a delta version (live or deleted) was ever published in the repository."""
+    return s.scalar(select(Version.id).join(Manifest, Manifest.id == Version.manifest_id).where(
+        Version.repository_id == repo_id, Manifest.is_delta).limit(1)) is not None
 
 
 def _naive_utc(t: datetime) -> datetime:

@@ -90,6 +90,11 @@ def test_images_indexes_and_artifacts_are_stored_byte_exact_but_only_deltas_are_
     assert httpx.get(f"{srv.url}/v2/mixed/chat/manifests/image-1").content == json.dumps(img).encode()
     assert httpx.get(f"{srv.url}/v2/mixed/chat/tags/list").json()["tags"] == ["1.0", "image-1", "latest", "multi"]
     assert httpx.get(f"{srv.url}/v2/mixed/images-only/tags/list").json()["tags"] == ["v1"]  # no latest: no delta
+    # `latest` is an ordinary tag where there are no deltas (docker push's default), the registry's where there are
+    assert put_manifest(srv, "mixed/images-only", "latest", only, token).status_code == 201
+    assert httpx.get(f"{srv.url}/v2/mixed/images-only/tags/list").json()["tags"] == ["latest", "v1"]
+    r = put_manifest(srv, "mixed/chat", "latest", img, token)
+    assert r.status_code == 400 and r.json()["errors"][0]["code"] == "UNSUPPORTED"
     # latest is still the newest delta version, though an image was tagged after it
     assert httpx.get(f"{srv.url}/v2/mixed/chat/manifests/latest").headers["docker-content-digest"] == pushed.digest
 

@@ -107,9 +107,13 @@ def linked_size(s: Session, repo_id: int, digest: str) -> int | None:
 
 def live_version(s: Session, repo_id: int, name: str) -> Version | None:
     """A version that is not deleted; ``latest`` is the newest such version of a delta (other content's tags,
-    a signature's for one, are not what ``latest`` means)."""
+    a signature's for one, are not what ``latest`` means), unless a repository of other content has a tag
+    named ``latest`` (registry.publish keeps the two apart)."""
     q = select(Version).where(Version.repository_id == repo_id, Version.deleted_at.is_(None))
     if name == "latest":
+        explicit = s.scalar(q.where(Version.name == name))
+        if explicit is not None:
+            return explicit
         deltas = q.join(Manifest, Manifest.id == Version.manifest_id).where(Manifest.is_delta)
         return s.scalar(deltas.order_by(Version.id.desc()).limit(1))
     return s.scalar(q.where(Version.name == name))
