@@ -174,10 +174,8 @@ class Authenticator:
     def issue(self, authorization: str | None, base_url: str) -> str:
         """What the token endpoint answers: the caller's own token, traded for its Basic or Bearer credentials;
         without credentials, the anonymous pull token while anonymous pull is on, else 401."""
-        principal = self.authenticate(authorization, base_url)
-        if not principal.anonymous:
-            token = credential(authorization)
-            assert token is not None
+        token = credential(authorization)
+        if token is not None and not self.authenticate(authorization, base_url).anonymous:  # 401 when unknown or revoked
             return token
         if self.anonymous_pull:
             return ANONYMOUS_TOKEN

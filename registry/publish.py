@@ -288,7 +288,8 @@ class Manifests:
                 raise ManifestBlobUnknown(f"blob {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
         for desc in content.manifests:
             if desc.digest not in live:
-                raise ManifestBlobUnknown(f"manifest {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
+                raise ManifestBlobUnknown(f"manifest {desc.digest} is not in {name}; push it first",
+                                          detail={"digest": desc.digest})
 
     def _record_content(self, s: Session, name: str, reference: str, digest: str, data: bytes, content: Content,
                         principal: Principal) -> Published:

@@ -283,7 +283,8 @@ class Uploads:
         """Freeze the upload's bytes for its commit and check their digest (DIGEST_INVALID drops the upload)."""
         with _answer_disk_full(f"upload {sess.id}", lambda: self._drop_held(sess)):
             algorithm = algorithm_of(digest)
-            state = self.store.prepare_commit(sess.id, sess.state, algorithm)  # durable before the transaction, which then holds its lock briefly
+            # Durable before the transaction, which then holds its lock briefly.
+            state = self.store.prepare_commit(sess.id, sess.state, algorithm)
             actual = self.store.upload_digest(sess.id, state, algorithm)
         if actual != digest:
             self._drop_held(_Session(sess.id, sess.name, state, sess.lease))

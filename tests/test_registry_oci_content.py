@@ -126,7 +126,8 @@ def test_sha512_blobs_and_manifests_round_trip(registry_server: RegistryServer):
     start = httpx.post(f"{srv.url}/v2/wide/x/blobs/uploads/", headers=bearer(token))
     location = srv.url + start.headers["location"]
     assert httpx.patch(location, content=chunked[:5000], headers={**bearer(token), "Content-Range": "0-4999"}).status_code == 202
-    wrong = httpx.put(location, params={"digest": digest_of(b"other bytes", "sha512")}, content=chunked[5000:], headers=bearer(token))
+    wrong = httpx.put(location, params={"digest": digest_of(b"other bytes", "sha512")}, content=chunked[5000:],
+                      headers=bearer(token))
     assert wrong.status_code == 400 and wrong.json()["errors"][0]["code"] == "DIGEST_INVALID"  # checked with sha512 too
     start = httpx.post(f"{srv.url}/v2/wide/x/blobs/uploads/", headers=bearer(token))
     location = srv.url + start.headers["location"]

@@ -22,8 +22,8 @@ from starlette.concurrency import run_in_threadpool
 from deltaformat.oci import OCI_IMAGE_MANIFEST
 from registry.auth import Principal, allow, allow_listing, signed_in
 from registry.blobs import BlobRead, check_digest
-from registry.errors import InvalidRequest
 from registry.content import OCI_INDEX
+from registry.errors import InvalidRequest
 from registry.http import ERROR_RESPONSES, next_link, parse_json, read_capped
 from registry.listing import repositories
 from registry.schemas import ErrorEnvelope
@@ -57,7 +57,7 @@ def version_check(_: Annotated[Principal, Depends(signed_in)]) -> JSONResponse:
 
 
 @router.get("/_catalog", summary="List repositories, paginated with n and last (Link header)")
-def catalog(request: Request, reg: Reg, principal: Annotated[Principal, Depends(allow_listing)],
+def catalog(reg: Reg, principal: Annotated[Principal, Depends(allow_listing)],
             n: Annotated[int | None, Query(ge=0)] = None, last: Annotated[str | None, Query()] = None) -> JSONResponse:
     names, more = repositories(reg.db, n, last, reg.auth.visible_namespaces(principal))
     headers = next_link("/v2/_catalog", {"n": n, "last": names[-1]}) if more and names else {}
@@ -168,7 +168,8 @@ def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Pulle
     return Response(m.content if request.method == "GET" else None, headers=headers, media_type=m.media_type)
 
 
-@router.put("/{name:path}/manifests/{reference}", status_code=201, summary="Publish a version (validated, immutable)",
+@router.put("/{name:path}/manifests/{reference}", status_code=201,
+            summary="Push a manifest or index (a delta version: validated, immutable)",
             responses={409: {"model": ErrorEnvelope, "description": "the version is published (or was) with other content"},
                        413: {"model": ErrorEnvelope, "description": "the manifest is over PARAMDELTA_MAX_MANIFEST_BYTES"}})
 async def put_manifest(name: str, reference: str, request: Request, reg: Reg, principal: Pusher) -> Response:
