@@ -25,11 +25,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from deltaformat.digests import PREFIX
 from registry import process
 from registry.errors import DigestInvalid
 from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
 
-PREFIX = "sha256:"
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are stored under
 PUT_PREFIX = "put-"
 

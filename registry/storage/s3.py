@@ -56,12 +56,12 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from deltaformat.digests import PREFIX
 from registry.errors import BlobUploadInvalid, TooLarge
 from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWriter
 
 log = logging.getLogger("paramdelta.registry")
 
-PREFIX = "sha256:"
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are stored under
 MIN_PART_BYTES = 5 << 20
 MAX_PARTS = 10_000
