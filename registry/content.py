@@ -78,8 +78,7 @@ class Content:
     media_type: str
     is_delta: bool
     artifact_type: str | None  # as the referrers API lists it
-    subject: str | None  # the digest its subject names
-    annotations: dict[str, str] | None
+    subject: str | None  # the digest its subject names (a delta's: set by registry.publish from its full parse)
     config: str | None = None  # an image manifest's config blob
     blobs: list[Descriptor] = field(default_factory=list)  # config and layers that must be in the repository
     manifests: list[Descriptor] = field(default_factory=list)  # an index's manifests, which must be too
@@ -101,13 +100,21 @@ def read_content(data: bytes, content_type: str | None) -> Content:
     if media_type in INDEX_TYPES:
         index = _validate(ImageIndex, doc, "OCI index")
         return Content(media_type, False, index.artifactType, index.subject.digest if index.subject else None,
-                       index.annotations, manifests=list(index.manifests))
+                       manifests=list(index.manifests))
+    if _claims_delta(doc):  # checked whole by deltaformat's own model next (registry.publish): parsed once here
+        return Content(media_type, True, doc.get("artifactType") or MANIFEST_MEDIA_TYPE, None)
     manifest = _validate(ImageManifest, doc, "OCI manifest")
-    is_delta = manifest.config.mediaType == MANIFEST_MEDIA_TYPE or manifest.artifactType == ARTIFACT_TYPE
     local = [d for d in manifest.layers if not d.urls]  # layers with urls live elsewhere (non-distributable)
-    return Content(media_type, is_delta, manifest.artifactType or manifest.config.mediaType,
-                   manifest.subject.digest if manifest.subject else None, manifest.annotations,
-                   config=manifest.config.digest, blobs=[manifest.config, *local])
+    return Content(media_type, False, manifest.artifactType or manifest.config.mediaType,
+                   manifest.subject.digest if manifest.subject else None, config=manifest.config.digest,
+                   blobs=[manifest.config, *local])
+
+
+def _claims_delta(doc: dict) -> bool:
+    """A paramdelta delta by its config media type or artifactType: then it must be one, whole."""
+    config = doc.get("config")
+    return doc.get("artifactType") == ARTIFACT_TYPE or (
+        isinstance(config, dict) and config.get("mediaType") == MANIFEST_MEDIA_TYPE)
 
 
 def _validate(model: type[BaseModel], doc: dict, what: str):  # noqa: ANN202 - the model's own type

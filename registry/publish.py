@@ -143,6 +143,7 @@ class Manifests:
             if content.media_type != OCI_IMAGE_MANIFEST:
                 raise Unsupported(f"a delta is an {OCI_IMAGE_MANIFEST}, not {content.media_type}")
             oci = _parse(data)
+            content.subject = oci.subject.digest if oci.subject else None
             delta = self._validate(name, oci)
             _check_identity(name, reference, delta)
         else:
