@@ -177,7 +177,7 @@ class Authenticator:
         token = credential(authorization)
         if token is not None and not self.authenticate(authorization, base_url).anonymous:  # 401 when unknown or revoked
             return token
-        if self.anonymous_pull:
+        if self.anonymous_pull and (not authorization or token == ANONYMOUS_TOKEN):  # credentials without a token: 401
             return ANONYMOUS_TOKEN
         raise Unauthorized("send a registry token as the password (Basic) or as a Bearer token",
                            headers={"WWW-Authenticate": 'Basic realm="paramdelta"'})

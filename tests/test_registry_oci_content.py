@@ -76,7 +76,7 @@ def descriptor(doc: dict, response: httpx.Response, media_type: str = OCI_MANIFE
 def test_images_indexes_and_artifacts_are_stored_byte_exact_but_only_deltas_are_listed(
         registry_server: RegistryServer, artifacts: Artifacts):
     srv, token = registry_server, registry_server.token("mixed", "push")
-    pushed = push(artifacts.delta, f"{srv.host}/mixed/chat:1.0", token=token)
+    pushed = push(artifacts.other, f"{srv.host}/mixed/chat:1.0", token=token)  # other: not found by e2e's search
     img = image(srv, "mixed/chat", token, b"an image next to a delta")
     r = put_manifest(srv, "mixed/chat", "image-1", img, token)
     assert r.status_code == 201
@@ -201,7 +201,7 @@ def test_deletes_need_a_token_whose_scope_covers_them(registry_server: RegistryS
 def test_a_deleted_delta_version_is_never_reused_and_its_blobs_stay_while_it_lives(
         registry_server: RegistryServer, artifacts: Artifacts):
     srv, token = registry_server, registry_server.token("tomb", "push")
-    pushed = push(artifacts.delta, f"{srv.host}/tomb/chat:1.0", token=token)
+    pushed = push(artifacts.other, f"{srv.host}/tomb/chat:1.0", token=token)
     oci = json.loads(httpx.get(f"{srv.url}/v2/tomb/chat/manifests/1.0").content)
     layer = oci["layers"][0]["digest"]
     kept = httpx.delete(f"{srv.url}/v2/tomb/chat/blobs/{layer}", headers=bearer(token))
@@ -261,6 +261,8 @@ def test_v2_challenges_anonymous_callers_and_the_realm_hands_out_anonymous_pull_
     assert pushed.status_code == 401 and pushed.headers["www-authenticate"].startswith("Bearer realm=")  # pull only
     assert httpx.delete(f"{srv.url}/v2/anon/x/manifests/v1", headers=bearer(anonymous)).status_code == 401
     assert httpx.get(f"{srv.url}/auth/token", auth=("someone", token)).json()["token"] == token  # as before
+    for wrong in (("someone", "pdt_wrong"), ("someone", "")):  # credentials that fail are refused, not taken as none
+        assert httpx.get(f"{srv.url}/auth/token", auth=wrong).status_code == 401, wrong
 
 
 def test_without_anonymous_pull_the_realm_gives_nothing_to_anonymous_callers(tmp_path: Path):
