@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from deltaformat.errors import FormatError
 from deltaformat.manifest import Manifest as DeltaManifest
-from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, parse_manifest
+from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, decode_carried, parse_manifest
 from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest
 from registry.auth import Principal
 from registry.blobs import DIGEST_RE, algorithm_of, check_name, check_reference, digest_bytes
@@ -250,7 +250,7 @@ class Manifests:
         the path allow-list is in the manifest model, this is the part only their bytes can tell."""
         for f in delta.files:
             if f.path in CARRIED_SETTINGS_FILES:
-                check_carried_content(f.path, self._read_small_blob(f.digest, f.path))
+                check_carried_content(f.path, decode_carried(f, self._read_small_blob(f.digest, f.path)))  # v2: zstd
 
     def _validate(self, name: str, oci: OciManifest) -> DeltaManifest:
         with self.db.session() as s:
@@ -421,6 +421,8 @@ def summarize(delta: DeltaManifest) -> tuple[str, list[dict[str, Any]]]:
         "kinds": counts["kinds"], "bytes_per_parameter": counts["bytes_per_parameter"],
         "patched_elements": counts["patched_elements"], "file_count": len(delta.files),
         "files": [f.model_dump(mode="json") for f in delta.files[:FILES_SHOWN]],
+        # lossy: null for an exact delta; else its preset and recorded errors against the exact Δ
+        "lossy": None if counts["exact"] else {"preset": counts["lossy_preset"], **counts["lossy_errors"]},
     }
     text = json.dumps(summary, separators=(",", ":"))
     if len(text) > MAX_SUMMARY_BYTES:
