@@ -22,7 +22,7 @@ load, mount + load, lazy, one after the other in each round), and the table give
 one's median with its range; each round's mount/apply ratio is taken within the round, and
 the median of those ratios is reported. The reads run once per round too (medians).
 
-    python bench/lazy.py [--llama-layers 8] [--repeat 3] [--cache-size 128MiB] [--no-write]
+    python -m bench.lazy [--llama-layers 8] [--repeat 3] [--cache-size 128MiB] [--no-write]
 
 Writes its section of BENCHMARKS.md between ``<!-- lazy:begin -->`` and ``<!-- lazy:end -->``.
 """
@@ -280,7 +280,7 @@ def spread(values: list[float], fmt: str = "{:.2f}") -> str:
 
 def render(results: list[dict], cache: str, started: str, repeat: int) -> str:
     L = ["## Using a delta without a merged copy: mount and lazy loader (issue #13)", ""]
-    L.append(f"`python bench/lazy.py --repeat {repeat} --cache-size {cache}` ({started}; method in the script's docstring). "
+    L.append(f"`python -m bench.lazy --repeat {repeat} --cache-size {cache}` ({started}; method in the script's docstring). "
              f"CPU only, 2 cores shared with other work (load average {os.getloadavg()[0]:.1f} at the end); Python "
              f"{platform.python_version()}; shards of {SHARD}. Each process is fresh; base and delta in the page cache. "
              f"Times are the median of {repeat} interleaved rounds, with their range in brackets.")
@@ -309,8 +309,9 @@ def render(results: list[dict], cache: str, started: str, repeat: int) -> str:
     for res in results:
         rounds = res["rounds"]
         n = rounds[0]["shard_bytes"]
-        rate = lambda key: spread([n / r[key] / 2**20 for r in rounds], "{:,.0f}")  # noqa: E731
-        L.append(f"| {res['label']} | {mib(n)} | {rate('seq_mount_first_s')} | {rate('seq_mount_again_s')} | {rate('seq_applied_s')} | "
+        first, again, applied = (spread([n / r[key] / 2**20 for r in rounds], "{:,.0f}")
+                                 for key in ("seq_mount_first_s", "seq_mount_again_s", "seq_applied_s"))
+        L.append(f"| {res['label']} | {mib(n)} | {first} | {again} | {applied} | "
                  f"{spread([r['pages_mount'] for r in rounds], '{:,.0f}')} / {spread([r['pages_applied'] for r in rounds], '{:,.0f}')} | "
                  f"{mib(max(r['mount_random']['peak_rss'] for r in rounds))} |")
     L.append("")
@@ -322,7 +323,7 @@ NOTES = """\
 - *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` (its Python start-up and imports included) until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first, per round (goal: at most 1.0). The mount computes on one worker per core from the moment a file of the folder is opened, readers' chunks first, the rest ahead in file order, and hands each computed chunk to the kernel's page cache; apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
 - *load of applied folder*: from_pretrained alone, the folder already written and in the page cache: the floor both ways share.
 - Bytes written: what the processes wrote (write_bytes in /proc/PID/io) or, for apply, the folder's size when larger (its writes may not have reached the disk). The mount and the lazy loader write nothing.
-- Mount peak RSS: the mount process, the largest of the rounds; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus, per worker (one per core), the chunk being computed with its buffers, plus a reply buffer per concurrent FUSE request; not by the model's size. The pages handed to the kernel are page cache, not the process's memory.
+- Mount peak RSS: the mount process, the largest of the rounds; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus, per worker (one per core), the chunk being computed with its buffers and one more a reader is waiting for, plus a reply buffer per concurrent FUSE request; not by the model's size. The pages handed to the kernel are page cache, not the process's memory.
 - Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; each chunk is computed in its place in the tensor, so the excess is one chunk's decoding (not the model twice, nor a chunk-sized copy), and the ratio falls as models grow.
 - Random pages: on a fresh mount the first page touched in a chunk costs that chunk's computation (4M elements), after which the whole chunk is in the kernel's page cache: each chunk is computed about once even with a cache smaller than the shard, as here, and the rate is bounded by computing the shard once. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
 """
@@ -339,8 +340,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     a = ap.parse_args()
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from support.report import write_section
+    from paramdelta_dev.report import write_section
 
     started = time.strftime("%Y-%m-%d %H:%M")
     results = []

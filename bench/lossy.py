@@ -36,13 +36,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "bench", REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
-
-import transfer as tr  # noqa: E402
 
 import deltaformat  # noqa: E402
+from bench import transfer as tr  # noqa: E402
 from deltaformat.artifact import open_artifact  # noqa: E402
 from deltaformat.lora import ADAPTER_WEIGHTS, export_lora  # noqa: E402
 from deltaformat.lossy import PRESETS  # noqa: E402
@@ -129,8 +125,9 @@ def run_seed(seed: int, tok, base_model, work: Path) -> dict:
 def tiny_llama_kl(work: Path) -> dict:
     """Mean KL(exact ParamΔ ‖ lossy ParamΔ) of next-token distributions on the tiny Llama's updated base."""
     from peft import PeftModel
-    from support.tiny_models import make_trio
     from transformers import LlamaForCausalLM
+
+    from paramdelta_dev.tiny_models import make_trio
 
     base, post, newbase = make_trio(work / "tiny")
     ids = torch.randint(3, 96, (16, 32), generator=torch.Generator().manual_seed(0))
@@ -342,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps(done, indent=1))
     make_plot(done["results"], args.plot)
-    from support.report import write_section
+    from paramdelta_dev.report import write_section
 
     write_section(args.out_md, SECTION, markdown(done["results"], done["kl"], done["timing"],
                                                  os.path.relpath(args.plot, args.out_md.parent)))

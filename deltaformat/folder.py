@@ -51,11 +51,14 @@ class ChunkCache:
 
     A chunk is *spent* once as many bytes of it were served as it holds, or once it was
     handed to the kernel's page cache (``spend``): readers then find its pages there.
-    Spent chunks are dropped first, least recently used first; then unspent ones.
+    Spent chunks are dropped first, least recently used first; then unspent ones. A chunk
+    a reader waits for may take the cache up to ``slack`` bytes past ``max_bytes`` rather
+    than drop an unspent one (computed ahead and not read yet, it would be computed again).
     """
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, slack: int = 0):
         self.max_bytes = max_bytes
+        self.slack = slack
         self._fresh: OrderedDict[Key, list] = OrderedDict()  # key -> [bits, bytes served so far]
         self._spent: OrderedDict[Key, np.ndarray] = OrderedDict()
         self._bytes = 0
@@ -74,8 +77,9 @@ class ChunkCache:
     def __contains__(self, key: Key) -> bool:  # no change to the order of use
         return key in self._fresh or key in self._spent
 
-    def put(self, key: Key, bits: np.ndarray) -> bool:
-        """Keep ``bits``, dropping others as needed; False (not kept) when bigger than the whole cache."""
+    def put(self, key: Key, bits: np.ndarray, wanted: bool = False) -> bool:
+        """Keep ``bits``, dropping others as needed (within the slack for a chunk a reader is
+        ``wanted``); False (not kept) when bigger than the whole cache."""
         if bits.nbytes > self.max_bytes:
             return False
         with self._lock:
@@ -83,8 +87,10 @@ class ChunkCache:
             self._fresh[key] = [bits, 0]
             self._bytes += bits.nbytes
             self._fresh_bytes += bits.nbytes
-            while self._bytes > self.max_bytes:
-                self._drop(next(iter(self._spent or self._fresh)))
+            while self._bytes > self.max_bytes and self._spent:
+                self._drop(next(iter(self._spent)))
+            while self._bytes > self.max_bytes + (self.slack if wanted else 0):
+                self._drop(next(iter(self._fresh)))
         return True
 
     def served(self, key: Key, nbytes: int) -> bool:
@@ -181,7 +187,9 @@ class ModelFolder:
 
     def __init__(self, lazy: LazyModel, shard_size: int | str, cache_bytes: int | str, workers: int | None = None):
         self.lazy = lazy
-        self.cache = ChunkCache(parse_size(cache_bytes))
+        workers = workers or default_workers()
+        largest = max((ITEMSIZE[t.dtype] * min(t.numel, CHUNK_ELEMENTS) for t in lazy.plan), default=0)
+        self.cache = ChunkCache(parse_size(cache_bytes), slack=workers * largest)  # a chunk per worker, at most
         self.on_computed: Callable[[str, int, int], None] | None = None
         self.shards = plan_shards([(t.name, t.dtype, t.shape) for t in lazy.plan], parse_size(shard_size))
         self._spans = {s.name: self._spans_of(s) for s in self.shards}
@@ -217,7 +225,7 @@ class ModelFolder:
         self._ahead_bytes = 0  # chunks being computed ahead, counted against the cache's room
         self._closed = False
         self._workers = [threading.Thread(target=self._work, name=f"paramdelta-chunks-{i}", daemon=True)
-                         for i in range(workers or default_workers())]
+                         for i in range(workers)]
         for worker in self._workers:
             worker.start()
 
@@ -345,7 +353,7 @@ class ModelFolder:
                     key, nbytes = ahead
                 job = self._jobs[key]
             try:
-                job.bits = self._load(*key)
+                job.bits = self._load(*key, wanted=not nbytes)
             except BaseException as exc:  # handed to the readers waiting; a chunk computed ahead is not tried again ahead
                 job.error = exc
             with self._cond:
@@ -377,7 +385,7 @@ class ModelFolder:
                 return key, nbytes
         return None
 
-    def _load(self, name: str, index: int) -> np.ndarray:
+    def _load(self, name: str, index: int, wanted: bool = True) -> np.ndarray:
         key = (name, index)
         if self.lazy.needs_proof(name):
             with self._tensor_lock(name):
@@ -387,7 +395,7 @@ class ModelFolder:
             if bits is not None:
                 return bits
         bits = self.lazy.chunk_bits(name, index)
-        self.cache.put(key, bits)
+        self.cache.put(key, bits, wanted)
         return bits
 
     def close(self) -> None:

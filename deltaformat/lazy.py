@@ -56,7 +56,7 @@ _NUMPY_DTYPES = {
 
 
 @cache
-def _torch_dtypes() -> dict[str, "torch.dtype"]:
+def _torch_dtypes() -> dict[str, torch.dtype]:
     import torch
 
     return {
@@ -133,7 +133,7 @@ class LazyModel(Mapping):
         reads and closes), so nothing else is held once this returns."""
         self._closed = True
 
-    def __enter__(self) -> "LazyModel":
+    def __enter__(self) -> LazyModel:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -254,7 +254,7 @@ def open_model(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os
 
 def load_transformers_model(artifacts: Sequence[str | os.PathLike | Artifact], base: str | os.PathLike, *,
                             alphas: Sequence[float] | None = None, model_class: type | None = None,
-                            dtype: "torch.dtype | None" = None, quiet: bool = False) -> "torch.nn.Module":
+                            dtype: torch.dtype | None = None, quiet: bool = False) -> torch.nn.Module:
     """A ``transformers`` model of base + deltas, each parameter computed once into its place.
 
     The model is built with its parameters on the meta device (no memory), then each
@@ -362,7 +362,7 @@ def _checkpoint_names(model, tensors: LazyModel) -> dict[str, str]:
     return targets
 
 
-def _assign(model, target: str, value: "torch.Tensor", dtype: "torch.dtype | None") -> None:
+def _assign(model, target: str, value: torch.Tensor, dtype: torch.dtype | None) -> None:
     """Put ``value`` in the model at ``target`` (a parameter or a persistent buffer), checking its shape."""
     import torch
 

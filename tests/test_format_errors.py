@@ -21,7 +21,7 @@ import deltaformat
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE, open_artifact
 from deltaformat.digests import blob_digest, hex_of
 from deltaformat.errors import CorruptBlobError, FormatError, IncompatibleBaseError, ModelError, OutputExistsError, VerificationError
-from support.tiny_models import make_trio, new_model, save
+from paramdelta_dev.tiny_models import make_trio, new_model, save
 
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 

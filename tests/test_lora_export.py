@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import deltaformat
-from deltaformat.engine import stream_range
 from deltaformat.artifact import open_artifact
+from deltaformat.engine import stream_range
 from deltaformat.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, EXPORT_RECORD, export_lora, low_rank
 
 peft = pytest.importorskip("peft")

@@ -17,14 +17,14 @@ import pytest
 from safetensors.numpy import save_file
 
 import deltaformat
-from deltaformat.engine import stream_range
 from deltaformat.arith import difference
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE, open_artifact
 from deltaformat.digests import blob_digest
+from deltaformat.engine import stream_range
 from deltaformat.errors import ModelError
 from deltaformat.lossy import PRESETS
 from deltaformat.models import open_model
-from support.tiny_models import load_state
+from paramdelta_dev.tiny_models import load_state
 
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 

@@ -300,5 +300,6 @@ def test_independent_reader_reproduces_post(vector):
         assert raw == post[name][2], name
         t = next(t for t in m["tensors"] if t["name"] == name)
         assert tensor_digest(raw, WIDTH[post[name][0]], m["chunk_elements"]) == t["post"]["digest"]
-    lines = [json.dumps([k, v[1], v[0], tensor_digest(v[2], WIDTH[v[0]], m["chunk_elements"])], separators=(",", ":")) for k, v in sorted(post.items())]
+    lines = [json.dumps([k, v[1], v[0], tensor_digest(v[2], WIDTH[v[0]], m["chunk_elements"])], separators=(",", ":"))
+             for k, v in sorted(post.items())]
     assert sha("".join(line + "\n" for line in lines).encode()) == m["post"]["fingerprint"]

@@ -383,7 +383,7 @@ class HostileRegistry:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "HostileRegistry":
+    def __enter__(self) -> HostileRegistry:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

@@ -1,6 +1,7 @@
 """A real, stock OCI distribution registry (Debian's ``docker-registry``, distribution 2.8) on a
 loopback port: a temp config with no auth section (so anonymous push is allowed), with
-htpasswd auth for given users, or with token auth against a token server the test runs, and its own storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
+htpasswd auth for given users, or with token auth against a token server the test runs, and its own
+storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
 
 from __future__ import annotations
 
@@ -14,12 +15,13 @@ from typing import TYPE_CHECKING
 import httpx
 import pytest
 
-from support.serve import START_TIMEOUT, free_port
+from paramdelta_dev.ports import free_port
+from paramdelta_dev.serve import START_TIMEOUT
 
 if TYPE_CHECKING:
-    from support.token_server import TokenServer
+    from paramdelta_dev.token_server import TokenServer
 
-SERVICE, ISSUER = "paramdelta-test-registry", "paramdelta-test-issuer"  # as support.token_server signs them
+SERVICE, ISSUER = "paramdelta-test-registry", "paramdelta-test-issuer"  # as paramdelta_dev.token_server signs them
 
 BINARY = Path("/usr/bin/docker-registry")
 INSTALL_HINT = "apt-get install -y docker-registry (scripts/install-system-deps.sh installs it)"
@@ -47,7 +49,7 @@ auth:
 HTPASSWD = Path("/usr/bin/htpasswd")
 
 # distribution's token auth: a Bearer challenge naming the realm; tokens are JWTs whose x5c
-# certificate chains to rootcertbundle (support.token_server issues them)
+# certificate chains to rootcertbundle (paramdelta_dev.token_server issues them)
 TOKEN_AUTH = """\
 auth:
   token:

@@ -12,18 +12,19 @@ from pathlib import Path
 
 import torch
 
+from paramdelta_dev import llama
+
 VOCAB = 96
 CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
 
 
-def llama_config(vocab: int = VOCAB, tie: bool = False):
+def llama_config(vocab: int = VOCAB, tie: bool = False):  # noqa: ANN201 - transformers.LlamaConfig
     from transformers import LlamaConfig
 
-    return LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=tie,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )
+    layout = llama.llama_config(hidden=32, intermediate=64, layers=2, vocab=vocab, heads=4, kv_heads=2, max_positions=64,
+                                tie=tie, rms_norm_eps=1e-6)  # transformers' default eps: the models tests were written on
+    fields = {k: v for k, v in layout.items() if k not in ("architectures", "model_type", "torch_dtype")}
+    return LlamaConfig(**fields, pad_token_id=0)
 
 
 def new_model(seed: int, vocab: int = VOCAB, tie: bool = False):

@@ -31,7 +31,7 @@ def push(artifact: Path, ref: str, **kwargs: Any) -> Any:
 def renamed(artifact: Path, name: str, version: str | None, into: Path | None = None) -> Path:
     """A copy of ``artifact`` in ``into`` (default: a folder next to it) whose manifest.json names ``name`` and
     ``version`` (``artifact`` itself when what it states fits: a None name or version claims nothing, as the
-    registry reads it; scaleout_fixtures.variant's name neither)."""
+    registry reads it; paramdelta_dev.scaleout.variant's name neither)."""
     into = into if into is not None else artifact.parent / ".renamed"
     original = parse_manifest((artifact / MANIFEST_FILE).read_bytes())
     if original.name in (name, None) and original.version in (version, None):  # what it states fits (None: no claim)

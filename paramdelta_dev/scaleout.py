@@ -1,8 +1,8 @@
-"""Fixtures for the scale-out tests: one real PostgreSQL, one real Ceph S3 bucket, and
-``paramdelta serve`` replicas sharing them (imported by tests/test_scaleout_*.py).
+"""The scale-out deployment for tests and benchmarks: one real PostgreSQL, one real Ceph S3 bucket,
+and ``paramdelta serve`` replicas sharing them (tests get them from the ``scale_backends`` and
+``cluster`` fixtures in tests/conftest.py; bench/registry_scale.py starts its own).
 
-Session-scoped and started once per test run even when several modules import them
-(the services are kept in module globals). Replicas run as subprocesses on loopback:
+Replicas run as subprocesses on loopback; the cluster the fixtures start has two:
 
     A  anonymous pull off, blob GETs redirect (307) to presigned URLs signed for a
        recording HTTP forwarder in front of the gateway (PARAMDELTA_S3_PUBLIC_ENDPOINT_URL),
@@ -20,24 +20,16 @@ import json
 import os
 import shutil
 import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE
 from deltaformat.manifest import parse_manifest
 from deltaformat.oci import build_oci_manifest
-
-try:  # plain `pytest` puts tests/ on sys.path; `python -m pytest` the repo root
-    from support.serve import ServeProcess
-    from support.services import PostgresService, S3Service, start_postgres, start_s3
-except ImportError:  # pragma: no cover
-    from tests.support.serve import ServeProcess
-    from tests.support.services import PostgresService, S3Service, start_postgres, start_s3
+from paramdelta_dev.serve import ServeProcess
+from paramdelta_dev.services import PostgresService, S3Service, start_postgres, start_s3
 
 BUCKET = "paramdelta-scaleout"
 PART_BYTES = 5 << 20
@@ -124,7 +116,7 @@ class RecordingProxy:
         assert self.server is not None
         return f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def start(self) -> "RecordingProxy":
+    def start(self) -> RecordingProxy:
         up = urlsplit(self.upstream)
         proxy = self
 
@@ -176,52 +168,34 @@ class Cluster:
     proxy: RecordingProxy
 
 
-_STATE: dict[str, object] = {}
+def start_backends(workdir: Path) -> Backends:
+    """PostgreSQL and Ceph S3 under ``workdir``, with the bucket made (stopped again if either fails to start)."""
+    pg = start_postgres(workdir)
+    try:
+        s3 = start_s3(workdir)
+    except BaseException:
+        pg.stop()
+        raise
+    s3.make_bucket(BUCKET)
+    return Backends(pg, s3, BUCKET, workdir)
 
 
-@pytest.fixture(scope="session")
-def scale_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
-    if "backends" not in _STATE:
-        workdir = tmp_path_factory.mktemp("scaleout")
-        pg = start_postgres(workdir)
-        try:
-            s3 = start_s3(workdir)
-        except BaseException:
-            pg.stop()
-            raise
-        s3.make_bucket(BUCKET)
-        _STATE["backends"] = Backends(pg, s3, BUCKET, workdir)
-    backends = _STATE["backends"]
-    assert isinstance(backends, Backends)
-    yield backends
-    backends.s3.stop()  # idempotent: a second module's teardown finds them stopped
-    backends.pg.stop()
-
-
-@pytest.fixture(scope="session")
-def cluster(scale_backends: Backends) -> Iterator[Cluster]:
-    if "cluster" not in _STATE:
-        proxy = RecordingProxy(scale_backends.s3.endpoint_url).start()
-        a = Replica(scale_backends, "a", "--no-anonymous-pull", PARAMDELTA_S3_PUBLIC_ENDPOINT_URL=proxy.url,
-                    PARAMDELTA_LOG_FORMAT="json")
-        b = Replica(scale_backends, "b", PARAMDELTA_S3_REDIRECT="0")
-        a.launch()  # together on an empty database: one creates the schema, the other waits on the migration lock
-        b.launch()
-        try:
-            a.wait_ready()
-            b.wait_ready()
-        except BaseException:
-            a.stop()
-            b.stop()
-            proxy.stop()
-            raise
-        _STATE["cluster"] = Cluster(scale_backends, a, b, proxy)
-    c = _STATE["cluster"]
-    assert isinstance(c, Cluster)
-    yield c
-    c.a.stop()
-    c.b.stop()
-    c.proxy.stop()
+def start_cluster(backends: Backends) -> Cluster:
+    """Replicas A and B (see the module docstring) and the recording proxy, on ``backends``."""
+    proxy = RecordingProxy(backends.s3.endpoint_url).start()
+    a = Replica(backends, "a", "--no-anonymous-pull", PARAMDELTA_S3_PUBLIC_ENDPOINT_URL=proxy.url, PARAMDELTA_LOG_FORMAT="json")
+    b = Replica(backends, "b", PARAMDELTA_S3_REDIRECT="0")
+    a.launch()  # together on an empty database: one creates the schema, the other waits on the migration lock
+    b.launch()
+    try:
+        a.wait_ready()
+        b.wait_ready()
+    except BaseException:
+        a.stop()
+        b.stop()
+        proxy.stop()
+        raise
+    return Cluster(backends, a, b, proxy)
 
 
 def variant(artifact: Path, out: Path, description: str) -> tuple[bytes, bytes]:

@@ -20,7 +20,6 @@ import atexit
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,7 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from paramdelta_dev.ports import free_ports
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS_DIR = REPO_ROOT / "scripts" / "services"
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 INSTALL_HINT = "run scripts/install-system-deps.sh"
@@ -61,24 +62,6 @@ _MAX_STATE_PATH = 60
 
 # --------------------------------------------------------------------------- #
 # shared plumbing
-
-
-def free_ports(n: int = 1) -> list[int]:
-    """Return ``n`` distinct TCP ports on 127.0.0.1 that are free right now.
-
-    All sockets are held open together so the ports are distinct; there is an
-    unavoidable race until the service binds them (the scripts re-check).
-    """
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _missing_executables(names: list[str]) -> list[str]:
@@ -199,7 +182,7 @@ class _Stopper:
 
 
 def _bring_up(service: str, env: dict[str, str], log_dir: Path, timeout: float, down_timeout: float,
-              private_dir: Path | None) -> tuple[str, float, "_Stopper"]:
+              private_dir: Path | None) -> tuple[str, float, _Stopper]:
     """Run scripts/services/<service>-up.sh; return (its last line, seconds taken, a stopper).
 
     The stopper runs <service>-down.sh and removes ``private_dir``; it also runs when the
