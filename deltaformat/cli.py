@@ -51,12 +51,13 @@ def _apply(a: argparse.Namespace) -> int:
 
     if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
-    for ref in a.artifacts:  # registry versions: check the base from manifest.json before downloading blobs
-        if not Path(ref).exists() and is_reference(ref):
+    artifacts = _signed(a.artifacts, a.require_signature)
+    for ref in artifacts:  # registry versions: check the base from manifest.json before downloading blobs
+        if isinstance(ref, str) and not Path(ref).exists() and is_reference(ref):
             from deltaformat.client import preflight  # the HTTP client only when a registry is asked
 
             preflight(ref, a.base)
-    r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
+    r = apply(artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
     exact = " (verified bit-exact against the post model)" if r.verified_exact else ""
@@ -67,10 +68,37 @@ def _apply(a: argparse.Namespace) -> int:
 def _verify(a: argparse.Namespace) -> int:
     from deltaformat import verify
 
-    r = verify(a.artifact, base=a.base, quiet=a.quiet)
+    target = _signed([a.artifact], a.key)[0]
+    r = verify(target, base=a.base, quiet=a.quiet)
     proof = "; round trip on the base reproduces the post model bit for bit" if r.round_trip else ""
-    print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{proof}")
+    signed = f"; signed by key {_fingerprint(a.key)}" if a.key else ""
+    print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{signed}{proof}")
     return 0
+
+
+def _sign(a: argparse.Namespace) -> int:
+    from deltaformat.signing import sign
+
+    where, fingerprint = sign(a.target, a.key, password=os.environ.get("PARAMDELTA_KEY_PASSWORD"),
+                              registry=a.registry, token=a.token)
+    print(f"signed {a.target} with key {fingerprint}: {where}")
+    return 0
+
+
+def _signed(targets: list, public_key: str | None) -> list:
+    """``targets`` as apply/verify should read them: unchanged without a key; with one, each proven
+    signed by it first (a registry version pinned by digest, before any of its blobs is downloaded)."""
+    if not public_key:
+        return targets
+    from deltaformat.signing import require_signed
+
+    return require_signed(targets, public_key)
+
+
+def _fingerprint(public_key: str) -> str:
+    from deltaformat.signing import key_fingerprint, load_public_key
+
+    return key_fingerprint(load_public_key(public_key))
 
 
 def _inspect(a: argparse.Namespace) -> int:
@@ -282,12 +310,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, nargs="+", help="scale per artifact (default 1)")
     ap.add_argument("--shard-size", default="5GB", help="maximum shard size (default 5GB)")
     ap.add_argument("--device", default="cpu", help="torch device for the arithmetic (cpu, cuda)")
+    ap.add_argument("--require-signature", metavar="PUBLIC_KEY.pem",
+                    help="refuse any delta not signed by this key, or changed since (checked before any blob is downloaded)")
     ap.set_defaults(func=_apply)
 
     v = sub.add_parser("verify", help="check an artifact's integrity (and the round trip with --base)")
     v.add_argument("artifact")
     v.add_argument("--base", help="the original base: prove base + delta == post")
+    v.add_argument("--key", metavar="PUBLIC_KEY.pem", help="also prove it signed by this key (paramdelta sign)")
     v.set_defaults(func=_verify)
+
+    sg = sub.add_parser("sign", help="sign an artifact folder or a registry version with an EC private key")
+    sg.add_argument("target", metavar="ARTIFACT|REF", help="artifact folder, or registry reference [REGISTRY/]NS/NAME[:VERSION]")
+    sg.add_argument("--key", required=True, metavar="PRIVATE_KEY.pem",
+                    help="EC private key (P-256/384/521, PEM; an encrypted one's password in $PARAMDELTA_KEY_PASSWORD)")
+    sg.set_defaults(func=_sign)
 
     i = sub.add_parser("inspect", help="summarise an artifact")
     i.add_argument("artifact")
@@ -329,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mount_verbs(sub)
 
-    for cmd in (pu, pl, se):
+    for cmd in (pu, pl, se, sg):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
 

@@ -27,12 +27,19 @@ class VerifyReport:
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
 
 
-def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | None = None, quiet: bool = False, workers: int | None = None) -> VerifyReport:
+def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | None = None, quiet: bool = False, workers: int | None = None,
+           require_signature: str | os.PathLike | None = None) -> VerifyReport:
     """Check every blob, decoded stream, patch and carried file against the manifest.
 
     With ``base``, also recompute base + Δ for every tensor and check it equals the post
-    model's digests: the proof that apply on that base gives the post model back.
+    model's digests: the proof that apply on that base gives the post model back. With
+    ``require_signature`` (a public key's PEM file), first prove the artifact signed by that
+    key and unchanged since (deltaformat.signing), before any blob is downloaded.
     """
+    if require_signature is not None:
+        from deltaformat.signing import require_signed
+
+        artifact = require_signed([artifact], require_signature)[0]
     art = open_any(artifact, quiet=quiet)
     m = art.manifest
     streams = [(e.name, s) for e in m.tensors for s in (e.delta, e.values) if s is not None]
