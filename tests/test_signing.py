@@ -202,3 +202,19 @@ def test_a_signature_that_lists_another_file_is_refused(artifacts: Artifacts, ke
     (folder / "signatures").mkdir()
     (folder / "signatures" / "odd.sigstore.json").write_text(json.dumps(bundle))
     assert_refused(cli("verify", str(folder), "--key", str(keys.public), cache=tmp_path / "cache"), "../elsewhere")
+
+
+def test_an_encrypted_key_signs_with_its_password_from_the_environment(artifacts: Artifacts, keys: Keys, tmp_path: Path):
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(keys.private.read_bytes(), None)
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                            serialization.BestAvailableEncryption(b"s3cret")))
+    folder = copy_of(artifacts.delta, tmp_path)
+    refused = cli("sign", str(folder), "--key", str(encrypted), cache=tmp_path / "cache")
+    assert refused.returncode == 2 and "PARAMDELTA_KEY_PASSWORD" in refused.stderr, refused.stderr
+    assert not (folder / "signatures").exists()
+    done = cli("sign", str(folder), "--key", str(encrypted), cache=tmp_path / "cache", env={"PARAMDELTA_KEY_PASSWORD": "s3cret"})
+    assert done.returncode == 0, done.stderr
+    assert cli("verify", str(folder), "--key", str(keys.public), cache=tmp_path / "cache").returncode == 0

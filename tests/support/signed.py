@@ -66,10 +66,10 @@ def change_blob_byte(folder: Path) -> str:
     return digest
 
 
-def cli(*args: str, cache: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PARAMDELTA_CACHE": str(cache), "PARAMDELTA_QUIET": "1"}
-    for var in ("PARAMDELTA_REGISTRY", "PARAMDELTA_TOKEN", "PARAMDELTA_KEY_PASSWORD"):
-        env.pop(var, None)
+def cli(*args: str, cache: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``paramdelta ARGS`` in a subprocess with its own cache and no registry, token or key password but ``env``'s."""
+    base = {k: v for k, v in os.environ.items() if k not in ("PARAMDELTA_REGISTRY", "PARAMDELTA_TOKEN", "PARAMDELTA_KEY_PASSWORD")}
+    env = {**base, "PARAMDELTA_CACHE": str(cache), "PARAMDELTA_QUIET": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "deltaformat.cli", *args], capture_output=True, text=True, env=env,
                           timeout=300)
 
