@@ -87,14 +87,16 @@ def push_referrer(client: RegistryClient, name: str, subject: Descriptor, artifa
 
 
 def list_referrers(client: RegistryClient, name: str, digest: str, artifact_type: str | None = None) -> list[Descriptor]:
-    """The referrers of ``name@digest`` (only those of ``artifact_type`` when given), through the
-    referrers API where the registry has it, else the referrers tag schema."""
+    """The referrers of ``name@digest`` (only those of ``artifact_type``, or of none stated, when given),
+    through the referrers API where the registry has it, else the referrers tag schema."""
     found = _from_api(client, name, digest, artifact_type)
     if found is None:
         index = _get_index(client, name, tag_schema_tag(digest))
         found = index.descriptors() if index is not None else []
-    # filtered here too: a registry may ignore the artifactType filter (it then omits OCI-Filters-Applied)
-    return [d for d in found if artifact_type is None or d.artifactType == artifact_type]
+    # filtered here too: a registry may ignore the artifactType filter (it then omits OCI-Filters-Applied).
+    # A descriptor without artifactType is kept: a tool that rewrote the tag schema's index may have dropped
+    # it; the caller reads the referrer's manifest anyway.
+    return [d for d in found if artifact_type is None or d.artifactType in (artifact_type, None)]
 
 
 def get_manifest(client: RegistryClient, name: str, digest: str) -> OciManifest:

@@ -9,6 +9,7 @@ registry's own access log is the witness.
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +98,23 @@ def test_sign_verify_and_list_on_a_stock_registry(stock: str, artifacts: Artifac
     done = cli("verify", ref, "--key", str(keys.public), cache=client_env)
     assert done.returncode == 0, done.stderr
     assert f"signed by key {fingerprint(keys.public)}" in done.stdout
+
+
+def test_a_referrers_index_stripped_of_artifact_types_still_verifies(stock: str, artifacts: Artifacts, keys: Keys,
+                                                                    client_env: Path):
+    """A tool that rewrites the referrers tag's index may drop its entries' artifactType and annotations:
+    the signature is still found, from the referrer's own manifest."""
+    ref = push_and_sign(artifacts.delta, stock, keys, client_env)
+    digest, _ = served(stock)
+    tag = referrers.tag_schema_tag(digest)
+    index = httpx.get(f"http://{stock}/v2/{NAME}/manifests/{tag}", headers={"Accept": referrers.OCI_IMAGE_INDEX}).json()
+    index["manifests"] = [{k: v for k, v in d.items() if k in ("mediaType", "digest", "size")} for d in index["manifests"]]
+    put = httpx.put(f"http://{stock}/v2/{NAME}/manifests/{tag}", content=json.dumps(index),
+                    headers={"Content-Type": referrers.OCI_IMAGE_INDEX})
+    assert put.status_code == 201, put.text
+    done = cli("verify", ref, "--key", str(keys.public), cache=client_env)
+    assert done.returncode == 0, done.stderr
+    assert_refused(cli("verify", ref, "--key", str(keys.other_public), cache=client_env), "not signed by key")
 
 
 def test_apply_require_signature_from_a_stock_registry(stock: str, artifacts: Artifacts, keys: Keys, tmp_path: Path, client_env: Path):
