@@ -211,7 +211,7 @@ def test_signatures_survive_a_skopeo_copy(artifacts: Artifacts, keys: Keys, tmp_
         push_and_sign(artifacts.delta, a, keys, client_env)
         digest, _ = served(a)
         for tag in ("1.0", referrers.tag_schema_tag(digest)):
-            copy = subprocess.run([str(SKOPEO), "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
+            copy = subprocess.run([str(SKOPEO), "--insecure-policy", "copy", "--all", "--preserve-digests", "--src-tls-verify=false",
                                    "--dest-tls-verify=false", f"docker://{a}/{NAME}:{tag}", f"docker://{b}/{NAME}:{tag}"],
                                   capture_output=True, text=True, timeout=300)
             assert copy.returncode == 0, copy.stderr
