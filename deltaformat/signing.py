@@ -392,9 +392,12 @@ def check_artifact(folder: str | os.PathLike, key: ec.EllipticCurvePublicKey) ->
     folder = Path(folder)
     where = str(folder)
     mpath = folder / MANIFEST_FILE
-    if not mpath.is_file() or mpath.stat().st_size > MAX_MANIFEST_BYTES:
+    if not mpath.is_file():
         open_artifact(folder)  # says what is wrong with the folder
-    data = mpath.read_bytes()
+    with open(mpath, "rb") as f:
+        data = f.read(MAX_MANIFEST_BYTES + 1)  # bounded even if the file grows after a size check
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{where}: {MANIFEST_FILE} has more than the {MAX_MANIFEST_BYTES:,} bytes a reader holds")
     digest = PREFIX + hashlib.sha256(data).hexdigest()
     signed = find_signed(_local_bundles(folder), key, where, digest)
     try:
