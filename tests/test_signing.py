@@ -218,3 +218,20 @@ def test_an_encrypted_key_signs_with_its_password_from_the_environment(artifacts
     done = cli("sign", str(folder), "--key", str(encrypted), cache=tmp_path / "cache", env={"PARAMDELTA_KEY_PASSWORD": "s3cret"})
     assert done.returncode == 0, done.stderr
     assert cli("verify", str(folder), "--key", str(keys.public), cache=tmp_path / "cache").returncode == 0
+
+
+def test_signatures_listed_from_a_referrers_index_for_the_delta_page():
+    """What the registry's delta page shows: key and time of each signature among a version's referrers, nothing else."""
+    index = {"manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "1" * 64, "size": 700,
+         "artifactType": signing.BUNDLE_MEDIA_TYPE,
+         "annotations": {signing.KEY_ANNOTATION: "sha256:" + "a" * 64, signing.CREATED_ANNOTATION: "2026-12-02T20:00:00Z"}},
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "2" * 64, "size": 500,
+         "artifactType": "application/spdx+json"},  # an SBOM: not a signature
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": "sha256:" + "3" * 64, "size": 700,
+         "artifactType": signing.BUNDLE_MEDIA_TYPE},  # pushed by another tool: no key named
+    ]}
+    assert signing.signatures_listed(index["manifests"]) == [
+        signing.SignatureInfo("sha256:" + "a" * 64, "2026-12-02T20:00:00Z", "sha256:" + "1" * 64),
+        signing.SignatureInfo(None, None, "sha256:" + "3" * 64),
+    ]
