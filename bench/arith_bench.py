@@ -32,7 +32,7 @@ import deltaformat  # noqa: E402
 from deltaformat import arith  # noqa: E402
 from deltaformat.codec.base import Materialized  # noqa: E402
 
-APPLY_MODULE = importlib.import_module("deltaformat.apply")  # ``deltaformat.apply`` may name the function
+APPLY_MODULE = importlib.import_module("deltaformat.engine")  # where apply calls ``combine``
 
 CHUNK = 1 << 22
 TORCH_BLOCK = 1 << 18

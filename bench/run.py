@@ -271,11 +271,12 @@ def _instrument(op: str) -> dict:
     cls = type(codec.get_codec(codec.DEFAULT_DELTA_CODEC))
     wrap(models.TensorRef, "read", "read model tensors (pread)")
     if op == "profile-apply":
-        mod = importlib.import_module("deltaformat.apply")
+        mod = importlib.import_module("deltaformat.engine")  # apply's chunk engine
         wrap(artifact.Artifact, "read_blob", "read blobs + their sha256")
         wrap(cls, "decode_blocks", f"decode ({cls.id}): zstd, checks, escapes")
         wrap(mod, "combine", "combine: Δ table lookups, fp32(base) + Δ -> bf16")
         wrap(mod, "chunk_hash", "sha256 of base/output chunks")
+        wrap(importlib.import_module("deltaformat.proof"), "chunk_hash", "sha256 of base/output chunks")
         wrap(writer_mod.ShardedWriter, "write", "write output (pwrite)")
         wrap(writer_mod.ShardedWriter, "close", "fsync output shards")
     else:

@@ -24,7 +24,9 @@ from deltaformat._version import __version__
 _EXPORTS: dict[str, str] = {
     "extract": "deltaformat.extract",
     "apply": "deltaformat.apply",
-    "preflight": "deltaformat.apply",
+    "preflight": "deltaformat.compat",
+    "resolve": "deltaformat.resolve",
+    "Source": "deltaformat.resolve",
     "ApplyResult": "deltaformat.apply",
     "verify": "deltaformat.verify",
     "inspect": "deltaformat.verify",
@@ -38,12 +40,14 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from deltaformat.apply import ApplyResult, apply, preflight
+    from deltaformat.apply import ApplyResult, apply
     from deltaformat.artifact import Artifact, open_artifact
+    from deltaformat.compat import preflight
     from deltaformat.errors import ParamDeltaError
     from deltaformat.extract import extract
     from deltaformat.lazy import LazyModel, open_model
     from deltaformat.manifest import Manifest
+    from deltaformat.resolve import Source, resolve
     from deltaformat.verify import VerifyReport, inspect, verify
 
 __all__ = ["__version__", *_EXPORTS]

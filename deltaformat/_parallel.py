@@ -11,6 +11,8 @@ from typing import TypeVar
 
 import numpy as np
 
+from deltaformat import environment
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -35,9 +37,9 @@ def scratch(key: str, nbytes: int) -> np.ndarray:
 
 
 def default_workers() -> int:
-    env = os.environ.get("PARAMDELTA_WORKERS")
-    if env:
-        return max(1, int(env))
+    env = environment.workers()
+    if env is not None:
+        return env
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from deltaformat._parallel import scratch
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE, Decoded, Materialized
-from deltaformat.dtypes import uint_dtype
+from deltaformat.codec.base import Decoded, Materialized
+from deltaformat.dtypes import UINT_FOR_ITEMSIZE, uint_dtype
 from deltaformat.errors import ParamDeltaError
 
 if TYPE_CHECKING:

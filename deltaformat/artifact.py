@@ -12,7 +12,6 @@ never be mistaken for a loadable model.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import uuid
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from deltaformat.codec import get_codec
 from deltaformat.codec.base import Decoded
-from deltaformat.digests import PREFIX, blob_digest, hex_of
+from deltaformat.digests import blob_digest, hex_of
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, FormatError
 from deltaformat.fsutil import write_file_atomic
@@ -104,7 +103,7 @@ class Artifact:
             raise CorruptBlobError(f"{what}: blob {digest} is missing from {self.location}") from None
         if len(data) != size:
             raise CorruptBlobError(f"{what}: blob {digest} changed while it was read ({len(data)} of {size} bytes)")
-        if PREFIX + hashlib.sha256(data).hexdigest() != digest:
+        if blob_digest(data) != digest:
             raise CorruptBlobError(f"{what}: blob {digest} is corrupt (its sha256 does not match its name)")
         return data
 

@@ -7,6 +7,8 @@
       manifests/sha256/<hex>                 OCI manifests by digest
       refs/<registry>/<ns>/<name>/<tag>      the digest a tag resolved to, for offline use
       uploads/<registry>/<hex>.json          an upload session in progress, for the next push to resume
+      sources/<registry>/<hex>               repositories of that registry the blob was pulled from or pushed to,
+                                             one a line: a push elsewhere mounts it from one rather than upload it
 
 A blob is renamed into blobs/ only after its sha256 matched, so blobs/ holds nothing
 unverified. With PARAMDELTA_OFFLINE=1 the client reads only this folder.
@@ -24,24 +26,19 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from deltaformat.digests import blob_digest, hex_of
+from deltaformat.environment import cache_dir, offline
 from deltaformat.fsutil import write_file_atomic
+from deltaformat.reference import NAME_RE
 
+MAX_SOURCES = 8  # repositories remembered per blob and registry: one that still has it is enough
 
-def cache_dir() -> Path:
-    """PARAMDELTA_CACHE, or ~/.cache/paramdelta."""
-    env = os.environ.get("PARAMDELTA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "paramdelta"
-
-
-def offline() -> bool:
-    """PARAMDELTA_OFFLINE=1 (or true/yes): no network call at all, the cache only."""
-    return os.environ.get("PARAMDELTA_OFFLINE", "").lower() in ("1", "true", "yes")
+__all__ = ["Cache", "cache_dir", "offline"]
 
 
 class Cache:
     """One cache folder; safe to share between threads and processes."""
 
-    def __init__(self, root: str | os.PathLike | None = None):
+    def __init__(self, root: str | os.PathLike[str] | None = None):
         self.root = Path(root) if root is not None else cache_dir()
         self.blob_dir = self.root / "blobs" / "sha256"
 
@@ -131,6 +128,26 @@ class Cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomic(path, json.dumps({"name": name, "location": location}).encode())
 
+    # -- where blobs were seen -----------------------------------------------------------
+
+    def blob_sources(self, registry: str, digest: str) -> list[str]:
+        """Repositories of ``registry`` that held ``digest`` when this cache last talked to them, newest first."""
+        try:
+            lines = self._sources_path(registry, digest).read_text().split()
+        except (FileNotFoundError, UnicodeDecodeError):
+            return []
+        return [name for name in reversed(lines) if NAME_RE.match(name)]
+
+    def add_blob_source(self, registry: str, digest: str, name: str) -> None:
+        """Record that repository ``name`` of ``registry`` holds ``digest`` (the last MAX_SOURCES are kept)."""
+        known = self.blob_sources(registry, digest)
+        if known[:1] == [name]:
+            return
+        names = [name] + [n for n in known if n != name][:MAX_SOURCES - 1]
+        path = self._sources_path(registry, digest)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_file_atomic(path, "".join(f"{n}\n" for n in reversed(names)).encode())
+
     # -- internals ------------------------------------------------------------------------
 
     def _read_verified(self, path: Path, digest: str) -> bytes | None:
@@ -145,6 +162,9 @@ class Cache:
 
     def _ref_path(self, registry: str, name: str, tag: str) -> Path:
         return self.root / "refs" / _host_dir(registry) / name / tag
+
+    def _sources_path(self, registry: str, digest: str) -> Path:
+        return self.root / "sources" / _host_dir(registry) / hex_of(digest)
 
     def _upload_path(self, registry: str, digest: str) -> Path:
         return self.root / "uploads" / _host_dir(registry) / f"{hex_of(digest)}.json"

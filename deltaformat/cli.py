@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import sys
 import traceback
 from collections.abc import Callable
+from typing import Any
 
+from deltaformat import environment
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
 
 Handler = Callable[[argparse.Namespace], int]
@@ -44,19 +45,13 @@ def _extract(a: argparse.Namespace) -> int:
 
 
 def _apply(a: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from deltaformat import apply
-    from deltaformat.oci import is_reference
 
     if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
+    # apply pre-flights the base against each manifest.json before it downloads any blob; with
+    # --require-signature each delta is first proven signed (a registry version pinned by digest)
     artifacts = _signed(a.artifacts, a.require_signature)
-    for ref in artifacts:  # registry versions: check the base from manifest.json before downloading blobs
-        if isinstance(ref, str) and not Path(ref).exists() and is_reference(ref):
-            from deltaformat.client import preflight  # the HTTP client only when a registry is asked
-
-            preflight(ref, a.base)
     r = apply(artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
@@ -79,8 +74,8 @@ def _verify(a: argparse.Namespace) -> int:
 def _sign(a: argparse.Namespace) -> int:
     from deltaformat.signing import sign
 
-    where, fingerprint = sign(a.target, a.key, password=os.environ.get("PARAMDELTA_KEY_PASSWORD"),
-                              registry=a.registry, token=a.token)
+    where, fingerprint = sign(a.target, a.key, password=environment.key_password(),
+                              registry=a.registry, token=a.token, credentials=_credentials(a))
     print(f"signed {a.target} with key {fingerprint}: {where}")
     return 0
 
@@ -125,27 +120,29 @@ def _inspect(a: argparse.Namespace) -> int:
 def _push(a: argparse.Namespace) -> int:
     from deltaformat.client import push
 
-    r = push(a.artifact, a.reference, registry=a.registry, token=a.token, quiet=a.quiet)
+    r = push(a.artifact, a.reference, registry=a.registry, token=a.token, quiet=a.quiet, credentials=_credentials(a))
+    mounted = f" ({r.mounted} mounted from another repository)" if r.mounted else ""
     print(f"pushed {r.reference} {r.digest}: uploaded {r.uploaded} blob(s), {r.uploaded_bytes:,} bytes; "
-          f"{r.skipped} already in the registry")
+          f"{r.skipped} already in the registry{mounted}")
     return 0
 
 
 def _pull(a: argparse.Namespace) -> int:
     from deltaformat.client import pull
 
-    r = pull(a.reference, a.out, registry=a.registry, token=a.token, quiet=a.quiet, force=a.force)
+    r = pull(a.reference, a.out, registry=a.registry, token=a.token, quiet=a.quiet, force=a.force,
+             credentials=_credentials(a))
     m = r.artifact.manifest
     print(f"pulled {r.pinned} into {a.out}: {len(m.blob_digests())} blobs, {m.stored_bytes():,} bytes")
     return 0
 
 
-def _login(a: argparse.Namespace) -> int:
-    from deltaformat import credentials
-    from deltaformat.client import check_login
-
+def _read_credentials(a: argparse.Namespace, verb: str) -> tuple[str, str] | None:
+    """(user, password) from --username and --password-stdin (or a prompt); None when neither was given."""
     if a.password_stdin and not a.username:  # stdin holds the password: the user cannot be asked for too
-        raise ValueError("login: --password-stdin needs --username")
+        raise ValueError(f"{verb}: --password-stdin needs --username")
+    if not a.username and verb != "login":
+        return None
     user = a.username or input("Username: ")
     if a.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -154,7 +151,19 @@ def _login(a: argparse.Namespace) -> int:
 
         password = getpass()
     if not user or not password:
-        raise ValueError("login: a username and a password are needed")
+        raise ValueError(f"{verb}: a username and a password are needed")
+    return user, password
+
+
+def _credentials(a: argparse.Namespace) -> tuple[str, str] | None:
+    return _read_credentials(a, a.command)
+
+
+def _login(a: argparse.Namespace) -> int:
+    from deltaformat import credentials
+    from deltaformat.client import check_login
+
+    user, password = _read_credentials(a, "login") or ("", "")
     host = check_login(a.host, user, password)  # refused credentials are never stored
     print(f"login succeeded for {host}; stored in {credentials.store(host, user, password)}")
     return 0
@@ -175,22 +184,29 @@ def _logout(a: argparse.Namespace) -> int:
 def _search(a: argparse.Namespace) -> int:
     from deltaformat import client
 
+    notice = None
     if a.compatible_with:
-        page = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
-        rows = [(f"{i['name']}:{i['version']}", i["match"], i["base_id"], i["post_id"], i["stored_bytes"]) for i in page["items"]]
-        header = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
+        found = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
+        rows = [(f"{i.name}:{i.version}", i.match, i.base_id, i.post_id, i.stored_bytes) for i in found.items]
+        header: tuple[str, ...] = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
+        page: client.Page[Any] = found
     else:
-        page = client.search(a.text, base=a.base, architecture=a.architecture, namespace=a.namespace, sort=a.sort,
-                             limit=a.limit, cursor=a.cursor, registry=a.registry, token=a.token)
-        rows = [(f"{i['name']}:{i['latest_version']}", i["base_id"], i["post_id"], i["stored_bytes"],
-                 (i["description"] or "")[:50]) for i in page["items"]]
+        listed = client.search(a.text, base=a.base, architecture=a.architecture, namespace=a.namespace, sort=a.sort,
+                               limit=a.limit, cursor=a.cursor, registry=a.registry, token=a.token,
+                               credentials=_credentials(a))
+        notice = getattr(listed, "notice", None)  # a stock OCI registry: listed from its catalog and annotations
+        rows = [(f"{i.name}:{i.latest_version}", i.base_id, i.post_id or "-", i.stored_bytes,
+                 (i.description or "")[:50]) for i in listed.items]
         header = ("DELTA", "BASE", "POST", "BYTES", "DESCRIPTION")
+        page = listed
+    if notice:
+        print(notice, file=sys.stderr)
     if a.json:
-        print(json.dumps(page, indent=2))
+        print(page.model_dump_json(indent=2, exclude={"notice"}))
         return 0
     _table([header, *rows])
-    if page.get("next_cursor"):
-        print(f"more: --cursor {page['next_cursor']}", file=sys.stderr)
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
     return 0
 
 
@@ -369,6 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in (pu, pl, se, sg):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
+        cmd.add_argument("-u", "--username", help="log in as this user for this command only (else: `paramdelta login`'s)")
+        cmd.add_argument("--password-stdin", action="store_true", help="read the --username's password from stdin")
 
     for cmd in (x, ap, v, i, pu, pl):
         cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -457,7 +475,7 @@ def _as_error(exc: Exception) -> Exception:
 
 
 def _debug_traceback() -> None:
-    if os.environ.get("PARAMDELTA_DEBUG", "").lower() in ("1", "true", "yes"):
+    if environment.debug():
         traceback.print_exc()
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from deltaformat.environment import docker_config_dir
 from deltaformat.errors import RegistryError
 from deltaformat.fsutil import write_file_atomic
 
@@ -25,8 +26,7 @@ MAX_CONFIG_BYTES = 1 << 20  # a docker config is a few KiB; a bigger one is not 
 
 
 def config_path() -> Path:
-    folder = os.environ.get("DOCKER_CONFIG")
-    return Path(folder) / "config.json" if folder else Path.home() / ".docker" / "config.json"
+    return docker_config_dir() / "config.json"
 
 
 def _host_key(entry: str) -> str:

@@ -5,18 +5,25 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
+
+if TYPE_CHECKING:
+    import numpy as np
+    from typing_extensions import Buffer
+
+BytesLike: TypeAlias = "bytes | memoryview | np.ndarray[Any, Any]"  # what hashlib reads (a numpy array: its raw bytes)
 
 PREFIX = "sha256:"
 
 
-def blob_digest(data: bytes | memoryview) -> str:
+def blob_digest(data: BytesLike) -> str:
     """Digest of a blob: sha256 of its bytes, as ``sha256:<hex>``."""
-    return PREFIX + hashlib.sha256(data).hexdigest()
+    return PREFIX + hashlib.sha256(cast("Buffer", data)).hexdigest()
 
 
-def chunk_hash(data: bytes | memoryview) -> bytes:
+def chunk_hash(data: BytesLike) -> bytes:
     """Raw sha256 of one chunk of a tensor's bytes (one step of a tensor digest)."""
-    return hashlib.sha256(data).digest()
+    return hashlib.sha256(cast("Buffer", data)).digest()  # numpy's stubs do not say it is one
 
 
 def tensor_digest(chunk_hashes: Iterable[bytes]) -> str:

@@ -59,6 +59,23 @@ class RegistryError(ParamDeltaError):
     """The registry answered with an error (message carries its code and detail)."""
 
     exit_code = 9
+    # set where the registry answered (RegistryResponseError); None for a registry that could not be reached
+    status: int | None = None
+    code: str | None = None
+    detail: str | None = None
+
+
+class RegistryResponseError(RegistryError):
+    """A registry's error answer, with its fields: the HTTP status, the OCI error code (``HTTP 404`` when
+    the body is not the OCI error envelope) and the message the registry gave."""
+
+    status: int
+    code: str
+    detail: str
+
+    def __init__(self, message: str, *, status: int, code: str, detail: str):
+        super().__init__(message)
+        self.status, self.code, self.detail = status, code, detail
 
 
 class IdentityError(RegistryError):

@@ -13,6 +13,7 @@ from deltaformat._version import __version__
 from deltaformat._parallel import ordered_map
 from deltaformat.arith import difference_checked
 from deltaformat.artifact import ArtifactWriter
+from deltaformat.chunking import chunk_ranges
 from deltaformat.codec import DEFAULT_DELTA_CODEC, DEFAULT_VALUES_CODEC, get_codec
 from deltaformat.digests import chunk_hash, fingerprint, tensor_digest
 from deltaformat.dtypes import DELTA_DTYPES
@@ -25,13 +26,6 @@ from deltaformat.manifest import (
 from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import encode_patch
 from deltaformat.progress import progress
-
-
-def chunk_ranges(numel: int, size: int = CHUNK_ELEMENTS) -> list[tuple[int, int]]:
-    """(start, count) of each chunk; a 0-element array has one empty chunk (for digests)."""
-    if numel == 0:
-        return [(0, 0)]
-    return [(s, min(size, numel - s)) for s in range(0, numel, size)]
 
 
 @dataclass

@@ -10,24 +10,27 @@ A published delta version is an OCI image manifest (schemaVersion 2)::
     layers        every blob manifest.json references, once each, in manifest order,
                   typed by role: chunk (delta/values streams), patch, or carried file
 
-The repository name is the delta's ``NS/NAME`` and the tag its version.
+    annotations   base id and fingerprint, post id, format version, name and version (delta_annotations):
+                  what a plain OCI client can tell about the delta without reading its config
+
+The repository name is the delta's ``NS/NAME`` and the tag its version. References
+(``[REGISTRY/]NS/NAME[:TAG]``) are parsed in deltaformat.reference, re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from deltaformat.digests import blob_digest
 from deltaformat.errors import FormatError
-from deltaformat.manifest import (
-    ARTIFACT_TYPE, DIGEST_PATTERN, MANIFEST_MEDIA_TYPE, NAME_PATTERN, VERSION_PATTERN, Digest, Manifest,
+from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, Digest, Manifest
+from deltaformat.reference import (  # re-exported: references were parsed here before deltaformat.reference
+    DIGEST_RE, LATEST, NAME_RE, TAG_RE, Reference, is_reference, parse_reference, registry_prefix, registry_url,
 )
 
 OCI_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -36,12 +39,14 @@ PATCH_MEDIA_TYPE = "application/vnd.paramdelta.patch.v1"
 FILE_MEDIA_TYPE = "application/vnd.paramdelta.file.v1"
 TENSOR_ANNOTATION = "vnd.paramdelta.tensor"
 TITLE_ANNOTATION = "org.opencontainers.image.title"
-LATEST = "latest"
-
-# The same grammars as the manifest's name, version and digests.
-NAME_RE = re.compile(NAME_PATTERN)
-TAG_RE = re.compile(VERSION_PATTERN)
-DIGEST_RE = re.compile(DIGEST_PATTERN)
+FORMAT_VERSION_ANNOTATION = "vnd.paramdelta.format.version"
+BASE_ID_ANNOTATION = "vnd.paramdelta.base.id"
+BASE_FINGERPRINT_ANNOTATION = "vnd.paramdelta.base.fingerprint"
+POST_ID_ANNOTATION = "vnd.paramdelta.post.id"
+NAME_ANNOTATION = "vnd.paramdelta.name"
+VERSION_ANNOTATION = "org.opencontainers.image.version"
+DESCRIPTION_ANNOTATION = "org.opencontainers.image.description"
+CREATED_ANNOTATION = "org.opencontainers.image.created"
 
 
 class Descriptor(BaseModel):
@@ -88,20 +93,35 @@ def layer_descriptors(manifest: Manifest) -> list[Descriptor]:
     ]
 
 
+def delta_annotations(manifest: Manifest) -> dict[str, str]:
+    """What a plain OCI client (oras, regctl, skopeo inspect) can read about a delta without its config:
+    which base it applies to, what it turns that base into, and the format version. All taken from
+    manifest.json, so the same artifact always gets the same annotations (and the same digest)."""
+    annotations = {
+        CREATED_ANNOTATION: manifest.created_at.isoformat(),
+        BASE_ID_ANNOTATION: manifest.base.id,
+        BASE_FINGERPRINT_ANNOTATION: manifest.base.fingerprint,
+        POST_ID_ANNOTATION: manifest.post.id,
+        FORMAT_VERSION_ANNOTATION: str(manifest.format_version),
+    }
+    if manifest.description:
+        annotations[DESCRIPTION_ANNOTATION] = manifest.description[:1000]
+    if manifest.name:
+        annotations[NAME_ANNOTATION] = manifest.name
+    if manifest.version:
+        annotations[VERSION_ANNOTATION] = manifest.version
+    return annotations
+
+
 def build_oci_manifest(manifest: Manifest, manifest_bytes: bytes) -> bytes:
     """The OCI manifest for an artifact, serialised deterministically (same artifact, same digest)."""
-    annotations = {"org.opencontainers.image.created": manifest.created_at.isoformat()}
-    if manifest.description:
-        annotations["org.opencontainers.image.description"] = manifest.description[:1000]
-    annotations["vnd.paramdelta.base.id"] = manifest.base.id
-    annotations["vnd.paramdelta.base.fingerprint"] = manifest.base.fingerprint
     doc = {
         "schemaVersion": 2,
         "mediaType": OCI_IMAGE_MANIFEST,
         "artifactType": ARTIFACT_TYPE,
         "config": {"mediaType": MANIFEST_MEDIA_TYPE, "digest": sha256_digest(manifest_bytes), "size": len(manifest_bytes)},
         "layers": [d.model_dump(exclude_none=True) for d in layer_descriptors(manifest)],
-        "annotations": annotations,
+        "annotations": delta_annotations(manifest),
     }
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -157,74 +177,12 @@ def base_architecture_key(manifest: Manifest) -> str:
     return architecture_key((t.name, t.base.shape) for t in manifest.tensors if t.base is not None)
 
 
-def sha256_digest(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+sha256_digest = blob_digest  # the name the client and the registry know; deltaformat.digests defines it
 
 
-@dataclass(frozen=True)
-class Reference:
-    """``[REGISTRY/]NS/NAME[:TAG][@sha256:HEX]``; REGISTRY is a URL or a host[:port]."""
-
-    name: str
-    tag: str | None = None
-    digest: str | None = None
-    registry: str | None = None  # base URL, e.g. http://127.0.0.1:8000
-
-    @property
-    def reference(self) -> str:
-        """What to ask the registry for: the digest when pinned, else the tag (default ``latest``)."""
-        return self.digest or self.tag or LATEST
-
-    def __str__(self) -> str:
-        out = self.name + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
-        return f"{registry_prefix(self.registry)}/{out}" if self.registry else out
-
-
-def parse_reference(ref: str) -> Reference:
-    """Parse a registry reference; errors say which part is malformed."""
-    text, registry = ref.strip(), None
-    if "://" in text:
-        scheme, _, rest = text.partition("://")
-        host, _, text = rest.partition("/")
-        registry = f"{scheme}://{host}"
-    else:
-        first, sep, rest = text.partition("/")
-        if sep and ("." in first or ":" in first or first == "localhost"):
-            registry, text = _url_for_host(first), rest
-    name, _, digest = text.partition("@")
-    tag = None
-    if ":" in name:
-        name, tag = name.rsplit(":", 1)
-    if not NAME_RE.match(name):
-        raise ValueError(f"{ref!r}: repository name {name!r} must be NS/NAME in lowercase letters, digits and . _ -")
-    if tag is not None and not TAG_RE.match(tag):
-        raise ValueError(f"{ref!r}: version {tag!r} must match [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
-    if digest and not DIGEST_RE.match(digest):
-        raise ValueError(f"{ref!r}: digest {digest!r} must be sha256:<64 lowercase hex>")
-    return Reference(name, tag, digest or None, registry)
-
-
-def is_reference(ref: str) -> bool:
-    """True when ``ref`` parses as a registry reference."""
-    try:
-        parse_reference(ref)
-    except ValueError:
-        return False
-    return True
-
-
-def registry_url(location: str) -> str:
-    """A registry's base URL from a URL or a bare host[:port] (HTTP for loopback only, as Docker does)."""
-    return location.rstrip("/") if "://" in location else _url_for_host(location.strip("/"))
-
-
-def _url_for_host(host: str) -> str:
-    hostname = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    loopback = hostname in ("localhost", "[::1]") or hostname.startswith("127.")
-    return f"{'http' if loopback else 'https'}://{host}"
-
-
-def registry_prefix(url: str) -> str:
-    """The shortest prefix that parses back to ``url``: host[:port], or the URL when the scheme is not the default."""
-    parts = urlsplit(url)
-    return parts.netloc if _url_for_host(parts.netloc) == f"{parts.scheme}://{parts.netloc}" else url.rstrip("/")
+__all__ = [
+    "OCI_IMAGE_MANIFEST", "CHUNK_MEDIA_TYPE", "PATCH_MEDIA_TYPE", "FILE_MEDIA_TYPE", "LATEST", "NAME_RE", "TAG_RE", "DIGEST_RE",
+    "Descriptor", "OciManifest", "layer_descriptors", "delta_annotations", "build_oci_manifest", "parse_oci_manifest",
+    "check_layers", "architecture_key", "base_architecture_key", "sha256_digest",
+    "Reference", "parse_reference", "is_reference", "registry_url", "registry_prefix",
+]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE
+from deltaformat.dtypes import UINT_FOR_ITEMSIZE
 from deltaformat.errors import CorruptBlobError
 
 

@@ -23,10 +23,10 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deltaformat.client import RegistryClient
 from deltaformat.errors import CorruptBlobError, FormatError, RegistryError
 from deltaformat.manifest import MAX_MANIFEST_BYTES
 from deltaformat.oci import OCI_IMAGE_MANIFEST, Descriptor, OciManifest, sha256_digest
+from deltaformat.registry_client import RegistryClient
 
 OCI_IMAGE_INDEX = "application/vnd.oci.image.index.v1+json"
 EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
@@ -77,7 +77,7 @@ def push_referrer(client: RegistryClient, name: str, subject: Descriptor, artifa
     digest = sha256_digest(data)
     for blob in (EMPTY_BLOB, content):
         _put_blob(client, name, blob)
-    resp = client._call(f"push referrer {digest} of {name}@{subject.digest}", "PUT", f"/v2/{name}/manifests/{digest}",
+    resp = client.request(f"push referrer {digest} of {name}@{subject.digest}", "PUT", f"/v2/{name}/manifests/{digest}",
                         ok=(201,), content=data, headers={"Content-Type": OCI_IMAGE_MANIFEST})
     if "oci-subject" not in resp.headers:  # the registry did not index it: keep the tag schema's index
         entry = Descriptor(mediaType=OCI_IMAGE_MANIFEST, digest=digest, size=len(data), artifactType=artifact_type,
@@ -133,7 +133,7 @@ def _from_api(client: RegistryClient, name: str, digest: str, artifact_type: str
     for _ in range(MAX_PAGES):
         if path is None:
             return found
-        resp = client._call(f"referrers of {name}@{digest}", "GET", path, ok=(200, 404), params=params,
+        resp = client.request(f"referrers of {name}@{digest}", "GET", path, ok=(200, 404), params=params,
                             headers={"Accept": OCI_IMAGE_INDEX}, stream=True)
         if resp.status_code == 404:
             resp.close()
@@ -148,7 +148,7 @@ def _from_api(client: RegistryClient, name: str, digest: str, artifact_type: str
 
 def _get_index(client: RegistryClient, name: str, tag: str) -> OciIndex | None:
     """The image index under ``tag``, or None when there is no such tag."""
-    resp = client._call(f"referrers index {name}:{tag}", "GET", f"/v2/{name}/manifests/{tag}", ok=(200, 404),
+    resp = client.request(f"referrers index {name}:{tag}", "GET", f"/v2/{name}/manifests/{tag}", ok=(200, 404),
                         headers={"Accept": OCI_IMAGE_INDEX}, stream=True)
     if resp.status_code == 404:
         resp.close()
@@ -163,7 +163,7 @@ def _add_to_tag_index(client: RegistryClient, name: str, subject: str, entry: De
         return
     index.manifests.append(entry.model_dump(exclude_none=True))
     data = index.model_dump_json(exclude_none=True).encode()
-    client._call(f"update referrers index {name}:{tag}", "PUT", f"/v2/{name}/manifests/{tag}", ok=(201,), content=data,
+    client.request(f"update referrers index {name}:{tag}", "PUT", f"/v2/{name}/manifests/{tag}", ok=(201,), content=data,
                  headers={"Content-Type": OCI_IMAGE_INDEX})
 
 
@@ -182,20 +182,20 @@ def _put_blob(client: RegistryClient, name: str, data: bytes) -> None:
     """Upload a small blob unless the registry has it: POST opens a session, PUT ?digest= closes it with
     the bytes (the flow every registry takes, ours and distribution alike)."""
     digest = sha256_digest(data)
-    if client._call(f"HEAD blob {digest}", "HEAD", f"/v2/{name}/blobs/{digest}", ok=(200, 404)).status_code == 200:
+    if client.request(f"HEAD blob {digest}", "HEAD", f"/v2/{name}/blobs/{digest}", ok=(200, 404)).status_code == 200:
         return
-    resp = client._call(f"start upload of {digest}", "POST", f"/v2/{name}/blobs/uploads/", ok=(202,))
+    resp = client.request(f"start upload of {digest}", "POST", f"/v2/{name}/blobs/uploads/", ok=(202,))
     location = resp.headers.get("location")
     if not location:
         raise RegistryError(f"upload of {digest} to {name}: the registry answered 202 without a Location")
     # digest= is added to the session URL's own query: distribution keeps its session state there
     url = httpx.URL(str(resp.url.join(location))).copy_merge_params({"digest": digest})
-    client._call(f"upload blob {digest}", "PUT", str(url), ok=(201,), content=data,
+    client.request(f"upload blob {digest}", "PUT", str(url), ok=(201,), content=data,
                  headers={"Content-Type": "application/octet-stream"})
 
 
 def _get_bounded(client: RegistryClient, what: str, path: str, limit: int, headers: dict[str, str] | None = None) -> bytes:
-    resp = client._call(what, "GET", path, headers=headers, stream=True)
+    resp = client.request(what, "GET", path, headers=headers, stream=True)
     return _read_bounded(resp, what, limit)
 
 

@@ -48,8 +48,10 @@ from deltaformat.manifest import MAX_MANIFEST_BYTES, parse_manifest
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from deltaformat.client import RegistryClient
-    from deltaformat.oci import Descriptor, Reference
+    from deltaformat.oci import Descriptor
+    from deltaformat.reference import Reference
+    from deltaformat.registry_client import RegistryClient
+    from deltaformat.resolve import DeltaRef, Source
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 IN_TOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
@@ -470,13 +472,13 @@ def _subject_name(name: str | None, version: str | None, digest: str) -> str:
 
 
 def sign_reference(ref: str, key: ec.EllipticCurvePrivateKey, *, registry: str | None = None,
-                   token: str | None = None) -> tuple[str, str]:
+                   token: str | None = None, credentials: tuple[str, str] | None = None) -> tuple[str, str]:
     """Sign a delta in a registry by its OCI manifest (no blob is downloaded) and push the signature as
     a referrer of it; returns (the delta pinned by digest, the referrer's digest)."""
     from deltaformat.oci import OCI_IMAGE_MANIFEST, Descriptor, parse_oci_manifest
     from deltaformat.referrers import push_referrer
 
-    parsed, client = _connect(ref, registry, token)
+    parsed, client = _connect(ref, registry, token, credentials)
     with client:
         digest, oci_bytes = client.resolve(parsed.name, parsed.reference)
         oci = parse_oci_manifest(oci_bytes)  # a delta's, or refused
@@ -490,13 +492,13 @@ def sign_reference(ref: str, key: ec.EllipticCurvePrivateKey, *, registry: str |
 
 
 def check_reference(ref: str, key: ec.EllipticCurvePublicKey, *, registry: str | None = None,
-                    token: str | None = None) -> str:
+                    token: str | None = None, credentials: tuple[str, str] | None = None) -> str:
     """Prove a registry delta signed by ``key`` from its OCI manifest, referrers and signature blobs alone
     (none of its blobs is downloaded); returns it pinned by digest, so what is then pulled is what was checked."""
     from deltaformat.oci import parse_oci_manifest
     from deltaformat.referrers import list_referrers
 
-    parsed, client = _connect(ref, registry, token)
+    parsed, client = _connect(ref, registry, token, credentials)
     fingerprint = key_fingerprint(key)
     with client:
         digest, oci_bytes = client.resolve(parsed.name, parsed.reference)
@@ -559,17 +561,20 @@ def _fetch_bundle(client: RegistryClient, name: str, referrer: str, subject: str
         raise SignatureError(str(exc)) from None
 
 
-def _connect(ref: str, registry: str | None, token: str | None) -> tuple[Reference, RegistryClient]:
+def _connect(ref: str, registry: str | None, token: str | None,
+             credentials: tuple[str, str] | None) -> tuple[Reference, RegistryClient]:
+    """The reference parsed, and a client for its registry (the rules of deltaformat.client: which
+    registry, which token; ``credentials`` (user, password) for this call, else docker's config.json)."""
     from deltaformat.client import RegistryClient, _endpoint
-    from deltaformat.oci import parse_reference
+    from deltaformat.reference import parse_reference
 
     parsed = parse_reference(ref)
     url, tok = _endpoint(parsed, registry, token)
-    return parsed, RegistryClient(url, tok)
+    return parsed, RegistryClient(url, tok, basic=credentials)
 
 
 def _pinned(parsed: Reference, url: str, digest: str) -> str:
-    from deltaformat.oci import Reference
+    from deltaformat.reference import Reference
 
     return str(Reference(parsed.name, parsed.tag, digest, url))
 
@@ -577,29 +582,36 @@ def _pinned(parsed: Reference, url: str, digest: str) -> str:
 # -- the entry points ---------------------------------------------------------------------------
 
 
-def sign(target: str | os.PathLike, private_key: str | os.PathLike, *, password: str | None = None,
-         registry: str | None = None, token: str | None = None) -> tuple[str, str]:
+def sign(target: str | os.PathLike[str], private_key: str | os.PathLike[str], *, password: str | None = None,
+         registry: str | None = None, token: str | None = None, credentials: tuple[str, str] | None = None) -> tuple[str, str]:
     """Sign a local artifact folder or a registry reference with an EC private key (PEM file).
     Returns (where the signature is: a file, or the referrer's digest; the key's fingerprint)."""
     key = load_private_key(private_key, password)
     fingerprint = key_fingerprint(key.public_key())
     if Path(target).exists():
         return str(sign_artifact(target, key)), fingerprint
-    _, referrer = sign_reference(str(target), key, registry=registry, token=token)
+    _, referrer = sign_reference(os.fspath(target), key, registry=registry, token=token, credentials=credentials)
     return referrer, fingerprint
 
 
-def require_signed(targets: Sequence[str | os.PathLike | Artifact], public_key: str | os.PathLike, *,
-                   registry: str | None = None, token: str | None = None) -> list[str | Artifact]:
-    """Each of ``targets`` (folders or registry references) proven signed by the key in ``public_key``,
-    as what apply and verify should then read: a checked Artifact for a folder, a reference pinned by
-    digest for a registry version (its blobs are downloaded only after this). SignatureError otherwise."""
+def require_signed(targets: Sequence[DeltaRef | Source], public_key: str | os.PathLike[str], *,
+                   registry: str | None = None, token: str | None = None) -> list[DeltaRef | Source]:
+    """Each of ``targets`` (folders, registry references or their Sources) proven signed by the key in
+    ``public_key``, as what apply and verify should then read: a checked Artifact for a folder, a Source
+    pinned by digest for a registry version (its blobs are downloaded only after this). SignatureError otherwise."""
+    from deltaformat.resolve import FolderSource, RegistrySource, resolve
+
     key = load_public_key(public_key)
-    checked: list[str | Artifact] = []
+    checked: list[DeltaRef | Source] = []
     for t in targets:
-        if isinstance(t, Artifact):
-            raise ValueError(f"{t.location}: an opened Artifact cannot be checked for a signature; pass its folder")
-        checked.append(check_artifact(t, key) if Path(t).exists() else check_reference(str(t), key, registry=registry, token=token))
+        source = resolve(t, registry=registry, token=token)
+        if isinstance(source, FolderSource):
+            checked.append(check_artifact(source.folder, key))
+        elif isinstance(source, RegistrySource):
+            pinned = check_reference(source.location, key, registry=source.registry, token=source.token)
+            checked.append(RegistrySource(pinned, registry=source.registry, token=source.token))
+        else:  # an opened Artifact: its folder, if any, is not known for sure
+            raise ValueError(f"{source.location}: an opened Artifact cannot be checked for a signature; pass its folder or reference")
     return checked
 
 

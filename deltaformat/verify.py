@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from deltaformat._parallel import ordered_map
-from deltaformat.apply import compute, open_any, plan_outputs, preflight
 from deltaformat.artifact import Artifact
+from deltaformat.compat import check_base
 from deltaformat.digests import chunk_hash, tensor_digest
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, VerificationError
-from deltaformat.manifest import Stream, check_carried_content
-from deltaformat.models import open_model
+from deltaformat.manifest import Manifest, Stream, check_carried_content
+from deltaformat.models import ModelSource, open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
+from deltaformat.resolve import DeltaRef, Source, resolve
 
 
 @dataclass
@@ -27,21 +28,46 @@ class VerifyReport:
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
 
 
-def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | None = None, quiet: bool = False, workers: int | None = None,
-           require_signature: str | os.PathLike | None = None) -> VerifyReport:
+def verify(artifact: DeltaRef | Source, *, base: str | os.PathLike[str] | ModelSource | None = None, quiet: bool = False,
+           workers: int | None = None, require_signature: str | os.PathLike[str] | None = None) -> VerifyReport:
     """Check every blob, decoded stream, patch and carried file against the manifest.
 
     With ``base``, also recompute base + Δ for every tensor and check it equals the post
-    model's digests: the proof that apply on that base gives the post model back. With
-    ``require_signature`` (a public key's PEM file), first prove the artifact signed by that
-    key and unchanged since (deltaformat.signing), before any blob is downloaded.
+    model's digests: the proof that apply on that base gives the post model back. The
+    base is pre-flighted against manifest.json first, before any blob is downloaded. With
+    ``require_signature`` (a public key's PEM file), the artifact is first proven signed by that
+    key and unchanged since (deltaformat.signing), before anything else reads it.
     """
     if require_signature is not None:
         from deltaformat.signing import require_signed
 
         artifact = require_signed([artifact], require_signature)[0]
-    art = open_any(artifact, quiet=quiet)
+    source = resolve(artifact)
+    model: ModelSource | None = None
+    checked: Manifest | None = None
+    if base is not None:
+        checked = source.manifest()
+        model = base if isinstance(base, ModelSource) else open_model(base)
+        check_base(checked, model, source.location)
+    art = source.materialize(quiet=quiet)
     m = art.manifest
+    if model is not None and m is not checked and m != checked:  # a registry tag moved between the two requests
+        check_base(m, model, source.location)
+    _check_streams(art, m, quiet, workers)
+    for e in m.tensors:
+        if e.patch is not None:
+            assert e.base is not None and e.post is not None  # the manifest's rule: only changed or resized tensors carry one
+            data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
+            decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
+    for f in m.files:
+        check_carried_content(f.path, art.read_blob(f.digest, f.size, f"file {f.path!r}"))
+    if model is not None:
+        _round_trip(art, model, quiet, workers)
+    return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), model is not None)
+
+
+def _check_streams(art: Artifact, m: Manifest, quiet: bool, workers: int | None) -> None:
+    """Decode every chunk of every stream and compare each stream's digest with the manifest's."""
     streams = [(e.name, s) for e in m.tensors for s in (e.delta, e.values) if s is not None]
     jobs = [(name, s, i) for name, s in streams for i in range(len(s.chunks))]
     hashes: dict[int, list[bytes]] = {id(s): [] for _, s in streams}
@@ -52,20 +78,19 @@ def verify(artifact: str | os.PathLike | Artifact, *, base: str | os.PathLike | 
     for name, s in streams:
         if tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
             raise CorruptBlobError(f"tensor {name!r}: decoded stream does not match its recorded digest")
-    for e in m.tensors:
-        if e.patch is not None:
-            data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
-            decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
-    for f in m.files:
-        check_carried_content(f.path, art.read_blob(f.digest, f.size, f"file {f.path!r}"))
-    round_trip = False
-    if base is not None:
-        model = open_model(base)
-        preflight(m, model, art.location)
-        if not compute(plan_outputs([art], [1.0], model), None, "cpu", workers, quiet, "round trip"):
-            raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}, {m.base.fingerprint}); the round trip cannot be proven on it")
-        round_trip = True
-    return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), round_trip)
+
+
+def _round_trip(art: Artifact, model: ModelSource, quiet: bool, workers: int | None) -> None:
+    """Recompute base + Δ and prove every tensor equals the post model's; else say the base is another."""
+    # Loaded here: the arithmetic and the proof are needed only for a round trip, and
+    # inspect (in this module) starts without them.
+    from deltaformat.engine import compute
+    from deltaformat.plan import plan_outputs
+
+    m = art.manifest
+    if not compute(plan_outputs([art], [1.0], model), None, "cpu", workers, quiet, "round trip"):
+        raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}, {m.base.fingerprint}); "
+                                "the round trip cannot be proven on it")
 
 
 def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
@@ -73,9 +98,9 @@ def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, by
     return s, chunk_hash(bits), bits.size
 
 
-def inspect(artifact: str | os.PathLike | Artifact) -> dict[str, Any]:
+def inspect(artifact: DeltaRef | Source) -> dict[str, Any]:
     """A summary of an artifact: names, models, sizes, tensor kinds, codecs, files."""
-    art = open_any(artifact)
+    art = resolve(artifact).materialize()
     m = art.manifest
     return {
         "location": art.location,

@@ -25,8 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from deltaformat.codec.base import UINT_FOR_ITEMSIZE
-from deltaformat.dtypes import ITEMSIZE
+from deltaformat.dtypes import ITEMSIZE, UINT_FOR_ITEMSIZE
 from deltaformat.fsutil import start_writeback
 from deltaformat.models import INDEX_FILE, SINGLE_FILE
 

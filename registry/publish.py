@@ -24,7 +24,8 @@ from sqlalchemy.orm import Session
 from deltaformat.errors import FormatError
 from deltaformat.manifest import Manifest as DeltaManifest
 from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, parse_manifest
-from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest, sha256_digest
+from deltaformat.digests import blob_digest as sha256_digest
+from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest
 from registry.auth import Principal
 from registry.blobs import DIGEST_RE, check_name, check_reference
 from registry.db import Database, utcnow

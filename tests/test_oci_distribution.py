@@ -7,7 +7,9 @@ without our ``blobs/_present`` extension, and pull/apply must work without our /
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,6 +22,7 @@ from conftest import Artifacts
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
 from support.distribution import distribution_registry
+from support.renamed import renamed
 from support.tiny_models import load_state
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
@@ -96,9 +99,68 @@ def test_cli_apply_from_stock_registry_reproduces_post(stock: str, artifacts: Ar
     assert all(applied[k].dtype == post[k].dtype and applied[k].equal(post[k]) for k in post)
 
 
-def test_cli_search_says_the_registry_has_no_search_api(stock: str, client_env: Path):
-    done = _cli(client_env, "search", "tiny", "--registry", f"http://{stock}")
-    assert done.returncode != 0
+def test_cli_search_lists_a_stock_registry_from_catalog_tags_and_annotations(stock: str, artifacts: Artifacts,
+                                                                             client_env: Path):
+    client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    client.push(artifacts.other, f"{stock}/acme/tiny-other:1.0", quiet=True)
+    done = _cli(client_env, "search", "tiny chat", "--registry", f"http://{stock}", "--json")
+    assert done.returncode == 0, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "no paramdelta search API" in lines[0] and stock in lines[0]
+    assert "no paramdelta search API" in lines[0] and stock in lines[0] and "/v2/_catalog" in lines[0]
+    manifest = open_artifact(artifacts.delta).manifest
+    [found] = json.loads(done.stdout)["items"]  # "tiny chat" is in the first delta's description only
+    assert (found["name"], found["latest_version"], found["base_id"], found["base_fingerprint"], found["post_id"]) == (
+        "acme/tiny-chat", "1.0", manifest.base.id, manifest.base.fingerprint, manifest.post.id)
+
+
+def test_stock_search_is_bounded_and_says_where_it_stopped(stock: str, artifacts: Artifacts, client_env: Path,
+                                                           monkeypatch: pytest.MonkeyPatch):
+    from deltaformat import catalog
+
+    client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    client.push(artifacts.other, f"{stock}/acme/tiny-other:1.0", quiet=True)
+    monkeypatch.setattr(catalog, "MAX_MANIFESTS", 1)
+    first = client.search(registry=stock)
+    assert [i.name for i in first.items] == ["acme/tiny-chat"] and first.next_cursor == "acme/tiny-chat"
+    assert "stopped after 1 manifests" in first.notice
+    rest = client.search(registry=stock, cursor=first.next_cursor)
+    assert [i.name for i in rest.items] == ["acme/tiny-other"] and rest.next_cursor is None
+
+
+def test_annotations_tell_a_plain_oci_client_what_the_delta_is(stock: str, artifacts: Artifacts, client_env: Path):
+    import httpx
+
+    pushed = client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    answer = httpx.get(f"http://{stock}/v2/acme/tiny-chat/manifests/1.0",
+                       headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+    oci = answer.json()
+    manifest = open_artifact(artifacts.delta).manifest
+    assert answer.headers["docker-content-digest"] == pushed.digest
+    assert oci["artifactType"] == "application/vnd.paramdelta.delta.v1"
+    assert {k: oci["annotations"][k] for k in ("vnd.paramdelta.base.id", "vnd.paramdelta.base.fingerprint",
+                                                 "vnd.paramdelta.post.id", "vnd.paramdelta.format.version")} == {
+        "vnd.paramdelta.base.id": manifest.base.id, "vnd.paramdelta.base.fingerprint": manifest.base.fingerprint,
+        "vnd.paramdelta.post.id": manifest.post.id, "vnd.paramdelta.format.version": "1"}
+
+
+def test_blobs_seen_in_another_repository_are_mounted_not_sent(stock: str, artifacts: Artifacts, tmp_path: Path,
+                                                               client_env: Path, monkeypatch: pytest.MonkeyPatch):
+    client.push(artifacts.delta, f"{stock}/{REF}", quiet=True)
+    # another machine: a fresh cache that only pulled acme/tiny-chat, then pushes a new version under a new name
+    monkeypatch.setenv("PARAMDELTA_CACHE", str(tmp_path / "other-cache"))
+    client.pull(f"{stock}/{REF}", tmp_path / "pulled")
+    copy = renamed(artifacts.delta, "acme/tiny-chat-copy", "2.0", into=tmp_path / "copies")
+    layers = open_artifact(copy).manifest.blob_digests()
+    config_size = len((copy / "manifest.json").read_bytes())
+    pushed = client.push(copy, f"{stock}/acme/tiny-chat-copy:2.0", quiet=True)
+    assert (pushed.mounted, pushed.uploaded, pushed.uploaded_bytes) == (len(layers), 1, config_size)  # manifest.json only
+    log = (tmp_path / "distribution" / "registry.log").read_text()
+    mounts = re.findall(r'"POST /v2/acme/tiny-chat-copy/blobs/uploads/\?mount=sha256%3A[0-9a-f]{64}&from=acme%2Ftiny-chat ', log)
+    assert len(mounts) == len(layers)
+    assert log.count('"PUT /v2/acme/tiny-chat-copy/blobs/uploads/') == 1  # the layers' bytes were not sent again
+    assert log.count('"PATCH /v2/acme/tiny-chat-copy/blobs/uploads/') == 0
+    monkeypatch.setenv("PARAMDELTA_CACHE", str(tmp_path / "third-cache"))
+    report = deltaformat.verify(client.pull(f"{stock}/acme/tiny-chat-copy:2.0", tmp_path / "copy").artifact,
+                                base=artifacts.base, quiet=True)
+    assert report.round_trip  # the mounted blobs are real blobs of the new repository

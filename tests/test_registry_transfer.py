@@ -263,3 +263,79 @@ def test_push_uploads_again_once_when_gc_swept_a_blob_before_the_manifest(artifa
                             token=token, quiet=True)
     finally:
         server.stop()
+
+
+def _session_registry(min_chunk: int | None, refuse_whole: bool) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A registry that opens sessions (202), optionally asks for OCI-Chunk-Min-Length and refuses whole PUTs (413)."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        if request.method == "POST":
+            headers = {"Location": "/v2/ns/x/blobs/uploads/s1"}
+            if min_chunk:
+                headers["OCI-Chunk-Min-Length"] = str(min_chunk)
+            return httpx.Response(202, headers=headers)
+        if request.method == "PATCH":
+            return httpx.Response(202, headers={"Location": "/v2/ns/x/blobs/uploads/s1"})
+        if request.method == "PUT":
+            whole = bool(request.content)
+            return httpx.Response(413 if whole and refuse_whole else 201)
+        return httpx.Response(404)
+
+    return httpx.MockTransport(handler), calls
+
+
+def test_chunks_honour_the_registrys_minimum_length(tmp_path: Path):
+    data = bytes(range(256)) * 40  # 10240 bytes
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    transport, calls = _session_registry(min_chunk=4096, refuse_whole=False)
+    with RegistryClient("http://registry.test", transport=transport, chunk_bytes=1000, cache=Cache(tmp_path / "c")) as c:
+        assert c.upload_blob("ns/x", "sha256:" + hashlib.sha256(data).hexdigest(), len(data), source, present=False)
+    patches = [r for r in calls if r.method == "PATCH"]
+    assert [len(r.content) for r in patches] == [4096, 4096, 2048]  # not 1000-byte chunks: the registry asked for 4096
+    assert b"".join(r.content for r in patches) == data
+
+
+def test_a_blob_refused_whole_goes_in_chunks(tmp_path: Path):
+    data = b"x" * 3000
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    transport, calls = _session_registry(min_chunk=None, refuse_whole=True)
+    with RegistryClient("http://registry.test", transport=transport, chunk_bytes=1 << 20, cache=Cache(tmp_path / "c")) as c:
+        assert c.upload_blob("ns/x", "sha256:" + hashlib.sha256(data).hexdigest(), len(data), source, present=False)
+    assert [r.method for r in calls][-3:] == ["POST", "PATCH", "PUT"]  # after the 413: a session, the bytes, the digest
+    assert [r for r in calls if r.method == "PATCH"][0].content == data
+
+
+def _bearer_registry(realm: str, seen: list[httpx.Request]) -> httpx.MockTransport:
+    """https://registry.test asking for a Bearer token from ``realm``; it accepts the token 'granted'."""
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.host == "registry.test":
+            if request.headers.get("authorization") == "Bearer granted":
+                return httpx.Response(200, json={"tags": []})
+            return httpx.Response(401, headers={"WWW-Authenticate": f'Bearer realm="{realm}",service="reg",scope="repository:ns/x:pull"'})
+        return httpx.Response(200, json={"token": "granted"})
+
+    return httpx.MockTransport(handler)
+
+
+@pytest.mark.parametrize("realm, credentials_sent", [("https://auth.test/token", True), ("http://auth.test/token", False)])
+def test_basic_credentials_go_to_a_token_realm_only_over_https(realm: str, credentials_sent: bool):
+    seen: list[httpx.Request] = []
+    with RegistryClient("https://registry.test", transport=_bearer_registry(realm, seen), basic=("u", "p")) as c:
+        assert c.get_json("tags", "/v2/ns/x/tags/list", {}) == {"tags": []}
+        assert c.get_json("tags", "/v2/ns/x/tags/list", {}) == {"tags": []}  # the token is kept: no second trip
+    token_requests = [r for r in seen if r.url.host == "auth.test"]
+    assert len(token_requests) == 1
+    assert dict(token_requests[0].url.params.multi_items()) == {"service": "reg", "scope": "repository:ns/x:pull"}
+    assert ("authorization" in token_requests[0].headers) == credentials_sent  # never in the clear from an https registry
+
+
+def test_the_user_token_goes_to_a_token_realm_on_the_registrys_origin_only():
+    seen: list[httpx.Request] = []
+    with RegistryClient("https://registry.test", "user-token", transport=_bearer_registry("https://auth.test/token", seen)) as c:
+        c.get_json("tags", "/v2/ns/x/tags/list", {})
+    assert "authorization" not in [r for r in seen if r.url.host == "auth.test"][0].headers

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-UINT_FOR_ITEMSIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+from deltaformat.dtypes import UINT_FOR_ITEMSIZE  # noqa: F401 - the format's table; codecs import it from here
 
 
 class Decoded:

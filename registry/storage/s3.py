@@ -56,12 +56,12 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
+from deltaformat.digests import PREFIX
 from registry.errors import BlobUploadInvalid, TooLarge
 from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWriter
 
 log = logging.getLogger("paramdelta.registry")
 
-PREFIX = "sha256:"
 MIN_PART_BYTES = 5 << 20
 MAX_PARTS = 10_000
 COPY_PART_BYTES = 512 << 20  # multipart copy above this (S3's CopyObject stops at 5 GiB)

@@ -1,6 +1,6 @@
 """A real, stock OCI distribution registry (Debian's ``docker-registry``, distribution 2.8) on a
-loopback port: a temp config with no auth section (so anonymous push is allowed), or with
-htpasswd auth for given users, and its own storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
+loopback port: a temp config with no auth section (so anonymous push is allowed), with
+htpasswd auth for given users, or with token auth against a token server the test runs, and its own storage folder, so a test talks to the registry the ecosystem runs rather than to ours."""
 
 from __future__ import annotations
 
@@ -9,11 +9,17 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from support.serve import START_TIMEOUT, free_port
+
+if TYPE_CHECKING:
+    from support.token_server import TokenServer
+
+SERVICE, ISSUER = "paramdelta-test-registry", "paramdelta-test-issuer"  # as support.token_server signs them
 
 BINARY = Path("/usr/bin/docker-registry")
 INSTALL_HINT = "apt-get install -y docker-registry (scripts/install-system-deps.sh installs it)"
@@ -40,17 +46,32 @@ auth:
 """
 HTPASSWD = Path("/usr/bin/htpasswd")
 
+# distribution's token auth: a Bearer challenge naming the realm; tokens are JWTs whose x5c
+# certificate chains to rootcertbundle (support.token_server issues them)
+TOKEN_AUTH = """\
+auth:
+  token:
+    realm: {realm}
+    service: {service}
+    issuer: {issuer}
+    rootcertbundle: {cert}
+"""
+
 
 @contextlib.contextmanager
-def distribution_registry(folder: Path, users: dict[str, str] | None = None) -> Iterator[str]:
+def distribution_registry(folder: Path, users: dict[str, str] | None = None,
+                          tokens: TokenServer | None = None) -> Iterator[str]:
     """Run docker-registry with its config and storage under ``folder``; yields its host:port.
     ``users`` (name -> password) turns on htpasswd auth: every request then needs basic credentials.
+    ``tokens`` turns on token auth with that token server as the realm (Bearer challenges).
     Fails (not skips) without the binaries: CI installs them, and a skip would hide whole files."""
     if not BINARY.exists():
         pytest.fail(f"{BINARY} is missing: {INSTALL_HINT}")
     port = free_port()
     (folder / "storage").mkdir(parents=True, exist_ok=True)
     auth = HTPASSWD_AUTH.format(path=_htpasswd_file(folder, users)) if users else ""
+    if tokens is not None:
+        auth = TOKEN_AUTH.format(realm=tokens.realm, service=SERVICE, issuer=ISSUER, cert=tokens.cert_path)
     config = folder / "config.yml"
     config.write_text(CONFIG.format(root=folder / "storage", port=port, auth=auth))
     log_path = folder / "registry.log"
