@@ -51,8 +51,8 @@ def _apply(a: argparse.Namespace) -> int:
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
     # apply pre-flights the base against each manifest.json before it downloads any blob; with
     # --require-signature each delta is first proven signed (a registry version pinned by digest)
-    artifacts = _signed(a.artifacts, a.require_signature)
-    r = apply(artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
+    r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device,
+              require_signature=a.require_signature)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
     exact = " (verified bit-exact against the post model)" if r.verified_exact else ""
@@ -63,8 +63,7 @@ def _apply(a: argparse.Namespace) -> int:
 def _verify(a: argparse.Namespace) -> int:
     from deltaformat import verify
 
-    target = _signed([a.artifact], a.key)[0]
-    r = verify(target, base=a.base, quiet=a.quiet)
+    r = verify(a.artifact, base=a.base, quiet=a.quiet, require_signature=a.key)
     proof = "; round trip on the base reproduces the post model bit for bit" if r.round_trip else ""
     signed = f"; signed by key {_fingerprint(a.key)}" if a.key else ""
     print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{signed}{proof}")
@@ -78,16 +77,6 @@ def _sign(a: argparse.Namespace) -> int:
                               registry=a.registry, token=a.token, credentials=_credentials(a))
     print(f"signed {a.target} with key {fingerprint}: {where}")
     return 0
-
-
-def _signed(targets: list, public_key: str | None) -> list:
-    """``targets`` as apply/verify should read them: unchanged without a key; with one, each proven
-    signed by it first (a registry version pinned by digest, before any of its blobs is downloaded)."""
-    if not public_key:
-        return targets
-    from deltaformat.signing import require_signed
-
-    return require_signed(targets, public_key)
 
 
 def _fingerprint(public_key: str) -> str:
