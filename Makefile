@@ -1,14 +1,19 @@
 # The two commands of the README. Both set up everything they need first.
-.PHONY: demo test test-fast bench schema vectors
+.PHONY: demo test test-fast lint bench schema vectors
 
 demo:            ## set up, then run the whole story on the embedded default
 	scripts/setup.sh bench
-	.venv/bin/python scripts/demo.py
+	.venv/bin/python -m scripts.demo
 
-test:            ## set up (Python env + Debian packages for PostgreSQL, Ceph S3, Chromium), then run every test
+test:            ## set up (Python env + Debian packages for PostgreSQL, Ceph S3, Chromium), lint, then run every test
 	scripts/setup.sh test
 	scripts/install-system-deps.sh
+	.venv/bin/ruff check .
 	.venv/bin/python -m pytest -q -rs
+
+lint:            ## ruff on the linted tree (pyproject.toml [tool.ruff]); mypy --strict on deltaformat is `.venv/bin/mypy`
+	scripts/setup.sh test
+	.venv/bin/ruff check .
 
 test-fast:       ## the tests that need no backing services
 	scripts/setup.sh test
@@ -16,8 +21,8 @@ test-fast:       ## the tests that need no backing services
 
 bench:           ## measure, and write BENCHMARKS.md
 	scripts/setup.sh bench
-	.venv/bin/python bench/run.py
-	.venv/bin/python bench/startup.py
+	.venv/bin/python -m bench.run
+	.venv/bin/python -m bench.startup
 
 schema:          ## regenerate spec/manifest.schema.json from the pydantic models
 	.venv/bin/python -m deltaformat.schema

@@ -8,7 +8,7 @@ on a new base (α = 1), once with each kernel, as CPU seconds (all threads) per 
 output, and the kernel's own thread CPU seconds per GB. torch is the reference it replaced: blocks of 2^18 elements, one intra-op
 thread per worker, ``add_(d, alpha=a)`` then a copy into the output dtype.
 
-Usage: python bench/arith_bench.py [--numel-apply N] [--repeats R]
+Usage: python -m bench.arith_bench [--numel-apply N] [--repeats R]
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import importlib
 import json
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -26,11 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import deltaformat  # noqa: E402
-from deltaformat import arith  # noqa: E402
-from deltaformat.codec.base import Materialized  # noqa: E402
+import deltaformat
+from deltaformat import arith
+from deltaformat.codec.base import Materialized
 
 APPLY_MODULE = importlib.import_module("deltaformat.engine")  # where apply calls ``combine``
 

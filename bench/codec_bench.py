@@ -13,14 +13,13 @@ element) with 1 and with 2 threads (chunks spread over a thread pool; the best o
 few repeats), plus the 1-thread rate per second of CPU time, which other load on a
 shared machine disturbs less than wall-clock time.
 
-Usage: python bench/codec_bench.py [--numel N] [--rel 0.003,0.009,0.03] [--unchanged 0.6]
+Usage: python -m bench.codec_bench [--numel N] [--rel 0.003,0.009,0.03] [--unchanged 0.6]
 ``run_codec_bench(numel, rel)`` returns the rows as dicts for other harnesses.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import zstandard
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from deltaformat.codec import get_codec  # noqa: E402
-from deltaformat.codec.base import Codec  # noqa: E402
+from deltaformat.codec import get_codec
+from deltaformat.codec.base import Codec
 
 CHUNK = 1 << 22
 DEFAULT_NUMEL = 1 << 24  # 16.7 M elements

@@ -315,8 +315,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     a = ap.parse_args()
-    sys.path[:0] = [str(REPO), str(REPO / "tests")]
-    from support.report import write_section
+    from paramdelta_dev.report import write_section
 
     started = time.strftime("%Y-%m-%d %H:%M")
     results = []

@@ -27,7 +27,7 @@ silently, so they are counted from the log), whether the held uploads were still
 the load ended, the server's peak RSS (VmHWM in /proc/PID/status). Traffic goes to
 127.0.0.1 only; the run is bounded in operations and in time (``deadline``).
 
-    python bench/load.py [--clients 64] [--rounds 5] [--hostile 8] [--no-write]
+    python -m bench.load [--clients 64] [--rounds 5] [--hostile 8] [--no-write]
 
 Writes its section of BENCHMARKS.md between ``<!-- load:begin -->`` and ``<!-- load:end -->``
 and touches nothing else there. tests/test_load.py runs the same scenario smaller and
@@ -54,17 +54,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+import deltaformat
+from deltaformat import client
+from deltaformat.cache import Cache
+from deltaformat.client import RegistryClient
+from paramdelta_dev.report import write_section
+from paramdelta_dev.serve import RegistryServer
+from registry.uploads import FLUSH_BYTES, GATHERED_CAP_BYTES
 
-import deltaformat  # noqa: E402
-from deltaformat import client  # noqa: E402
-from deltaformat.cache import Cache  # noqa: E402
-from registry.uploads import GATHERED_CAP_BYTES  # noqa: E402
-from deltaformat.client import RegistryClient  # noqa: E402
-from support.report import write_section  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 OPS = ("push", "pull", "search", "page")
 MIX = ("push", "pull", "search", "page", "pull")  # a client's rounds: this, rotated by its number
@@ -74,6 +72,8 @@ HELD_BYTES = 1 << 20  # what each held upload announces beyond what it sends
 HOSTILE_NAMESPACES = tuple(f"hostile{k}" for k in range(6))  # the hostile client's tokens, one per namespace
 TRICKLE_SECONDS = 0.5
 HEALTH_EVERY = 0.2
+IDLE_REPEATS = 3  # runs of each operation on the quiet server, before the load
+ANYIO_THREADS = 40  # anyio's default worker-thread limit (what the held uploads are counted against)
 
 
 # -- models and artifacts ---------------------------------------------------------------
@@ -88,7 +88,7 @@ class Models:
     root: Path
 
     @classmethod
-    def make(cls, root: Path, *, tensors: int, rows: int, cols: int, seed: int = 0) -> "Models":
+    def make(cls, root: Path, *, tensors: int, rows: int, cols: int, seed: int = 0) -> Models:
         import torch
         from safetensors.torch import save_file
 
@@ -129,7 +129,7 @@ class HeldUploads:
         self._stop = threading.Event()
         self._trickler: threading.Thread | None = None
 
-    def open(self) -> "HeldUploads":
+    def open(self) -> HeldUploads:
         for k in range(self.count):
             self.sockets.append(self._hold(self._request_line(k)))
         self.opened_at = time.monotonic()
@@ -292,7 +292,7 @@ class LoadResult:
             return float("nan")
         return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
-    def table(self, calm: "LoadResult | None" = None) -> list[str]:
+    def table(self, calm: LoadResult | None = None) -> list[str]:
         """Latency per operation; with ``calm`` (the same load without the hostile client), its p50/p99 beside."""
         head = "| operation | count | idle (1 client) ms | p50 ms | p90 ms | p99 ms | max ms | p99 / idle |"
         rows = [head + (" p50 / p99 ms without the hostile client |" if calm else ""),
@@ -334,7 +334,7 @@ def publish_seeds(t: Target, count: int) -> list[Published]:
     return seeds
 
 
-def idle_baseline(t: Target, seeds: list[Published], repeats: int = 3) -> dict[str, float]:
+def idle_baseline(t: Target, seeds: list[Published], repeats: int = IDLE_REPEATS) -> dict[str, float]:
     """Each operation alone, ``repeats`` times: the latency a single client sees on a quiet server."""
     probe = Client(t, 0, seeds, {})
     probe.namespace = "idle"
@@ -432,7 +432,7 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
     lines = [
         "## Registry under load, with a hostile client holding uploads open",
         "",
-        f"`python bench/load.py{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
+        f"`python -m bench.load{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
         f"One `paramdelta serve` (embedded default: SQLite + blob folder) on 127.0.0.1; {os.cpu_count()} cores shared "
         f"with other work (load average {load_start[0]:.1f} at start, {load_end[0]:.1f} at end); Python "
         f"{platform.python_version()}, httpx {httpx.__version__}.",
@@ -440,10 +440,11 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
         f"{r.clients} well-behaved clients (threads, started together) x {r.rounds} operations each, mixed "
         f"push / pull / search / page view ({models_note}); every pull into a fresh cache, verified "
         "(`deltaformat.verify`) and compared byte for byte with what was pushed. Meanwhile one hostile client "
-        f"holds {r.hostile} uploads open over 6 tokens (PATCH, or every fourth a monolithic POST; headers announcing "
-        "1 MiB more than it sends, a first KiB, then a byte every 0.5 s or nothing: "
-        f"{'more' if r.hostile > 40 else 'fewer'} than anyio's 40 worker threads); a monitor asks `/healthz` every 0.2 s. "
-        "*idle* = the median of 3 runs of the same operation by one "
+        f"holds {r.hostile} uploads open over {len(HOSTILE_NAMESPACES)} tokens (PATCH, or every fourth a monolithic POST; "
+        f"headers announcing {HELD_BYTES / 2**20:g} MiB more than it sends, a first KiB, then a byte every {TRICKLE_SECONDS:g} s "
+        f"or nothing: {'more' if r.hostile > ANYIO_THREADS else 'fewer'} than anyio's {ANYIO_THREADS} worker threads); "
+        f"a monitor asks `/healthz` every {HEALTH_EVERY:g} s. "
+        f"*idle* = the median of {IDLE_REPEATS} runs of the same operation by one "
         "client on the quiet server, just before the load (same run). The last column is the same load on a fresh "
         "server without the hostile client, run just before.",
         "",
@@ -469,7 +470,7 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
             f"{heavy.rss_peak / 2**20:.0f} MiB (+{grew:.0f} MiB, {grew / heavy.hostile:.1f} MiB per held upload, "
             f"against +{(r.rss_peak - r.rss_before) / 2**20:.0f} MiB above); {len(heavy.errors)} exceptions and "
             f"{len(heavy.http_failures)} 5xx/429 for the well-behaved clients, {sum(heavy.held_at_end)} of "
-            f"{heavy.hostile} still held at the end. A request gathers up to 4 MiB of body before writing "
+            f"{heavy.hostile} still held at the end. A request gathers up to {FLUSH_BYTES >> 20} MiB of body before writing "
             f"(registry.uploads FLUSH_BYTES), but all requests together at most {GATHERED_CAP_BYTES >> 20} MiB "
             "(GATHERED_CAP_BYTES): past that each writes what it holds, so stalled bodies pin a bounded amount "
             "however many there are.",
@@ -479,8 +480,6 @@ def report(r: LoadResult, calm: LoadResult | None, heavy: LoadResult | None, hea
 
 def scenario(root: Path, a: argparse.Namespace, hostile_bytes: int, hostile: int | None = None) -> tuple[LoadResult, str]:
     """One run on a fresh server (its peak RSS is this run's alone)."""
-    from conftest import RegistryServer
-
     root.mkdir(parents=True)
     server = RegistryServer(root / "data").start()
     try:

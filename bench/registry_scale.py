@@ -1,6 +1,6 @@
 """Scale-out pull benchmark: blobs from object storage via 307 redirects vs proxied through the registry.
 
-Starts a scratch PostgreSQL 15 and a single-node Ceph RADOS Gateway (tests/support/services.py),
+Starts a scratch PostgreSQL 15 and a single-node Ceph RADOS Gateway (paramdelta_dev.services),
 four ``paramdelta serve`` replicas on them (two with PARAMDELTA_S3_REDIRECT=1, two with 0),
 uploads BLOBS blobs of BLOB_MIB MiB, then for each mode:
 
@@ -15,7 +15,7 @@ Authorization header to another origin) and verify every blob's sha256.
 Writes its section of BENCHMARKS.md between ``<!-- scaleout:begin -->`` and
 ``<!-- scaleout:end -->`` and touches nothing else there.
 
-    python bench/registry_scale.py [--blob-mib 16] [--blobs 8] [--clients 32] [--pulls 4] [--no-write]
+    python -m bench.registry_scale [--blob-mib 16] [--blobs 8] [--clients 32] [--pulls 4] [--no-write]
 """
 
 from __future__ import annotations
@@ -36,17 +36,16 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from paramdelta_dev.report import write_section
+from paramdelta_dev.scaleout import Backends, Replica
+from paramdelta_dev.services import start_postgres, start_s3
 
-from scaleout_fixtures import Backends, Replica  # noqa: E402
-from support.services import start_postgres, start_s3  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 MiB = 1 << 20
-BEGIN, END = "<!-- scaleout:begin -->", "<!-- scaleout:end -->"
+SECTION = "scaleout"  # its marked section of BENCHMARKS.md
 NAME = "bench/scale"
+REPLICAS = 2  # per mode
 
 
 @dataclass
@@ -151,17 +150,16 @@ def section(results: list[Result], args: argparse.Namespace, startup: dict[str, 
               "repays that extra round trip." if one_r and one_p else "")
     cpu_ratio = (f"{proxied.cpu_per_gib / redirect.cpu_per_gib:.0f}×" if redirect and proxied and redirect.cpu_per_gib > 0
                  else "n/a")
-    return f"""{BEGIN}
-## Scale-out registry: pulls from object storage via redirect vs proxied (`bench/registry_scale.py`)
+    return f"""## Scale-out registry: pulls from object storage via redirect vs proxied (`python -m bench.registry_scale`)
 
-Two `paramdelta serve` replicas per mode on one PostgreSQL 15 and one single-node Ceph RADOS Gateway
+{REPLICAS} `paramdelta serve` replicas per mode on one PostgreSQL 15 and one single-node Ceph RADOS Gateway
 (memstore OSD), all on loopback on this machine ({os.cpu_count()} CPU cores shared with other work: load average
 {startup['load']:.1f} when the runs began; Python {platform.python_version()});
 {args.blobs} blobs of {args.blob_mib} MiB. *redirect*: blob GETs answer 307 to a presigned URL and the client
 fetches from the gateway (PARAMDELTA_S3_REDIRECT=1, the default); *proxied*: the registry streams the bytes
-from the gateway itself (PARAMDELTA_S3_REDIRECT=0). Concurrent clients alternate between the two replicas and
+from the gateway itself (PARAMDELTA_S3_REDIRECT=0). Concurrent clients alternate between the {REPLICAS} replicas and
 each pulls {args.pulls} random blobs; every blob's sha256 is verified. Latency is one blob pull, request to last
-byte. "Registry CPU" is the user+system time the two replicas spent per GiB served.
+byte. "Registry CPU" is the user+system time the {REPLICAS} replicas spent per GiB served.
 
 | mode | clients | pulls | MiB | seconds | MiB/s | p50 ms | p99 ms | errors | registry CPU s/GiB |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|
@@ -173,18 +171,7 @@ object storage. Everything here shares {os.cpu_count()} cores (clients, replicas
 a floor; on separate hosts the proxied mode is further bounded by the replicas' network and CPU.
 {single}
 Startup: PostgreSQL {startup['pg']:.1f} s, Ceph gateway {startup['s3']:.1f} s, replicas {startup['replicas']:.1f} s.
-{END}"""
-
-
-def write_section(text: str, path: Path) -> None:
-    """Replace our section of BENCHMARKS.md (or append it); nothing else in the file changes."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    path.write_text(new)
+"""
 
 
 def main() -> int:
@@ -206,9 +193,9 @@ def main() -> int:
         s3.make_bucket("bench")
         be = Backends(pg, s3, "bench", work)
         t = time.perf_counter()
-        replicas = [Replica(be, f"redirect-{i}", PARAMDELTA_S3_PART_BYTES=str(16 * MiB)) for i in range(2)]
+        replicas = [Replica(be, f"redirect-{i}", PARAMDELTA_S3_PART_BYTES=str(16 * MiB)) for i in range(REPLICAS)]
         replicas += [Replica(be, f"proxied-{i}", PARAMDELTA_S3_REDIRECT="0", PARAMDELTA_S3_PART_BYTES=str(16 * MiB))
-                     for i in range(2)]
+                     for i in range(REPLICAS)]
         for r in replicas:
             r.launch()
         for r in replicas:
@@ -219,9 +206,9 @@ def main() -> int:
         blobs = []
         for i in range(args.blobs):
             data = rnd.randbytes(args.blob_mib * MiB)
-            blobs.append((upload(replicas[i % 2], token, data), len(data)))
+            blobs.append((upload(replicas[i % REPLICAS], token, data), len(data)))
         print(f"uploaded {args.blobs} x {args.blob_mib} MiB", file=sys.stderr)
-        modes = {"redirect": replicas[:2], "proxied": replicas[2:]}
+        modes = {"redirect": replicas[:REPLICAS], "proxied": replicas[REPLICAS:]}
         results = []
         for mode, rs in modes.items():  # warm-up: connections, caches
             run(mode, rs, blobs, 4, 1, seed=99)
@@ -242,7 +229,7 @@ def main() -> int:
     text = section(results, args, startup)
     print(text)
     if not args.no_write:
-        write_section(text, REPO / "BENCHMARKS.md")
+        write_section(REPO / "BENCHMARKS.md", SECTION, text)
     return 1 if any(r.errors for r in results) else 0
 
 

@@ -14,7 +14,7 @@ so that load on the machine falls on both alike; the median is reported, with th
 to the median of ``python -c pass``. Which of torch, fastapi and sqlalchemy each command
 loads is read from one extra run with ``-X importtime``.
 
-    python bench/startup.py [--before REV] [--repeat 7] [--no-write]
+    python -m bench.startup [--before REV] [--repeat 7] [--no-write]
 
 Writes its section of BENCHMARKS.md between ``<!-- startup:begin -->`` and
 ``<!-- startup:end -->`` and touches nothing else there.
@@ -37,13 +37,10 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-for p in (REPO, REPO / "tests"):
-    if str(p) not in sys.path:
-        sys.path.insert(0, str(p))
+from paramdelta_dev.report import write_section
+from paramdelta_dev.serve import ServeProcess
 
-from support.report import write_section  # noqa: E402
-from support.serve import ServeProcess  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 BEFORE = "7f5ec35"  # the tree when issue #11 began
 WATCHED = ("torch", "fastapi", "sqlalchemy")  # what a client command should not load
@@ -77,7 +74,7 @@ def export_tree(rev: str, dest: Path) -> Path:
 def make_inputs(root: Path) -> tuple[Path, Path]:
     """A tiny (base, post, new base) trio and the artifact base -> post; returns (artifact, new base)."""
     import deltaformat
-    from support.tiny_models import make_trio
+    from paramdelta_dev.tiny_models import make_trio
 
     base, post, newbase = make_trio(root)
     delta = root / "delta"
@@ -144,9 +141,10 @@ def report(commands: list[Command], results: dict[tuple[str, str], Timing], befo
     return "\n".join([
         "## Start-up of the paramdelta command",
         "",
-        f"`python bench/startup.py{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
+        f"`python -m bench.startup{argv}` ({time.strftime('%Y-%m-%d %H:%M')}; method in the script's docstring). "
         f"*before* = the library at {before}, *after* = this tree (since issue #11: CPU arithmetic in numpy, "
-        f"the package's names loaded on first use, the HTTP client only for registry references); the same interpreter (Python {platform.python_version()}) "
+        "the package's names loaded on first use, the HTTP client only for registry references); "
+        f"the same interpreter (Python {platform.python_version()}) "
         f"and installed packages (torch included) for both, {os.cpu_count()} cores shared with other work. Median of "
         f"{repeat} runs each; *x python* = that median over the median of `python -c pass` in the same run "
         f"({floor['after'] * 1e3:.0f} ms); *loads* = which of {', '.join(WATCHED)} the command imports. The tiny "

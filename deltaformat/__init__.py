@@ -36,6 +36,8 @@ _EXPORTS: dict[str, str] = {
     "open_artifact": "deltaformat.artifact",
     "Artifact": "deltaformat.artifact",
     "Manifest": "deltaformat.manifest",
+    "export_lora": "deltaformat.lora",
+    "PRESETS": "deltaformat.lossy",
     "ParamDeltaError": "deltaformat.errors",
 }
 
@@ -46,6 +48,8 @@ if TYPE_CHECKING:
     from deltaformat.errors import ParamDeltaError
     from deltaformat.extract import extract
     from deltaformat.lazy import LazyModel, open_model
+    from deltaformat.lora import export_lora
+    from deltaformat.lossy import PRESETS
     from deltaformat.manifest import Manifest
     from deltaformat.resolve import Source, resolve
     from deltaformat.verify import VerifyReport, inspect, verify

@@ -32,7 +32,7 @@ from deltaformat.plan import OutTensor, Term, load_patch, plan_outputs
 from deltaformat.proof import PROBE_SHARE, Proof, base_chunk_hash, base_digest_defined, probe_other_base
 from deltaformat.resolve import DeltaRef, Source, resolve
 from deltaformat.sidefiles import (
-    POST_CONFIG_KEYS, PROVENANCE_FILE, ConfigChanges, config_text, output_config, provenance_bytes, record_files,
+    POST_CONFIG_KEYS, PROVENANCE_FILE, ConfigChanges, config_text, lossy_record, output_config, provenance_bytes, record_files,
     write_provenance, write_side_files,
 )
 from deltaformat.writer import ShardedWriter, parse_size, planned_bytes
@@ -54,6 +54,7 @@ class ApplyResult:
     parameters: int
     verified_exact: bool
     config_changes: ConfigChanges = field(default_factory=dict)
+    lossy: list[dict] = field(default_factory=list)  # lossy: each lossy delta's preset and recorded errors
 
 
 def apply(
@@ -96,7 +97,7 @@ def apply(
             writer.abort()
         changes = write_side_files(tmp, arts, model, plan)
         write_provenance(tmp, arts, alphas, model, verified, record_files(tmp, writer.digests))
-    return ApplyResult(Path(out), len(plan), total, verified, changes)
+    return ApplyResult(Path(out), len(plan), total, verified, changes, [lossy_record(a) for a in arts if a.manifest.is_lossy])
 
 
 def prepare(artifacts: Sequence[DeltaRef | Source], base: str | os.PathLike[str] | ModelSource,

@@ -24,7 +24,7 @@ from deltaformat.digests import blob_digest, hex_of
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, FormatError
 from deltaformat.fsutil import write_file_atomic
-from deltaformat.manifest import MAX_MANIFEST_BYTES, Chunk, Manifest, Stream, dump_manifest, parse_manifest
+from deltaformat.manifest import MAX_MANIFEST_BYTES, CarriedFile, Chunk, Manifest, Stream, decode_carried, dump_manifest, parse_manifest
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FILE = "manifest.json.sha256"
@@ -107,6 +107,10 @@ class Artifact:
             raise CorruptBlobError(f"{what}: blob {digest} is corrupt (its sha256 does not match its name)")
         return data
 
+    def read_carried(self, f: CarriedFile) -> bytes:
+        """A carried file's content (v2 stores it zstd-compressed), its blob checked first."""
+        return decode_carried(f, self.read_blob(f.digest, f.size, f"file {f.path!r}"))
+
     def decode_chunk(self, stream: Stream, index: int, what: str) -> Decoded:
         """Check and decode chunk ``index`` of ``stream`` (raw element bits, bounded by the manifest).
 
@@ -115,9 +119,13 @@ class Artifact:
         """
         chunk = stream.chunks[index]
         numel = min(stream.chunk_elements, stream.numel - index * stream.chunk_elements)
+        codec = get_codec(stream.codec)
+        if codec.lossy != (stream.lossy is not None):  # a lossy blob is never read as exact, nor the reverse
+            state = "lossy" if codec.lossy else "exact"
+            raise FormatError(f"{what}: codec {stream.codec!r} is {state} but the stream is {'not ' if codec.lossy else ''}marked lossy")
         data = self.read_blob(chunk.digest, chunk.size, f"{what} chunk {index}")
         try:
-            return get_codec(stream.codec).decode_blocks(data, numel, ITEMSIZE[stream.dtype])
+            return codec.decode_blocks(data, numel, ITEMSIZE[stream.dtype])
         except CorruptBlobError as exc:
             raise CorruptBlobError(f"{what} chunk {index}: blob {chunk.digest}: {exc}") from None
 

@@ -36,12 +36,26 @@ def _extract(a: argparse.Namespace) -> int:
     from deltaformat import extract
 
     m = extract(a.base, a.post, a.out, name=a.name, version=a.version, description=a.description,
-                license=a.license, force=a.force, quiet=a.quiet)
+                license=a.license, force=a.force, quiet=a.quiet, lossy=a.lossy, format_version=a.format_version)
     s = m.summary()
     bpp = f" ({s['bytes_per_parameter']:.3f} B/param)" if s["bytes_per_parameter"] is not None else ""  # None: no parameters
     print(f"wrote {a.out}: {s['tensors']} tensors {s['kinds']}, {s['stored_bytes']:,} bytes{bpp}, "
-          f"{s['patched_elements']} patched elements")
+          f"{s['patched_elements']} patched elements; {_exactness(s)}")
     return 0
+
+
+def _exactness(summary: dict) -> str:
+    """One plain phrase: lossless, or lossy with the preset and its recorded error."""
+    if summary["exact"]:
+        return "lossless (exact Δ)"
+    e = summary["lossy_errors"]
+    return (f"LOSSY (preset {summary['lossy_preset']}): max abs error {e['max_abs_error']:.3g}, "
+            f"relative Frobenius error {e['rel_frobenius_error']:.3g} against the exact Δ")
+
+
+def _lossy_phrase(record: dict) -> str:
+    return (f"lossy delta (preset {record['preset']}), not bit-exact: max abs error {record['max_abs_error']:.3g}, "
+            f"relative Frobenius error {record['rel_frobenius_error']:.3g} against the exact Δ")
 
 
 def _apply(a: argparse.Namespace) -> int:
@@ -56,6 +70,7 @@ def _apply(a: argparse.Namespace) -> int:
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
     exact = " (verified bit-exact against the post model)" if r.verified_exact else ""
+    exact += "".join(f"; {_lossy_phrase(rec)}" for rec in r.lossy)
     print(f"wrote {r.out}: {r.tensors} tensors, {r.parameters:,} parameters{exact}")
     return 0
 
@@ -65,6 +80,8 @@ def _verify(a: argparse.Namespace) -> int:
 
     r = verify(a.artifact, base=a.base, quiet=a.quiet, require_signature=a.key)
     proof = "; round trip on the base reproduces the post model bit for bit" if r.round_trip else ""
+    if r.lossy is not None:
+        proof = ("; the base is the original one" if r.base_is_original else "") + f"; {_lossy_phrase(r.lossy)}"
     signed = f"; signed by key {_fingerprint(a.key)}" if a.key else ""
     print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{signed}{proof}")
     return 0
@@ -103,6 +120,16 @@ def _inspect(a: argparse.Namespace) -> int:
     print(f"  tensors: {info['tensors']} {info['kinds']}  stored {info['stored_bytes']:,} bytes"
           + (f" ({bpp:.3f} B/param)" if bpp is not None else ""))
     print(f"  codec: {info['codec']}  files: {', '.join(info['files']) or '-'}")
+    print(f"  format v{info['format_version']}: {_exactness(info)}")
+    return 0
+
+
+def _export_lora(a: argparse.Namespace) -> int:
+    from deltaformat.lora import export_lora
+
+    r = export_lora(a.artifact, a.out, rank=a.rank, force=a.force, quiet=a.quiet)
+    print(f"wrote {r.out}: LoRA rank {r.rank} on {r.targets} Linear weights, {r.bytes:,} bytes; "
+          f"{r.captured:.1%} of ‖Δ‖² captured; left out: {r.left_out_summary()}")
     return 0
 
 
@@ -306,7 +333,16 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--version", dest="version", help="version to record")
     x.add_argument("--description")
     x.add_argument("--license")
+    x.add_argument("--lossy", metavar="PRESET", help="approximate Δ with a lossy preset (format v2): "
+                   "bf16, q8, q4, q2, sign, lowrank, small; see spec/format-v2.md §8")
+    x.add_argument("--format-version", type=int, choices=(1, 2), default=2, help="manifest format to write (default 2)")
     x.set_defaults(func=_extract)
+
+    lora = sub.add_parser("export-lora", help="delta artifact -> PEFT LoRA adapter (rank-R SVD of each Linear weight's Δ)")
+    lora.add_argument("artifact", help="artifact folder or registry reference")
+    lora.add_argument("--rank", type=int, required=True, help="LoRA rank r")
+    lora.add_argument("--out", required=True, help="adapter folder to write")
+    lora.set_defaults(func=_export_lora)
 
     ap = sub.add_parser("apply", help="new base + deltas -> model folder")
     ap.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
@@ -377,9 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("-u", "--username", help="log in as this user for this command only (else: `paramdelta login`'s)")
         cmd.add_argument("--password-stdin", action="store_true", help="read the --username's password from stdin")
 
-    for cmd in (x, ap, v, i, pu, pl):
+    for cmd in (x, ap, v, i, pu, pl, lora):
         cmd.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-        if cmd in (x, ap, pl):
+        if cmd in (x, ap, pl, lora):
             cmd.add_argument("--force", action="store_true", help="replace an existing output")
     if with_server:
         _add_server_verbs(sub)

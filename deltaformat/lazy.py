@@ -270,7 +270,7 @@ def _set_generation_config(model, art: Artifact) -> None:
 
     from transformers import GenerationConfig
 
-    data = art.read_blob(carried.digest, carried.size, "file 'generation_config.json'")
+    data = art.read_carried(carried)  # lossy: v2 carried files are compressed
     check_carried_content(carried.path, data)
     model.generation_config = GenerationConfig.from_dict(json.loads(data))
 
@@ -453,7 +453,7 @@ class ModelFolder:
         for f in first.manifest.files:
             if f.path in self.files or f.path == PROVENANCE_FILE:
                 raise FormatError(f"carried file {f.path!r} collides with a file apply writes")
-            data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+            data = first.read_carried(f)  # lossy: v2 carried files are compressed
             check_carried_content(f.path, data)
             self.files[f.path] = data
 

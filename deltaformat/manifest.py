@@ -1,4 +1,4 @@
-"""The manifest of a delta artifact: the single source of truth for format v1.
+"""The manifest of a delta artifact: the single source of truth for formats v1 and v2.
 
 These pydantic models define ``manifest.json``; spec/manifest.schema.json is generated
 from them (``python -m deltaformat.schema``), and the registry's API shares them.
@@ -14,11 +14,12 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import pydantic_core
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
 from deltaformat.errors import FormatError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # what extract writes by default; FORMAT_VERSIONS are read
+FORMAT_VERSIONS = (1, 2)
 MANIFEST_MEDIA_TYPE = "application/vnd.paramdelta.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.paramdelta.delta.v1"
 CHUNK_ELEMENTS = 1 << 22  # fixed in v1: every stream and digest uses it, so it bounds each decoded chunk
@@ -60,6 +61,21 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
+class _Versioned(_Strict):
+    """A model with fields that exist in one format version only: absent (not null) when unset,
+    so a v1 manifest written today has exactly the bytes v1 always had."""
+
+    _ABSENT_WHEN_NONE: tuple[str, ...] = ()
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for key in self._ABSENT_WHEN_NONE:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
 class TensorInfo(_Strict):
     """One side (base or post) of a tensor: its shape, dtype and content digest."""
 
@@ -87,15 +103,32 @@ class Chunk(_Strict):
     size: int = Field(ge=0, le=MAX_BLOB_BYTES, description="Encoded size in bytes")
 
 
-class Stream(_Strict):
+class LossyInfo(_Strict):
+    """Marks a stream as an approximation of the exact Δ (v2): how it was made and how far off it is.
+
+    The errors are measured by the writer, per tensor, between the decoded stream and the
+    exact fp32 Δ = fp32(post) − fp32(base); they are what the artifact's identity digest
+    vouches for, and what verify and apply report instead of claiming bit-exactness.
+    """
+
+    params: dict[str, int | float | str] = Field(default_factory=dict, description="the encoder's settings (informative; each blob carries what its decoder needs)")
+    max_abs_error: float = Field(ge=0, description="max |decoded − exact Δ| over the tensor's elements")
+    rel_frobenius_error: float = Field(ge=0, description="‖decoded − exact Δ‖₂ / ‖exact Δ‖₂ (0 when both are 0)")
+    delta_frobenius_norm: float = Field(ge=0, description="‖exact Δ‖₂ over the tensor's elements")
+
+
+class Stream(_Versioned):
     """A flat array of elements, split into chunks of ``chunk_elements`` and encoded by ``codec``."""
+
+    _ABSENT_WHEN_NONE = ("digest", "lossy")
 
     codec: str
     dtype: DType = Field(description="dtype of the decoded elements")
     numel: int = Field(ge=0, le=MAX_TENSOR_ELEMENTS)
-    chunk_elements: Literal[4194304] = Field(CHUNK_ELEMENTS, description="elements per chunk: 2^22 in v1")
+    chunk_elements: Literal[4194304] = Field(CHUNK_ELEMENTS, description="elements per chunk: 2^22")
     chunks: list[Chunk]
-    digest: Digest = Field(description="Chunked sha256 of the decoded elements' raw bytes")
+    digest: Digest | None = Field(None, description="v1 only (required there): chunked sha256 of the decoded elements' raw bytes")
+    lossy: LossyInfo | None = Field(None, description="v2 only: present exactly when the stream approximates the exact Δ")
 
     @model_validator(mode="after")
     def _chunk_count(self) -> "Stream":
@@ -145,6 +178,10 @@ class TensorEntry(_Strict):
             raise ValueError(f"tensor {self.name!r}: only the first dimension may be resized")
         if self.delta is not None and self.delta.dtype != "F32":
             raise ValueError(f"tensor {self.name!r}: delta streams are F32")
+        if self.values is not None and self.values.lossy is not None:
+            raise ValueError(f"tensor {self.name!r}: values streams are always exact")
+        if self.patch is not None and self.delta is not None and self.delta.lossy is not None:
+            raise ValueError(f"tensor {self.name!r}: a lossy delta carries no patch (patches complete an exact Δ)")
         if self.patch is not None and self.kind not in ("changed", "resized"):
             raise ValueError(f"tensor {self.name!r}: only changed or resized tensors carry a patch")
         self._sizes_follow_shapes()
@@ -169,12 +206,20 @@ class TensorEntry(_Strict):
             raise ValueError(f"tensor {self.name!r}: patch of {self.patch.count} elements; the tensor shares {shared}")
 
 
-class CarriedFile(_Strict):
-    """A file of the post model carried in the artifact (tokenizer, chat template...)."""
+class CarriedFile(_Versioned):
+    """A file of the post model carried in the artifact (tokenizer, chat template...).
+
+    ``digest`` and ``size`` are the stored blob's. In v1 the blob is the file itself; in
+    v2 it is one zstd frame whose content is the file, of ``content_size`` bytes.
+    """
+
+    _ABSENT_WHEN_NONE = ("encoding", "content_size")
 
     path: str = Field(max_length=255)
     digest: Digest
     size: int = Field(ge=0, le=MAX_CARRIED_FILE_BYTES)
+    encoding: Literal["zstd"] | None = Field(None, description="v2 only (required there): how the blob holds the file")
+    content_size: int | None = Field(None, ge=0, le=MAX_CARRIED_FILE_BYTES, description="v2 only (required there): the file's size")
 
     @field_validator("path")
     @classmethod
@@ -217,9 +262,12 @@ class ToolInfo(_Strict):
     version: str
 
 
-class Manifest(_Strict):
-    format_version: Literal[1] = FORMAT_VERSION
-    media_type: Literal["application/vnd.paramdelta.manifest.v1+json"] = MANIFEST_MEDIA_TYPE
+class Manifest(_Versioned):
+    _ABSENT_WHEN_NONE = ("exact", "lossy_preset")
+
+    format_version: Literal[1, 2] = FORMAT_VERSION
+    media_type: Literal["application/vnd.paramdelta.manifest.v1+json"] = Field(
+        MANIFEST_MEDIA_TYPE, description="names the document (and the OCI config) in every version; format_version says which")
     name: str | None = Field(None, pattern=NAME_PATTERN, description="NS/NAME")
     version: str | None = Field(None, pattern=VERSION_PATTERN)
     description: str | None = Field(None, max_length=10000)
@@ -235,6 +283,56 @@ class Manifest(_Strict):
     base_config: dict[str, Any] = Field(default_factory=dict, description="The base model's config.json")
     post_config: dict[str, Any] = Field(default_factory=dict, description="The post model's config.json, for reference and for apply")
     annotations: dict[str, str] = {}
+    exact: bool | None = Field(None, description="v2 only (required there): true exactly when no stream is lossy")
+    lossy_preset: str | None = Field(None, max_length=64, description="v2 only: the preset a lossy artifact was written with")
+
+    @model_validator(mode="after")
+    def _versioned_fields(self) -> "Manifest":
+        """Each version has exactly its own fields; a v2 manifest says plainly whether it is exact."""
+        streams = [(t.name, s) for t in self.tensors for s in (t.delta, t.values) if s is not None]
+        if self.format_version == 1:
+            v2 = [f"tensor {n!r} stream lossy" for n, s in streams if s.lossy is not None]
+            v2 += [f"file {f.path!r} encoding" for f in self.files if f.encoding is not None or f.content_size is not None]
+            v2 += [k for k in ("exact", "lossy_preset") if getattr(self, k) is not None]
+            if v2:
+                raise ValueError(f"format_version 1 has no field {v2[0]} (a format_version 2 field)")
+            missing = [n for n, s in streams if s.digest is None]
+            if missing:
+                raise ValueError(f"tensor {missing[0]!r}: a format_version 1 stream needs its digest")
+            return self
+        if self.exact is None:
+            raise ValueError("format_version 2 needs 'exact' (true when no stream is lossy)")
+        with_digest = [n for n, s in streams if s.digest is not None]
+        if with_digest:
+            raise ValueError(f"tensor {with_digest[0]!r}: format_version 2 streams have no digest (their blobs' digests fix them)")
+        unencoded = [f.path for f in self.files if f.encoding is None or f.content_size is None]
+        if unencoded:
+            raise ValueError(f"file {unencoded[0]!r}: format_version 2 carried files need encoding and content_size")
+        lossy = [n for n, s in streams if s.lossy is not None]
+        if self.exact and lossy:
+            raise ValueError(f"exact is true but tensor {lossy[0]!r} has a lossy stream")
+        if not self.exact and not lossy:
+            raise ValueError("exact is false but no stream is lossy")
+        if (self.lossy_preset is not None) == self.exact:
+            raise ValueError("lossy_preset is given exactly when exact is false")
+        return self
+
+    @property
+    def is_lossy(self) -> bool:
+        """Whether any stream approximates the exact Δ (never in v1)."""
+        return self.exact is False
+
+    def lossy_errors(self) -> dict[str, float] | None:
+        """The worst recorded errors over every lossy tensor (None for an exact artifact)."""
+        infos = [t.delta.lossy for t in self.tensors if t.delta is not None and t.delta.lossy is not None]
+        if not infos:
+            return None
+        total = sum(i.delta_frobenius_norm ** 2 for i in infos)
+        err = sum((i.rel_frobenius_error * i.delta_frobenius_norm) ** 2 for i in infos)
+        return {"max_abs_error": max(i.max_abs_error for i in infos),
+                "max_rel_frobenius_error": max(i.rel_frobenius_error for i in infos),
+                "rel_frobenius_error": math.sqrt(err / total) if total else 0.0,
+                "lossy_tensors": len(infos)}
 
     @model_validator(mode="after")
     def _unique(self) -> "Manifest":
@@ -282,6 +380,9 @@ class Manifest(_Strict):
             "bytes_per_parameter": (stored / params) if params else None,
             "patched_elements": sum(t.patch.count for t in self.tensors if t.patch is not None),
             "files": [f.path for f in self.files],
+            "exact": not self.is_lossy,
+            "lossy_preset": self.lossy_preset,
+            "lossy_errors": self.lossy_errors(),
         }
 
 
@@ -317,6 +418,25 @@ def check_carried_content(path: str, data: bytes) -> None:
         raise FormatError(f"carried file {path!r} has {named[0]!r}, which names code to import; paramdelta never carries code")
 
 
+def decode_carried(f: CarriedFile, blob: bytes) -> bytes:
+    """A carried file's content from its (already digest-checked) blob: the blob itself in v1,
+    its one zstd frame's content in v2, which must declare and hold exactly ``content_size`` bytes."""
+    if f.encoding is None:
+        return blob
+    import zstandard
+
+    try:
+        declared = zstandard.get_frame_parameters(blob).content_size
+        if declared != f.content_size:
+            raise FormatError(f"carried file {f.path!r}: its zstd frame declares {declared} bytes, the manifest {f.content_size}")
+        data = zstandard.ZstdDecompressor().decompress(blob, max_output_size=f.content_size, allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        raise FormatError(f"carried file {f.path!r}: not one zstd frame ({exc})") from None
+    if len(data) != f.content_size:
+        raise FormatError(f"carried file {f.path!r}: decoded to {len(data)} bytes, the manifest says {f.content_size}")
+    return data
+
+
 def check_metadata(name: str | None, version: str | None, description: str | None = None, license: str | None = None) -> None:
     """Raise ValueError, naming the rule, for descriptive fields a manifest cannot hold."""
     if name is not None and not re.match(NAME_PATTERN, name):
@@ -341,9 +461,10 @@ def parse_manifest(data: bytes) -> Manifest:
     if not isinstance(raw, dict):
         raise FormatError("manifest.json must hold a JSON object")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in FORMAT_VERSIONS or isinstance(version, bool):
         raise FormatError(
-            f"manifest format_version is {version!r}; this paramdelta reads format_version {FORMAT_VERSION} only"
+            f"manifest format_version is {version!r}; this paramdelta reads format_version "
+            f"{' and '.join(map(str, FORMAT_VERSIONS))} only"
         )
     try:
         return Manifest.model_validate(raw)

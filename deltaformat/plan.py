@@ -69,7 +69,7 @@ def plan_outputs(arts: list[Artifact], alphas: list[float], model: ModelSource) 
         for e in art.manifest.tensors:
             by_name.setdefault(e.name, []).append(Term(art, alpha, e))
     order = list(model.tensors) + [n for n in by_name if n not in model.tensors]
-    single_exact = len(arts) == 1 and alphas[0] == 1.0
+    single_exact = len(arts) == 1 and alphas[0] == 1.0 and not arts[0].manifest.is_lossy  # lossy: nothing to prove
     plan = []
     for name in order:
         out = _plan_one(name, by_name[name], model, single_exact)

@@ -36,7 +36,7 @@ def write_side_files(folder: Path, arts: list[Artifact], model: ModelSource, pla
     if config:
         (folder / "config.json").write_text(config_text(config))
     for f in m.files:
-        data = first.read_blob(f.digest, f.size, f"file {f.path!r}")
+        data = first.read_carried(f)  # lossy: v2 carried files are compressed
         check_carried_content(f.path, data)
         (folder / f.path).parent.mkdir(parents=True, exist_ok=True)
         create_file(folder / f.path, data)
@@ -105,6 +105,11 @@ def write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], mo
     create_file(folder / PROVENANCE_FILE, provenance_bytes(arts, alphas, model, verified, files))
 
 
+def lossy_record(art: Artifact) -> dict[str, Any]:
+    """A lossy delta's preset and its recorded errors against the exact Δ (what apply reports instead of exactness)."""
+    return {"preset": art.manifest.lossy_preset, **(art.manifest.lossy_errors() or {})}
+
+
 def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSource, verified: bool,
                      files: dict[str, dict[str, Any]]) -> bytes:
     """paramdelta.json's bytes (``files``: relative path -> sha256 and size, in the folder's sorted order)."""
@@ -113,7 +118,7 @@ def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSour
         "base": {"id": model.id, "source": model.source, "revision": model.revision, "commit": model.commit},
         "deltas": [
             {"location": a.location, "manifest_digest": a.digest, "name": a.manifest.name, "version": a.manifest.version,
-             "source": a.source, "alpha": al}
+             "source": a.source, "alpha": al, **({"lossy": lossy_record(a)} if a.manifest.is_lossy else {})}
             for a, al in zip(arts, alphas)
         ],
         "verified_exact": verified,

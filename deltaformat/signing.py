@@ -46,6 +46,7 @@ from deltaformat.fsutil import write_file_atomic
 from deltaformat.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from deltaformat.oci import Descriptor
@@ -170,7 +171,7 @@ class SignatureInfo:
 # -- keys -------------------------------------------------------------------------------------
 
 
-def load_private_key(path: str | os.PathLike, password: str | None = None) -> ec.EllipticCurvePrivateKey:
+def load_private_key(path: str | os.PathLike[str], password: str | None = None) -> ec.EllipticCurvePrivateKey:
     """An EC private key from a PEM file (``password`` for an encrypted one); errors name the file."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -189,7 +190,7 @@ def load_private_key(path: str | os.PathLike, password: str | None = None) -> ec
     return key
 
 
-def load_public_key(path: str | os.PathLike) -> ec.EllipticCurvePublicKey:
+def load_public_key(path: str | os.PathLike[str]) -> ec.EllipticCurvePublicKey:
     """An EC public key from a PEM file; errors name the file."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -211,7 +212,7 @@ def key_fingerprint(key: ec.EllipticCurvePublicKey) -> str:
     return PREFIX + hashlib.sha256(pem).hexdigest()
 
 
-def _read_key_file(path: str | os.PathLike) -> bytes:
+def _read_key_file(path: str | os.PathLike[str]) -> bytes:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{path}: no such key file")
@@ -220,10 +221,11 @@ def _read_key_file(path: str | os.PathLike) -> bytes:
     return p.read_bytes()
 
 
-def _hash_for(key: ec.EllipticCurvePublicKey):  # -> a cryptography HashAlgorithm
+def _hash_for(key: ec.EllipticCurvePublicKey) -> hashes.HashAlgorithm:
     from cryptography.hazmat.primitives import hashes
 
-    return getattr(hashes, CURVES[key.curve.name])()
+    algorithm: hashes.HashAlgorithm = getattr(hashes, CURVES[key.curve.name])()
+    return algorithm
 
 
 # -- making and reading bundles ---------------------------------------------------------------
@@ -368,12 +370,12 @@ def _check_blob_set(signed: Signed, blobs: Iterable[str], where: str) -> None:
 # -- local artifacts --------------------------------------------------------------------------
 
 
-def signature_path(folder: str | os.PathLike, fingerprint: str) -> Path:
+def signature_path(folder: str | os.PathLike[str], fingerprint: str) -> Path:
     """Where a key's signature of a local artifact is kept (one per key: signing again replaces it)."""
     return Path(folder) / SIGNATURE_DIR / f"{hex_of(fingerprint)[:16]}{SIGNATURE_SUFFIX}"
 
 
-def sign_artifact(folder: str | os.PathLike, key: ec.EllipticCurvePrivateKey) -> Path:
+def sign_artifact(folder: str | os.PathLike[str], key: ec.EllipticCurvePrivateKey) -> Path:
     """Sign a local artifact (after checking every blob against its digest); returns the signature's path."""
     art = open_artifact(folder)
     m = art.manifest
@@ -388,7 +390,7 @@ def sign_artifact(folder: str | os.PathLike, key: ec.EllipticCurvePrivateKey) ->
     return path
 
 
-def check_artifact(folder: str | os.PathLike, key: ec.EllipticCurvePublicKey) -> Artifact:
+def check_artifact(folder: str | os.PathLike[str], key: ec.EllipticCurvePublicKey) -> Artifact:
     """The artifact at ``folder``, once proven signed by ``key`` and unchanged since: manifest.json and every
     blob against the signed digests. The Artifact returned holds the manifest bytes that were checked."""
     folder = Path(folder)
@@ -418,7 +420,7 @@ def check_artifact(folder: str | os.PathLike, key: ec.EllipticCurvePublicKey) ->
     return art
 
 
-def local_signatures(folder: str | os.PathLike) -> list[SignatureInfo]:
+def local_signatures(folder: str | os.PathLike[str]) -> list[SignatureInfo]:
     """The signatures kept next to a local artifact, as a listing shows them (not checked)."""
     found = []
     for c in _local_bundles(Path(folder)):

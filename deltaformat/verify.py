@@ -26,6 +26,8 @@ class VerifyReport:
     blobs: int
     stored_bytes: int
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
+    lossy: dict | None = None  # lossy: preset and recorded errors against the exact Δ (never a round-trip claim)
+    base_is_original: bool = False  # lossy: --base was given and its tensors are the extraction base's
 
 
 def verify(artifact: DeltaRef | Source, *, base: str | os.PathLike[str] | ModelSource | None = None, quiet: bool = False,
@@ -60,7 +62,9 @@ def verify(artifact: DeltaRef | Source, *, base: str | os.PathLike[str] | ModelS
             data = art.read_blob(e.patch.digest, e.patch.size, f"tensor {e.name!r} patch")
             decode_patch(data, e.patch.count, ITEMSIZE[e.base.dtype], ITEMSIZE[e.post.dtype])
     for f in m.files:
-        check_carried_content(f.path, art.read_blob(f.digest, f.size, f"file {f.path!r}"))
+        check_carried_content(f.path, art.read_carried(f))  # lossy: v2 carried files are compressed
+    if m.is_lossy:  # lossy: report the recorded error; a lossy Δ never reproduces the post model bit for bit
+        return _verify_lossy(art, model, workers)
     if model is not None:
         _round_trip(art, model, quiet, workers)
     return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), model is not None)
@@ -76,7 +80,7 @@ def _check_streams(art: Artifact, m: Manifest, quiet: bool, workers: int | None)
             hashes[id(s)].append(h)
             bar.update(n)
     for name, s in streams:
-        if tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
+        if s.digest is not None and tensor_digest(hashes[id(s)] or [chunk_hash(b"")]) != s.digest:
             raise CorruptBlobError(f"tensor {name!r}: decoded stream does not match its recorded digest")
 
 
@@ -91,6 +95,30 @@ def _round_trip(art: Artifact, model: ModelSource, quiet: bool, workers: int | N
     if not compute(plan_outputs([art], [1.0], model), None, "cpu", workers, quiet, "round trip"):
         raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}, {m.base.fingerprint}); "
                                 "the round trip cannot be proven on it")
+
+
+def _verify_lossy(art: Artifact, model: ModelSource | None, workers: int | None) -> VerifyReport:
+    """A lossy artifact checked intact (done by the caller); with ``model`` (pre-flighted by the caller), checked
+    to be its original base by the base digests."""
+    from deltaformat.sidefiles import lossy_record
+
+    m = art.manifest
+    original = False
+    if model is not None:
+        sides = [(e, model.tensors[e.name]) for e in m.tensors if e.base is not None and e.name in model.tensors]
+        digests = ordered_map(lambda job: (job[0], _tensor_digest(job[1])), sides, workers)
+        wrong = [e.name for e, d in digests if d != e.base.digest]
+        if wrong:
+            raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}): "
+                                    f"tensor {wrong[0]!r} differs ({len(wrong)} tensor(s) in all)")
+        original = True
+    return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), False, lossy_record(art), original)
+
+
+def _tensor_digest(ref) -> str:
+    from deltaformat.chunking import chunk_ranges
+
+    return tensor_digest([chunk_hash(ref.read(s, c)) for s, c in chunk_ranges(ref.numel)])
 
 
 def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
@@ -110,6 +138,7 @@ def inspect(artifact: DeltaRef | Source) -> dict[str, Any]:
         "format_version": m.format_version, "created_at": m.created_at.isoformat(), "tool": m.tool.model_dump(),
         "base": m.base.model_dump(mode="json"), "post": m.post.model_dump(mode="json"),
         "codec": m.codec.model_dump(), **m.summary(),
+        "lossy_tensors": {e.name: e.delta.lossy.model_dump() for e in m.tensors if e.delta is not None and e.delta.lossy is not None},
     }
 
 

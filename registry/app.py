@@ -26,8 +26,8 @@ from starlette.exceptions import HTTPException
 
 from deltaformat._version import __version__
 from registry import metrics
-from registry.auth import Principal, allow_listing, credential
-from registry.errors import ClientGone, RegistryError, Unauthorized
+from registry.auth import Principal, allow_listing
+from registry.errors import ClientGone, RegistryError
 from registry.routers import api, oci, pages
 from registry.schemas import Health
 from registry.service import Registry
@@ -72,12 +72,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz() -> Health:
         return Health(version=__version__)
 
-    @app.get("/auth/token", tags=["auth"], summary="Token endpoint for docker-style clients: trades a valid token for itself")
+    @app.get("/auth/token", tags=["auth"], summary="Token endpoint for docker-style clients: trades a valid token "
+             "for itself; without credentials, an anonymous pull token while anonymous pull is on")
     def token(request: Request) -> JSONResponse:
-        authorization = request.headers.get("authorization")
-        if reg.auth.authenticate(authorization, str(request.base_url)).anonymous:
-            raise Unauthorized("send a registry token as the password (Basic) or as a Bearer token")
-        value = credential(authorization)
+        value = reg.auth.issue(request.headers.get("authorization"), str(request.base_url))
         return JSONResponse({"token": value, "access_token": value, "expires_in": 3600})
 
     return app

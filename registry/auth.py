@@ -10,6 +10,14 @@ Tokens are random (256 bits), so a plain sha256 is a sound way to store them; th
 token itself is printed once by ``paramdelta token create`` and never logged (logs
 name a token by its name and id). Anonymous pull is on unless
 PARAMDELTA_ANONYMOUS_PULL=0; push and delete always need a token.
+
+Docker-style clients (skopeo, podman, oras, regctl, the conformance suites) send
+credentials only when ``GET /v2/`` asks for them, so it answers 401 with a Bearer
+challenge to a caller without a token, even when pulls need none. Its realm,
+``/auth/token``, trades basic credentials (the token as the password) for the token,
+and, while anonymous pull is on, gives a caller without credentials the anonymous pull
+token: it authenticates as anonymous, so it can pull (while anonymous pull is on)
+and nothing else.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ from registry.errors import Denied, InvalidRequest, Unauthorized
 SCOPES = ("pull", "push", "admin")
 ACTIONS = ("pull", "push", "delete")
 TOKEN_PREFIX = "pdt_"
+# What /auth/token gives a caller without credentials while anonymous pull is on. Not a secret: it grants
+# exactly what no token grants (anonymous pulls), and nothing once anonymous pull is switched off.
+ANONYMOUS_TOKEN = "anonymous-pull"
 # The first component of NAME_PATTERN: a namespace a repository name can have. A token for any other
 # (``Meta``, ``a/b``) could never match a repository, so it is refused at creation, not silently useless.
 NAMESPACE_RE = re.compile(NAME_PATTERN.split("(/", 1)[0] + "$")
@@ -45,6 +56,7 @@ class Principal:
     name: str | None = None
     scope: str | None = None
     namespace: str | None = None
+    anonymous_token: bool = False  # anonymous, but sent the anonymous pull token (it signed in, as docker clients do)
 
     @property
     def anonymous(self) -> bool:
@@ -121,6 +133,8 @@ class Authenticator:
         token = credential(authorization)
         if token is None:
             return Principal()
+        if token == ANONYMOUS_TOKEN:
+            return Principal(anonymous_token=True)
         with self.db.engine.connect() as conn:  # a plain read, on every request: no ORM session (4x cheaper)
             row = conn.execute(_BY_HASH, {"token_hash": hash_token(token)}).first()
         if row is None or row.revoked_at is not None:
@@ -150,6 +164,23 @@ class Authenticator:
         if self.anonymous_pull or principal.scope == "admin" or principal.namespace == "*":
             return None
         return set() if principal.anonymous else {principal.namespace}
+
+    def require_signed_in(self, principal: Principal, base_url: str) -> None:
+        """401 with the Bearer challenge for a caller that sent no token at all (``GET /v2/``)."""
+        if principal.anonymous and not (principal.anonymous_token and self.anonymous_pull):
+            raise Unauthorized("authentication required: get a token from the realm in WWW-Authenticate "
+                               "(an anonymous pull token when anonymous pull is on)", headers=self._challenge(base_url, None))
+
+    def issue(self, authorization: str | None, base_url: str) -> str:
+        """What the token endpoint answers: the caller's own token, traded for its Basic or Bearer credentials;
+        without credentials, the anonymous pull token while anonymous pull is on, else 401."""
+        token = credential(authorization)
+        if token is not None and not self.authenticate(authorization, base_url).anonymous:  # 401 when unknown or revoked
+            return token
+        if self.anonymous_pull and (not authorization or token == ANONYMOUS_TOKEN):  # credentials without a token: 401
+            return ANONYMOUS_TOKEN
+        raise Unauthorized("send a registry token as the password (Basic) or as a Bearer token",
+                           headers={"WWW-Authenticate": 'Basic realm="paramdelta"'})
 
     def _challenge(self, base_url: str | None, name: str | None, action: str = "pull") -> dict[str, str]:
         base = (self.public_url or base_url or "").rstrip("/")
@@ -193,6 +224,13 @@ def allow(action: str):
         return principal
 
     return dependency
+
+
+def signed_in(request: Request) -> Principal:
+    """A dependency for ``GET /v2/``: any token, the anonymous pull token included; 401 with a challenge otherwise."""
+    principal = current_principal(request)
+    request.app.state.registry.auth.require_signed_in(principal, str(request.base_url))
+    return principal
 
 
 def allow_listing(request: Request) -> Principal:

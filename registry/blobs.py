@@ -1,22 +1,27 @@
-"""Reading blobs: existence, ranged reads, redirects to the store, cross-repository mounts."""
+"""Reading blobs: existence, ranged reads, redirects to the store, cross-repository mounts; and deleting a
+blob from a repository (its bytes go when garbage collection finds nothing that needs them)."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from registry.db import Database
-from registry.db.models import Blob, RepositoryBlob
+from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
 from deltaformat.oci import NAME_RE, TAG_RE
-from registry.errors import BlobUnknown, DigestInvalid, NameInvalid, RangeNotSatisfiable, TagInvalid
+from registry.errors import BlobUnknown, DigestInvalid, Immutable, NameInvalid, RangeNotSatisfiable, TagInvalid
 from registry.gc import lock_digest
 from registry.storage import BlobStore
 
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The digest algorithms OCI registers, with their hex lengths: sha256 (every client's) and sha512.
+ALGORITHMS = {"sha256": 64, "sha512": 128}
+DIGEST_RE = re.compile(r"^(?:sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+_DIGEST_GRAMMAR = re.compile(r"^[a-z0-9]+(?:[+._-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -51,7 +56,7 @@ def check_name(name: str) -> str:
 
 def check_reference(reference: str) -> str:
     """A manifest reference: a digest, or a tag of the version grammar (``latest`` included); TAG_INVALID otherwise."""
-    if reference.startswith("sha256:"):
+    if _DIGEST_GRAMMAR.match(reference):  # algorithm:encoded, OCI's digest grammar: meant as a digest
         return check_digest(reference)
     if not TAG_RE.fullmatch(reference):
         raise TagInvalid(f"reference {reference[:200]!r} is neither a digest nor a tag of [A-Za-z0-9_][A-Za-z0-9._-]{{0,127}}")
@@ -59,10 +64,25 @@ def check_reference(reference: str) -> str:
 
 
 def check_digest(digest: str) -> str:
-    """The digest if well-formed; only sha256 is supported."""
+    """The digest if well-formed: sha256:<64 hex> or sha512:<128 hex>."""
     if not DIGEST_RE.fullmatch(digest):  # fullmatch: "$" alone also matches before a final newline
-        raise DigestInvalid(f"digest {digest[:100]!r} is not sha256:<64 lowercase hex>")
+        raise DigestInvalid(f"digest {digest[:100]!r} is not sha256:<64 lowercase hex> or sha512:<128 lowercase hex>")
     return digest
+
+
+def algorithm_of(digest: str) -> str:
+    """The algorithm of a checked digest (``sha256`` or ``sha512``)."""
+    return check_digest(digest).partition(":")[0]
+
+
+def hasher(digest: str) -> "hashlib._Hash":
+    """A fresh hash object of the algorithm ``digest`` names (checked)."""
+    return hashlib.new(algorithm_of(digest))
+
+
+def digest_bytes(data: bytes, algorithm: str = "sha256") -> str:
+    """``data``'s digest with ``algorithm`` (one of ALGORITHMS)."""
+    return f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}"
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
@@ -136,3 +156,21 @@ class Blobs:
                 return False
             link_blob(s, ensure_repository(s, name), digest, size)
         return True
+
+    def delete(self, name: str, digest: str) -> None:
+        """Unlink blob ``digest`` from repository ``name``: no longer served from it. A blob a live delta version of
+        the repository needs is refused (409): a published version stays whole. The bytes stay until garbage
+        collection (registry.gc) finds no live manifest that references them."""
+        check_digest(digest)
+        with self.db.session() as s:
+            lock_digest(s, digest)  # as a publish claiming the blob: one of the two goes first
+            repo = get_repository(s, name)
+            if linked_size(s, repo.id, digest) is None:
+                raise BlobUnknown(f"blob {digest} is not in {name}", detail={"digest": digest})
+            needed_by = s.scalar(select(Manifest.digest).join(ManifestBlob, ManifestBlob.manifest_id == Manifest.id).where(
+                ManifestBlob.digest == digest, Manifest.repository_id == repo.id, Manifest.is_delta,
+                Manifest.deleted_at.is_(None)).limit(1))
+            if needed_by is not None:
+                raise Immutable(f"blob {digest} belongs to delta {name}@{needed_by}; delete that manifest (by digest) first",
+                                detail={"digest": digest, "manifest": needed_by})
+            s.execute(delete(RepositoryBlob).where(RepositoryBlob.repository_id == repo.id, RepositoryBlob.digest == digest))

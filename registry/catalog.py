@@ -88,7 +88,8 @@ class Catalog:
             repo = get_repository(s, name)
             rows = s.execute(
                 select(Version, Manifest).join(Manifest, Manifest.id == Version.manifest_id)
-                .where(Version.repository_id == repo.id, Version.deleted_at.is_(None)).order_by(Version.id.desc())
+                .where(Version.repository_id == repo.id, Version.deleted_at.is_(None), Manifest.is_delta)
+                .order_by(Version.id.desc())
             ).all()
         versions = [_version_info(v, m) for v, m in rows]
         tags = {v.version: v.digest for v in versions}
@@ -143,7 +144,7 @@ class Catalog:
         q = (select(Repository, Version, Manifest, match)
              .join(Version, Version.repository_id == Repository.id)
              .join(Manifest, Manifest.id == Version.manifest_id)
-             .where(Version.deleted_at.is_(None), or_(*(cond for cond, _ in tests))))
+             .where(Version.deleted_at.is_(None), Manifest.is_delta, or_(*(cond for cond, _ in tests))))
         q = _visible(q, visible)
         rows, next_cursor = _page(self.db, q, (Version.id,), True, limit, cursor, lambda r: [r[1].id])
         return Page[CompatibleVersion](items=[
@@ -154,14 +155,17 @@ class Catalog:
         ], next_cursor=next_cursor)
 
     def tags(self, name: str, n: int | None, last: str | None) -> tuple[list[str], bool]:
-        """Tags in lexical order after ``last``, at most ``n``; and whether more follow."""
+        """Tags in lexical order after ``last``, at most ``n``; and whether more follow. ``latest`` is listed when
+        the repository has a live delta version (it names the newest)."""
         check_name(name)
         if last is not None and len(last) > 128:  # the versions.name column; a longer one follows no tag anyway
             raise InvalidRequest(f"last has {len(last)} characters; a tag has at most 128")
         with self.db.session() as s:
             repo = get_repository(s, name)
-            names = list(s.scalars(select(Version.name).where(Version.repository_id == repo.id, Version.deleted_at.is_(None))))
-        tags = sorted(names + [LATEST]) if names else []
+            rows = s.execute(select(Version.name, Manifest.is_delta).join(Manifest, Manifest.id == Version.manifest_id)
+                             .where(Version.repository_id == repo.id, Version.deleted_at.is_(None))).all()
+        names = [tag for tag, _ in rows]
+        tags = sorted(names + [LATEST]) if any(is_delta for _, is_delta in rows) and LATEST not in names else sorted(names)
         if last is not None:
             tags = [t for t in tags if t > last]
         if n is not None and len(tags) > n:

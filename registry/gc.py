@@ -5,7 +5,10 @@
 Deleting a version only untags it. A run of ``collect``:
 
 1. deletes *untagged* manifests (no live version points to them) created before the
-   grace cutoff, as ``docker registry garbage-collect --delete-untagged`` does;
+   grace cutoff, as ``docker registry garbage-collect --delete-untagged`` does; except
+   those a live index of their repository lists and the referrers (signatures, SBOMs)
+   of a live manifest of their repository: they go with the index or subject, at the
+   next run after it;
 2. sweeps blobs that no live manifest references, unless the blob was committed
    (or committed again) within the grace period: a push uploads its blobs first
    and publishes the manifest last, so its blobs are unreferenced in between;
@@ -44,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import bindparam, delete, exists, select, text, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from registry import process
 from registry.db import Database, utcnow
@@ -64,7 +67,7 @@ def lock_digest(s: Session, digest: str) -> None:
     """Hold ``digest``'s GC lock until the session's transaction ends."""
     dialect = s.get_bind().dialect.name
     if dialect == "postgresql":
-        key = int(digest.removeprefix("sha256:")[:15], 16)  # 60 bits: a positive bigint
+        key = int(digest.partition(":")[2][:15], 16)  # 60 bits of the hex (sha256 or sha512): a positive bigint
         s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
     else:  # SQLite: any write takes the database's one write lock, held until commit
         # On the connection, not through the ORM: its bulk-UPDATE bookkeeping cost more than the statement.
@@ -138,7 +141,13 @@ def collect(db: Database, store: BlobStore, *, grace_seconds: int, dry_run: bool
 def _untagged_manifests(db: Database, cutoff: datetime, report: GcReport) -> set[int]:
     """Delete untagged manifests older than the cutoff; in a dry run, return the ids it would delete."""
     live_version = exists(select(Version.id).where(Version.manifest_id == Manifest.id, Version.deleted_at.is_(None)))
-    untagged = (Manifest.deleted_at.is_(None), Manifest.created_at < cutoff, ~live_version)
+    other = aliased(Manifest)
+    listed = exists(select(ManifestBlob.manifest_id).join(other, other.id == ManifestBlob.manifest_id).where(
+        ManifestBlob.digest == Manifest.digest, other.repository_id == Manifest.repository_id, other.id != Manifest.id,
+        other.deleted_at.is_(None)))  # by a live index of the repository
+    subject_live = exists(select(other.id).where(
+        other.digest == Manifest.subject_digest, other.repository_id == Manifest.repository_id, other.deleted_at.is_(None)))
+    untagged = (Manifest.deleted_at.is_(None), Manifest.created_at < cutoff, ~live_version, ~listed, ~subject_live)
     with db.session() as s:
         rows = list(s.execute(select(Manifest.id, Manifest.digest).where(*untagged)))
     if report.dry_run:

@@ -1,10 +1,15 @@
-"""Manifests: validate and publish a delta version, read it back byte-exact, delete it.
+"""Manifests: validate and publish a delta version (or any other OCI content), read it back byte-exact, delete it.
 
-A manifest PUT is accepted only when its config blob is a valid paramdelta
-manifest.json, its layers are exactly the blobs that manifest.json references, and
-every one of them is in the repository. Versions are immutable: the same content
-again is a no-op, other content under a published (or deleted) version is 409.
-``latest`` is not pushed: it is always the newest live version.
+A delta (registry.content tells which) is accepted only when its config blob is a
+valid paramdelta manifest.json, its layers are exactly the blobs that manifest.json
+references, and every one of them is in the repository. Delta versions are immutable:
+the same content again is a no-op, other content under a published (or deleted)
+version is 409. ``latest`` is not pushed: it is always the newest live delta version.
+
+Any other image manifest, index or artifact is stored as distribution stores it: its
+shape checked (registry.content), its config and layers (an index: its manifests) in
+the repository. Its tags move when pushed again, as OCI tags do; a tag that names (or
+named) a delta version never does.
 """
 
 from __future__ import annotations
@@ -23,20 +28,22 @@ from sqlalchemy.orm import Session
 
 from deltaformat.errors import FormatError
 from deltaformat.manifest import Manifest as DeltaManifest
-from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, parse_manifest
-from deltaformat.digests import blob_digest as sha256_digest
+from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, decode_carried, parse_manifest
 from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest
 from registry.auth import Principal
-from registry.blobs import DIGEST_RE, check_name, check_reference
+from registry.blobs import DIGEST_RE, algorithm_of, check_name, check_reference, digest_bytes
+from registry.content import Content, read_content
 from registry.db import Database, utcnow
-from registry.db.models import Manifest, ManifestBlob, ManifestTensor, Version
+from registry.db.models import Manifest, ManifestBlob, ManifestTensor, RepositoryBlob, Version
 from registry.db.queries import (
-    ensure_repository, get_repository, insert_ignore, insert_ignore_many, linked_size, live_manifest, live_version, too_long,
+    ensure_repository, find_repository, get_repository, insert_ignore, insert_ignore_many, linked_size, live_manifest,
+    live_version, too_long,
 )
 from registry.errors import (
-    BlobUnknown, DigestInvalid, Immutable, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TooLarge, Unsupported,
+    BlobUnknown, DigestInvalid, Immutable, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TagInvalid, TooLarge,
+    Unsupported,
 )
-from registry.gc import claim_blobs
+from registry.gc import claim_blobs, lock_digest
 from registry.storage import BlobStore
 
 log = logging.getLogger("paramdelta.registry")
@@ -108,6 +115,7 @@ class ByteLRU:
 class Published:
     digest: str
     created: bool  # False when the same content was already there
+    subject: str | None = None  # the digest its subject names (answered as OCI-Subject)
 
 
 class Manifests:
@@ -120,31 +128,44 @@ class Manifests:
         self.config_cache = ByteLRU(cache_bytes)  # manifest.json bytes by digest: content-addressed, never stale
 
     def put(self, name: str, reference: str, content_type: str | None, data: bytes, principal: Principal) -> Published:
-        """Validate and store a manifest; tag it when ``reference`` is a version."""
+        """Validate and store a manifest; tag it when ``reference`` is a tag. By digest, the digest's algorithm
+        (sha256 or sha512) is the one the manifest is stored under."""
         check_name(name)
         check_reference(reference)
-        digest = sha256_digest(data)
-        if DIGEST_RE.match(reference) and reference != digest:
+        by_digest = DIGEST_RE.match(reference) is not None
+        digest = digest_bytes(data, algorithm_of(reference) if by_digest else "sha256")
+        if by_digest and reference != digest:
             raise DigestInvalid(f"manifest bytes have digest {digest}, not {reference}")
-        if content_type and content_type.split(";")[0].strip() not in (OCI_IMAGE_MANIFEST, "application/json"):
-            raise Unsupported(f"manifest media type {content_type!r}; this registry stores {OCI_IMAGE_MANIFEST}")
-        if reference == LATEST:
+        content = read_content(data, content_type)
+        if reference == LATEST and content.is_delta:
             raise Unsupported("'latest' is managed by the registry (it is the newest version); push a version instead")
-        oci = _parse(data)
-        delta = self._validate(name, oci)
-        _check_identity(name, reference, delta)
+        if content.is_delta:
+            if content.media_type != OCI_IMAGE_MANIFEST:
+                raise Unsupported(f"a delta is an {OCI_IMAGE_MANIFEST}, not {content.media_type}")
+            oci = _parse(data)
+            content.subject = oci.subject.digest if oci.subject else None
+            delta = self._validate(name, oci)
+            _check_identity(name, reference, delta)
+        else:
+            self._check_references(name, content)
         for attempt in range(3):  # a concurrent push of the same version may win the race; look again
             try:
                 with self.db.session() as s:
-                    return self._record(s, name, reference, digest, data, oci, delta, principal)
+                    if content.is_delta:
+                        return self._record(s, name, reference, digest, data, oci, delta, principal, content)
+                    return self._record_content(s, name, reference, digest, data, content, principal)
             except IntegrityError:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def get(self, name: str, reference: str) -> StoredManifest:
-        """A manifest by version, ``latest`` or digest, byte-exact."""
-        check_reference(reference)
+        """A manifest by version, ``latest`` or digest, byte-exact. A tag outside the tag grammar names no manifest:
+        MANIFEST_UNKNOWN, as distribution answers (a digest outside its grammar stays DIGEST_INVALID)."""
+        try:
+            check_reference(reference)
+        except TagInvalid as exc:
+            raise ManifestUnknown(f"{name} has no manifest {reference[:200]!r}: {exc.message}") from None
         with self.db.session() as s:
             row = _resolve(s, name, reference)
             return StoredManifest(row.digest, row.media_type, row.content)
@@ -152,11 +173,11 @@ class Manifests:
     def delete(self, name: str, reference: str, principal: Principal) -> None:
         """By digest: delete the manifest and untag its versions. By version: untag it (the name stays reserved)."""
         check_reference(reference)
-        if reference == LATEST:
-            raise Unsupported("'latest' cannot be deleted; delete the version it points to")
         with self.db.session() as s:
             repo = get_repository(s, name)
             now = utcnow()
+            if reference == LATEST and _explicit_latest(s, repo.id) is None:
+                raise Unsupported("'latest' cannot be deleted; delete the version it points to")
             if DIGEST_RE.match(reference):
                 row = _resolve(s, name, reference)
                 row.deleted_at = now
@@ -175,7 +196,7 @@ class Manifests:
         """The manifest.json of a version (by version, ``latest`` or digest), as bytes: read, checked, not parsed."""
         check_reference(reference)
         with self.db.session() as s:
-            row = _resolve(s, name, reference)
+            row = _resolve(s, name, reference, deltas_only=True)
             digest, config = row.digest, row.config_digest
         data = self.config_cache.get(config)
         if data is None:
@@ -188,7 +209,7 @@ class Manifests:
         on its first read, once, and stored."""
         check_reference(reference)
         with self.db.session() as s:
-            row, version = _resolve_version(s, name, reference)
+            row, version = _resolve_version(s, name, reference, deltas_only=True)
             found = VersionSummary(row.digest, row.config_digest, version, row.id, {}, row.tensors, row.post_parameters,
                                    row.stored_bytes)
             stored = row.summary
@@ -220,7 +241,7 @@ class Manifests:
         if size > self.max_bytes:
             raise TooLarge(f"{what} {digest} has {size} bytes, over the limit of {self.max_bytes}")
         data = b"".join(self.store.open_range(digest))
-        if sha256_digest(data) != digest:
+        if digest_bytes(data, algorithm_of(digest)) != digest:
             raise ManifestInvalid(f"{what} blob {digest} does not match its digest in the store")
         return data
 
@@ -229,7 +250,7 @@ class Manifests:
         the path allow-list is in the manifest model, this is the part only their bytes can tell."""
         for f in delta.files:
             if f.path in CARRIED_SETTINGS_FILES:
-                check_carried_content(f.path, self._read_small_blob(f.digest, f.path))
+                check_carried_content(f.path, decode_carried(f, self._read_small_blob(f.digest, f.path)))  # v2: zstd
 
     def _validate(self, name: str, oci: OciManifest) -> DeltaManifest:
         with self.db.session() as s:
@@ -253,8 +274,59 @@ class Manifests:
                                       detail={"digest": oci.config.digest}) from None
         return delta
 
+    def _check_references(self, name: str, content: Content) -> None:
+        """Content that is not a delta: its config and layers must be blobs of the repository, an index's manifests
+        manifests of it (as distribution checks them); MANIFEST_BLOB_UNKNOWN names the first missing one."""
+        blobs, manifests = {d.digest for d in content.blobs}, {d.digest for d in content.manifests}
+        with self.db.session() as s:  # one query per kind, not per descriptor: an index may list thousands
+            repo = find_repository(s, name)
+            linked = set() if repo is None or not blobs else set(s.scalars(select(RepositoryBlob.digest).where(
+                RepositoryBlob.repository_id == repo.id, RepositoryBlob.digest.in_(blobs))))
+            live = set() if repo is None or not manifests else set(s.scalars(select(Manifest.digest).where(
+                Manifest.repository_id == repo.id, Manifest.digest.in_(manifests), Manifest.deleted_at.is_(None))))
+        for desc in content.blobs:
+            if desc.digest not in linked:
+                raise ManifestBlobUnknown(f"blob {desc.digest} is not in {name}; push it first", detail={"digest": desc.digest})
+        for desc in content.manifests:
+            if desc.digest not in live:
+                raise ManifestBlobUnknown(f"manifest {desc.digest} is not in {name}; push it first",
+                                          detail={"digest": desc.digest})
+
+    def _record_content(self, s: Session, name: str, reference: str, digest: str, data: bytes, content: Content,
+                        principal: Principal) -> Published:
+        """Store content that is not a delta (its references checked by ``_check_references``)."""
+        repo = ensure_repository(s, name)
+        if reference == LATEST and _holds_deltas(s, repo.id):
+            raise Unsupported(f"'latest' is managed by the registry in {name}, which holds deltas (it is the newest "
+                              "version); push this under another tag")
+        blobs = {d.digest for d in content.blobs}
+        claim_blobs(s, repo.id, digest, blobs)  # under the GC locks, as a delta's (registry.gc)
+        for desc in content.manifests:  # still there under the lock: GC deletes a manifest only under its lock
+            lock_digest(s, desc.digest)
+            if live_manifest(s, repo.id, desc.digest) is None:
+                raise ManifestBlobUnknown(f"manifest {desc.digest} is no longer in {name}; push it again",
+                                          detail={"digest": desc.digest})
+        row = s.scalar(select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest))
+        created = row is None or row.deleted_at is not None
+        if row is None:
+            row = Manifest(repository_id=repo.id, digest=digest, media_type=content.media_type, size=len(data), content=data,
+                           config_digest=content.config, pushed_by=principal.name, created_at=utcnow(), is_delta=False,
+                           artifact_type=content.artifact_type, subject_digest=content.subject)
+            s.add(row)
+            s.flush()
+            # An index's manifests are kept with the blobs it needs: garbage collection keeps what a live one lists.
+            insert_ignore_many(s, ManifestBlob, [{"manifest_id": row.id, "digest": d}
+                                                 for d in sorted(blobs | {m.digest for m in content.manifests})])
+        row.deleted_at = None
+        if not DIGEST_RE.match(reference):
+            created = self._tag(s, repo.id, name, reference, row, principal) or created
+        repo.updated_at = utcnow()
+        if created:
+            log.info("pushed %s:%s %s (%s) by %s", name, reference, digest, content.media_type, principal)
+        return Published(digest, created, content.subject)
+
     def _record(self, s: Session, name: str, reference: str, digest: str, data: bytes,
-                oci: OciManifest, delta: DeltaManifest, principal: Principal) -> Published:
+                oci: OciManifest, delta: DeltaManifest, principal: Principal, content: Content) -> Published:
         repo = ensure_repository(s, name)
         # Under the GC locks of the manifest and its blobs, which must all still be there (registry.gc).
         claim_blobs(s, repo.id, digest, {oci.config.digest, *(layer.digest for layer in oci.layers)})
@@ -264,7 +336,8 @@ class Manifests:
             summary, tensors = summarize(delta)
             row = Manifest(repository_id=repo.id, digest=digest, media_type=oci.mediaType or OCI_IMAGE_MANIFEST,
                            size=len(data), content=data, config_digest=oci.config.digest, pushed_by=principal.name,
-                           created_at=utcnow(), summary=summary, **index_fields(delta))
+                           created_at=utcnow(), summary=summary, is_delta=True, artifact_type=content.artifact_type,
+                           subject_digest=content.subject, **index_fields(delta))
             s.add(row)
             s.flush()
             for d in {oci.config.digest, *(layer.digest for layer in oci.layers)}:
@@ -277,9 +350,12 @@ class Manifests:
         if created:
             log.info("pushed %s:%s %s (%d blobs, %d bytes) by %s", name, reference, digest,
                      len(oci.layers) + 1, delta.stored_bytes(), principal)
-        return Published(digest, created)
+        return Published(digest, created, content.subject)
 
     def _tag(self, s: Session, repo_id: int, name: str, version: str, row: Manifest, principal: Principal) -> bool:
+        if row.is_delta and (other := _explicit_latest(s, repo_id)) is not None:
+            raise Unsupported(f"{name} has a 'latest' tag of other content ({other.digest}); in a repository of deltas "
+                              f"'latest' names the newest version: delete that tag first (DELETE /v2/{name}/manifests/latest)")
         existing = s.scalar(select(Version).where(Version.repository_id == repo_id, Version.name == version))
         if existing is None:
             s.add(Version(repository_id=repo_id, name=version, manifest_id=row.id, pushed_by=principal.name, created_at=utcnow()))
@@ -287,6 +363,13 @@ class Manifests:
             return True
         if existing.manifest_id != row.id:
             current = s.get(Manifest, existing.manifest_id)
+            if not current.is_delta:  # an OCI tag moves; the new row's id makes it the newest
+                s.delete(existing)
+                s.flush()
+                s.add(Version(repository_id=repo_id, name=version, manifest_id=row.id, pushed_by=principal.name,
+                              created_at=utcnow()))
+                s.flush()
+                return True
             state = "was published and deleted" if existing.deleted_at else "is published"
             raise Immutable(
                 f"{name}:{version} {state} as {current.digest}; versions are immutable, publish this content as a new version",
@@ -338,6 +421,8 @@ def summarize(delta: DeltaManifest) -> tuple[str, list[dict[str, Any]]]:
         "kinds": counts["kinds"], "bytes_per_parameter": counts["bytes_per_parameter"],
         "patched_elements": counts["patched_elements"], "file_count": len(delta.files),
         "files": [f.model_dump(mode="json") for f in delta.files[:FILES_SHOWN]],
+        # lossy: null for an exact delta; else its preset and recorded errors against the exact Δ
+        "lossy": None if counts["exact"] else {"preset": counts["lossy_preset"], **counts["lossy_errors"]},
     }
     text = json.dumps(summary, separators=(",", ":"))
     if len(text) > MAX_SUMMARY_BYTES:
@@ -364,6 +449,18 @@ def _check_identity(name: str, reference: str, delta: DeltaManifest) -> None:
                               "push it as its own version (or extract it again with --version)")
 
 
+def _explicit_latest(s: Session, repo_id: int) -> Manifest | None:
+    """The manifest of a live tag named ``latest`` (pushed content that is not a delta, in a repository of none)."""
+    return s.scalar(select(Manifest).join(Version, Version.manifest_id == Manifest.id).where(
+        Version.repository_id == repo_id, Version.name == LATEST, Version.deleted_at.is_(None)))
+
+
+def _holds_deltas(s: Session, repo_id: int) -> bool:
+    """Whether a delta version (live or deleted) was ever published in the repository."""
+    return s.scalar(select(Version.id).join(Manifest, Manifest.id == Version.manifest_id).where(
+        Version.repository_id == repo_id, Manifest.is_delta).limit(1)) is not None
+
+
 def _naive_utc(t: datetime) -> datetime:
     return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
@@ -375,12 +472,13 @@ def _parse(data: bytes) -> OciManifest:
         raise ManifestInvalid(str(exc)) from None
 
 
-def _resolve(s: Session, name: str, reference: str) -> Manifest:
-    return _resolve_version(s, name, reference)[0]
+def _resolve(s: Session, name: str, reference: str, *, deltas_only: bool = False) -> Manifest:
+    return _resolve_version(s, name, reference, deltas_only=deltas_only)[0]
 
 
-def _resolve_version(s: Session, name: str, reference: str) -> tuple[Manifest, str | None]:
-    """The live manifest a reference names, and its version (``latest`` resolved; None when asked by digest)."""
+def _resolve_version(s: Session, name: str, reference: str, *, deltas_only: bool = False) -> tuple[Manifest, str | None]:
+    """The live manifest a reference names, and its version (``latest`` resolved; None when asked by digest).
+    ``deltas_only``: MANIFEST_UNKNOWN for content that is not a delta (what delta pages and the native API show)."""
     repo = get_repository(s, name)
     version_name = None
     if DIGEST_RE.match(reference):
@@ -391,4 +489,7 @@ def _resolve_version(s: Session, name: str, reference: str) -> tuple[Manifest, s
         version_name = version.name if version else None
     if row is None:
         raise ManifestUnknown(f"{name} has no manifest {reference}", detail={"name": name, "reference": reference})
+    if deltas_only and not row.is_delta:
+        raise ManifestUnknown(f"{name}:{reference} is {row.media_type}, not a paramdelta delta",
+                              detail={"name": name, "reference": reference})
     return row, version_name

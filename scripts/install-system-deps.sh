@@ -11,10 +11,11 @@
 #   fuse3                                  -> libfuse 3 and fusermount3 for `paramdelta mount` (tests/test_mount.py)
 #   docker-registry                        -> a stock OCI distribution registry (tests/test_oci_distribution.py)
 #   apache2-utils                          -> htpasswd: bcrypt users for the htpasswd-protected docker-registry (tests/test_oci_credentials.py)
+#   skopeo                                 -> a docker-style OCI client copying images into the registry (tests/test_registry_oci_content.py)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
-PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3 docker-registry apache2-utils)
+PACKAGES=(ceph-mon ceph-osd radosgw ceph-common chromium docker-compose postgresql curl fuse3 docker-registry apache2-utils skopeo)
 PG_BIN=/usr/lib/postgresql/15/bin
 
 # Root or sudo: CI and the dev machines run as root, but don't assume it blindly.
@@ -60,7 +61,7 @@ fi
 # Verify the binaries the service scripts call, so a broken install fails here
 # rather than as a confusing test error later.
 need=("$PG_BIN/initdb" "$PG_BIN/pg_ctl")
-for b in ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph chromium docker-compose curl docker-registry; do
+for b in ceph-mon ceph-osd radosgw radosgw-admin monmaptool ceph chromium docker-compose curl docker-registry skopeo; do
     need+=("$(command -v "$b" || echo "$b")")
 done
 bad=0

@@ -7,6 +7,7 @@ Bounded: a fixed number of examples per operation, derandomized (the same cases 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,8 +18,12 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.serve import RegistryServer
+
+if sys.version_info < (3, 11):  # a builtin from 3.11; pytest brings the backport before
+    from exceptiongroup import BaseExceptionGroup
 
 pytestmark = pytest.mark.usefixtures("client_env")
 EXAMPLES_PER_OPERATION = 25

@@ -11,24 +11,14 @@ import pytest
 import torch
 
 import deltaformat
-from support.tiny_models import load_state, make_trio, new_model, save, train
+from paramdelta_dev.assertions import assert_bit_equal
+from paramdelta_dev.tiny_models import load_state, make_trio, new_model, save, train
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
     reason=f"no CUDA device visible to torch {torch.__version__} (torch.cuda.is_available() is False): "
     "apply --device cuda is tested on a GPU machine only",
 )
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-
-
-def assert_bit_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(bits(a[k]), bits(b[k])), f"tensor {k}: cuda and cpu results differ"
 
 
 @pytest.fixture(scope="module")

@@ -24,11 +24,11 @@ import pytest
 from sqlalchemy import select
 
 import deltaformat
-from conftest import RegistryServer
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
 from deltaformat.cache import Cache
 from deltaformat.client import RegistryClient, sha256_digest
+from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
 

@@ -21,7 +21,7 @@ import deltaformat
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE, open_artifact
 from deltaformat.digests import blob_digest, hex_of
 from deltaformat.errors import CorruptBlobError, FormatError, IncompatibleBaseError, ModelError, OutputExistsError, VerificationError
-from support.tiny_models import make_trio, new_model, save
+from paramdelta_dev.tiny_models import make_trio, new_model, save
 
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 
@@ -112,8 +112,8 @@ def _rewrite_manifest(artifact: Path, edit) -> None:
 
 
 def test_other_format_version_is_refused(artifact):
-    _rewrite_manifest(artifact, lambda m: m.update(format_version=2))
-    with pytest.raises(FormatError, match="format_version is 2; this paramdelta reads format_version 1"):
+    _rewrite_manifest(artifact, lambda m: m.update(format_version=3))  # 2 is now read too (format v2)
+    with pytest.raises(FormatError, match="format_version is 3; this paramdelta reads format_version 1 and 2"):
         open_artifact(artifact)
 
 

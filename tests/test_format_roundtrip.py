@@ -13,7 +13,8 @@ from safetensors.torch import load_file, save_file
 
 import deltaformat
 from deltaformat.artifact import open_artifact
-from support.tiny_models import load_state, make_trio, new_model, save, train
+from paramdelta_dev.assertions import assert_bit_equal
+from paramdelta_dev.tiny_models import load_state, make_trio, new_model, save, train
 
 
 @pytest.fixture(scope="module")
@@ -31,13 +32,6 @@ def artifact(trio, tmp_path_factory):
 
 def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({2: torch.int16, 4: torch.int32}[t.element_size()])
-
-
-def assert_bit_equal(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(bits(a[k]), bits(b[k])), f"tensor {k} differs"
 
 
 def test_round_trip_on_original_base_is_bit_exact(trio, artifact, tmp_path):

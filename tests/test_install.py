@@ -27,10 +27,10 @@ import httpx
 import pytest
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
-from support.serve import ServeProcess
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.serve import RegistryServer, ServeProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL_TIMEOUT = 600  # seconds for one `pip install`: downloads on a shared machine
@@ -336,6 +336,11 @@ def test_the_registry_image_serves_without_torch_as_a_non_root_user(image_instal
     assert set(SERVER_VERBS) <= listed_verbs(paramdelta_in(image_install, ["--help"], tmp_path).stdout)
     server = ImageServer(image_install, tmp_path / "data").start()
     try:
-        assert httpx.get(f"{server.url}/v2/", timeout=10).status_code == 200
+        # /v2/ asks a caller without a token for one (a Bearer challenge; docker-style clients need it to send
+        # credentials), and answers 200 once it has one: the anonymous pull token the realm hands out.
+        challenge = httpx.get(f"{server.url}/v2/", timeout=10)
+        assert challenge.status_code == 401 and challenge.headers["www-authenticate"].startswith("Bearer realm=")
+        anonymous = httpx.get(f"{server.url}/auth/token", timeout=10).json()["token"]
+        assert httpx.get(f"{server.url}/v2/", headers={"Authorization": f"Bearer {anonymous}"}, timeout=10).status_code == 200
     finally:
         server.stop()

@@ -26,7 +26,7 @@ from deltaformat.digests import blob_digest
 from deltaformat.errors import FormatError, IncompatibleBaseError, VerificationError
 from deltaformat.lazy import load_transformers_model
 from deltaformat.manifest import CHUNK_ELEMENTS
-from support.tiny_models import load_state, make_trio, new_model, save
+from paramdelta_dev.tiny_models import load_state, make_trio, new_model, save
 
 ROOT = Path(__file__).resolve().parent.parent
 

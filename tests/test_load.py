@@ -13,21 +13,16 @@ Latencies and the server's peak RSS are printed (``pytest -s``), not asserted.
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 
-from conftest import RegistryServer
+from paramdelta_dev.serve import RegistryServer
 
 REPO = Path(__file__).resolve().parents[1]
 CLIENTS, ROUNDS, HELD = 64, 5, 48
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_load", REPO / "bench" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("bench.load")  # the repository root is on sys.path (pyproject's pytest pythonpath)
 
 
 def test_64_clients_are_served_while_a_hostile_client_holds_uploads_open(tmp_path: Path, client_env: Path):

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_lazy import minilm  # noqa: F401  (the module-scoped MiniLM fixture: base, post, new base, delta, apply output)
 
 import deltaformat
 from deltaformat.artifact import DIGEST_FILE, MANIFEST_FILE
 from deltaformat.digests import blob_digest
-from test_lazy import minilm  # noqa: F401  (the module-scoped MiniLM fixture: base, post, new base, delta, apply output)
 
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 SHARD = "40KB"  # the tiny model in several shards, with an index

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts
 from deltaformat import client
 from deltaformat.errors import RegistryError
-from support.distribution import distribution_registry
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.distribution import distribution_registry
+from paramdelta_dev.tiny_models import load_state
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
 USER, PASSWORD = "alice", "s3cret pass:word"  # a space and a colon: the password is everything after the first ':'

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
-from support.distribution import distribution_registry
-from support.renamed import renamed
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.distribution import distribution_registry
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.tiny_models import load_state
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
 
@@ -141,7 +141,7 @@ def test_annotations_tell_a_plain_oci_client_what_the_delta_is(stock: str, artif
     assert {k: oci["annotations"][k] for k in ("vnd.paramdelta.base.id", "vnd.paramdelta.base.fingerprint",
                                                  "vnd.paramdelta.post.id", "vnd.paramdelta.format.version")} == {
         "vnd.paramdelta.base.id": manifest.base.id, "vnd.paramdelta.base.fingerprint": manifest.base.fingerprint,
-        "vnd.paramdelta.post.id": manifest.post.id, "vnd.paramdelta.format.version": "1"}
+        "vnd.paramdelta.post.id": manifest.post.id, "vnd.paramdelta.format.version": str(manifest.format_version)}
 
 
 def test_blobs_seen_in_another_repository_are_mounted_not_sent(stock: str, artifacts: Artifacts, tmp_path: Path,

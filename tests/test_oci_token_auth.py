@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import RegistryError
-from support.distribution import distribution_registry
-from support.tiny_models import load_state
-from support.token_server import TokenServer, token_server
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.distribution import distribution_registry
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.tiny_models import load_state
+from paramdelta_dev.token_server import TokenServer, token_server
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
 USER, PASSWORD = "alice", "token pass:word"

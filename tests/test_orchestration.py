@@ -2,7 +2,7 @@
 download -> compute, so nothing is downloaded for a base that would be refused.
 
 The registry is a real ``paramdelta serve`` on loopback, reached through a counting proxy
-(tests/support/counting_proxy.py) that records every request and the bytes it served:
+(paramdelta_dev/counting_proxy.py) that records every request and the bytes it served:
 the proof of what was downloaded is the wire, not the client's word.
 """
 
@@ -16,19 +16,30 @@ from pathlib import Path
 import pytest
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import MANIFEST_FILE, open_artifact
 from deltaformat.cache import Cache
 from deltaformat.errors import EXIT_CODES, IncompatibleBaseError
 from deltaformat.manifest import Manifest
 from deltaformat.resolve import FolderSource, Source, resolve
-from support.counting_proxy import CountingProxy
-from support.renamed import renamed
-from support.tiny_models import new_model, save
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.counting_proxy import CountingProxy
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.tiny_models import new_model, save
 
 pytestmark = pytest.mark.usefixtures("client_env")
 NAME = "acme/orchestrate"
+
+
+@pytest.fixture(scope="module")
+def registry_server(tmp_path_factory: pytest.TempPathFactory):
+    """This module's own registry: the session one is shared with tests that search it and expect only their deltas."""
+    server = RegistryServer(tmp_path_factory.mktemp("registry") / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import copy
 import json
 import math
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -11,15 +11,15 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import Artifacts
 from deltaformat.artifact import blob_path, open_artifact
 from deltaformat.client import RegistryClient
 from deltaformat.oci import build_oci_manifest, sha256_digest
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.renamed import renamed
 from registry.app import create_app
 from registry.auth import create_token
 from registry.db.models import UploadSession, utcnow
 from registry.settings import Settings
-from support.renamed import renamed
 
 pytestmark = pytest.mark.usefixtures("client_env")
 OCI = "application/vnd.oci.image.manifest.v1+json"

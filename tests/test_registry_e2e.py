@@ -15,17 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
 
 import deltaformat
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import open_artifact
 from deltaformat.cache import Cache
 from deltaformat.errors import CorruptBlobError, IncompatibleBaseError, OfflineError, RegistryError
 from deltaformat.oci import parse_reference
-from support.renamed import renamed
-from support.tiny_models import load_state, new_model, save
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.assertions import assert_bit_equal
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.tiny_models import load_state, new_model, save
 
 pytestmark = pytest.mark.usefixtures("client_env")
 RENAMED: list[Path] = []  # where push() keeps its renamed copies (set per session by _renamed_folder)
@@ -41,13 +42,6 @@ def push(artifact: Path, ref: str, **kw) -> client.PushResult:
     """client.push of ``artifact`` named for ``ref``: the registry refuses a manifest.json that names another."""
     parsed = parse_reference(ref)
     return client.push(renamed(artifact, parsed.name, parsed.tag, RENAMED[0]), ref, **kw)
-
-
-def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), f"tensor {k} differs"
 
 
 def test_publish_search_pull_apply_reproduces_post_bit_for_bit(registry_server: RegistryServer, artifacts: Artifacts, tmp_path: Path):

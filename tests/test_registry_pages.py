@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
-from support.services import CHROMIUM_HEADLESS_ARGS, require_chromium
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.services import CHROMIUM_HEADLESS_ARGS, require_chromium
+from paramdelta_dev.tiny_models import load_state
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("client_env")]
 

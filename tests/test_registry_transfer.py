@@ -13,12 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import RegistryServer
 from deltaformat.cache import Cache
 from deltaformat.client import RegistryClient, _endpoint
 from deltaformat.errors import RegistryError
 from deltaformat.oci import CHUNK_MEDIA_TYPE, Descriptor, parse_reference
-from support.renamed import renamed
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, sha256, variant  # noqa: F401 - fixtures
 from sqlalchemy import select, update
 
 from deltaformat import client
-from support.renamed import push  # artifacts named for the repositories they go to
 from deltaformat.artifact import MANIFEST_FILE, blob_path, open_artifact
 from deltaformat.oci import OCI_IMAGE_MANIFEST
+from paramdelta_dev.renamed import push  # artifacts named for the repositories they go to
+from paramdelta_dev.scaleout import Backends, Cluster, auth, sha256, variant
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest, ManifestBlob, UploadSession
 from registry.gc import collect

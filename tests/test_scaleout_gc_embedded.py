@@ -13,13 +13,13 @@ from datetime import timedelta
 from pathlib import Path
 
 import httpx
-from conftest import RegistryServer
-from scaleout_fixtures import sha256, variant
 from sqlalchemy import update
 
 from deltaformat import client
-from support.renamed import push  # artifacts named for the repositories they go to
 from deltaformat.artifact import open_artifact
+from paramdelta_dev.renamed import push  # artifacts named for the repositories they go to
+from paramdelta_dev.scaleout import sha256, variant
+from paramdelta_dev.serve import RegistryServer
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest
 from registry.gc import collect

@@ -2,7 +2,7 @@
 
 Replica A redirects blob GETs to presigned URLs (signed for a recording forwarder that
 stands for the public storage host), B streams blobs itself (PARAMDELTA_S3_REDIRECT=0).
-See tests/scaleout_fixtures.py.
+See paramdelta_dev/scaleout.py (the fixtures are in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -15,25 +15,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-import torch
-from scaleout_fixtures import Cluster, Replica, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
-from support.tiny_models import load_state
 
 import deltaformat
 from deltaformat import client
-from support.renamed import push, renamed  # artifacts named for the repositories they go to
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import RegistryError
+from paramdelta_dev.assertions import assert_bit_equal
+from paramdelta_dev.renamed import push, renamed  # artifacts named for the repositories they go to
+from paramdelta_dev.scaleout import Cluster, Replica, auth, sha256
+from paramdelta_dev.tiny_models import load_state
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("client_env")]
 MiB = 1 << 20
-
-
-def assert_bit_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert a[k].dtype == b[k].dtype and a[k].shape == b[k].shape, k
-        assert torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), f"tensor {k} differs"
 
 
 def start_upload(r: Replica, name: str, token: str) -> str:

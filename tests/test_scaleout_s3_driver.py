@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from scaleout_fixtures import Backends, scale_backends, sha256  # noqa: F401 - fixtures
 
+from paramdelta_dev.scaleout import Backends, sha256
 from registry.storage import UploadState
 from registry.storage import s3 as s3mod
 from registry.storage.s3 import ResumableSha256, S3Store, UploadCorrupted

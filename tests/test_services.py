@@ -13,10 +13,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-try:  # `python -m pytest` puts the repo root on sys.path; plain `pytest` puts tests/
-    from tests.support.services import PostgresService, S3Service, start_postgres, start_s3
-except ImportError:  # pragma: no cover
-    from support.services import PostgresService, S3Service, start_postgres, start_s3
+from paramdelta_dev.services import PostgresService, S3Service, start_postgres, start_s3
 
 pytestmark = pytest.mark.services
 

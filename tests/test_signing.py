@@ -14,17 +14,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-
-import deltaformat
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from conftest import Artifacts
+import deltaformat
 from deltaformat import signing
 from deltaformat.artifact import open_artifact
 from deltaformat.errors import CorruptBlobError, SignatureError
-from support.signed import Keys, assert_refused, change_blob_byte, change_manifest_byte, cli, copy_of, write_key_pair
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.signed import Keys, assert_refused, change_blob_byte, change_manifest_byte, cli, copy_of, write_key_pair
+from paramdelta_dev.tiny_models import load_state
+
 
 @pytest.fixture(scope="session")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
@@ -69,7 +69,8 @@ def test_the_reference_implementation_verifies_our_signature(signed_delta: Path,
 
 def test_the_reference_implementations_signature_verifies_here(artifacts: Artifacts, keys: Keys, tmp_path: Path):
     """A folder signed by model-signing itself (ignoring what is not the delta) passes `verify --key`."""
-    from model_signing import hashing, signing as ms_signing
+    from model_signing import hashing
+    from model_signing import signing as ms_signing
 
     folder = copy_of(artifacts.delta, tmp_path)
     (folder / "signatures").mkdir()

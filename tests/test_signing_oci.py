@@ -1,8 +1,7 @@
 """Signed deltas in registries (issue #12, item 3): the signature is an OCI referrer of the delta's manifest.
 
 Against a real stock registry (Debian's docker-registry, distribution 2.8: no referrers API, so
-the client keeps the referrers tag schema) and, marked ``registry_oci``, against ours once it
-stores any OCI manifest and serves the referrers API (issue #12, item 1; the registry-oci branch).
+the client keeps the referrers tag schema) and against ours, which serves the referrers API.
 ``apply --require-signature`` must refuse before a single blob of the delta is downloaded: the
 registry's own access log is the witness.
 """
@@ -17,16 +16,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Artifacts, RegistryServer
 from deltaformat import client, referrers, signing
 from deltaformat.artifact import blob_path, open_artifact
 from deltaformat.cache import Cache
 from deltaformat.digests import blob_digest, hex_of
 from deltaformat.oci import OCI_IMAGE_MANIFEST, Descriptor, parse_oci_manifest
-from support.distribution import distribution_registry
-from support.renamed import renamed
-from support.signed import Keys, assert_refused, change_manifest_byte, cli, copy_of, write_key_pair
-from support.tiny_models import load_state
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.distribution import distribution_registry
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
+from paramdelta_dev.signed import Keys, assert_refused, change_manifest_byte, cli, copy_of, write_key_pair
+from paramdelta_dev.tiny_models import load_state
 
 pytestmark = pytest.mark.usefixtures("client_env")
 NAME = "acme/tiny-chat"
@@ -221,10 +221,9 @@ def test_signatures_survive_a_skopeo_copy(artifacts: Artifacts, keys: Keys, tmp_
         assert f"signed by key {fingerprint(keys.public)}" in done.stdout
 
 
-# -- our registry: needs it to store any OCI manifest and serve the referrers API (registry-oci branch) --------
+# -- our registry: it stores any OCI manifest and serves the referrers API (issue #12, item 1) --------
 
 
-@pytest.mark.registry_oci
 def test_our_registry_lists_signatures_through_the_referrers_api(registry_server: RegistryServer, artifacts: Artifacts,
                                                                 keys: Keys, tmp_path: Path, client_env: Path):
     srv = registry_server
@@ -250,7 +249,6 @@ def test_our_registry_lists_signatures_through_the_referrers_api(registry_server
     assert_refused(cli("verify", ref, "--key", str(keys.other_public), cache=client_env), "not signed by key")
 
 
-@pytest.mark.registry_oci
 def test_our_registry_refuses_unsigned_before_any_blob(registry_server: RegistryServer, artifacts: Artifacts, keys: Keys,
                                                        tmp_path: Path, client_env: Path):
     srv = registry_server

@@ -1,6 +1,6 @@
 """The ParamΔ effect, end to end through paramdelta artifacts, on real weights.
 
-One single-seed run of ``bench/transfer.py --fast`` (all-MiniLM-L6-v2, a few minutes on
+One single-seed run of ``python -m bench.transfer --fast`` (all-MiniLM-L6-v2, a few minutes on
 2 CPU cores): base' + (post − base), written by ``deltaformat.extract`` and
 ``deltaformat.apply``, must do task T, keep skill A, compose them (A×T) better than
 base', match the in-memory sum within 1 fp32 ulp, and the noise control must not.
@@ -8,8 +8,8 @@ base', match the in-memory sum within 1 fp32 ulp, and the noise control must not
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -18,11 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _load_bench():
-    spec = importlib.util.spec_from_file_location("bench_transfer", REPO / "bench" / "transfer.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module("bench.transfer")  # the repository root is on sys.path (pyproject's pytest pythonpath)
 
 
 @pytest.mark.slow

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zstandard
 
 import deltaformat
 from deltaformat import client
@@ -51,12 +52,25 @@ def hostile(src: Path, dest: Path, edit: Callable[[dict, Callable[[bytes], dict]
     shutil.copytree(src, dest)
     blobs = dest / "blobs" / "sha256"
 
+    added: set[str] = set()
+
     def add_blob(data: bytes) -> dict:
         (blobs / hex_of(blob_digest(data))).write_bytes(data)
+        added.add(blob_digest(data))
         return {"digest": blob_digest(data), "size": len(data)}
 
     raw = json.loads((dest / MANIFEST_FILE).read_bytes())
     edit(raw, add_blob)
+    if raw.get("format_version") == 2:  # format v2 stores carried files as zstd frames: the attacker's too
+        for f in raw.get("files", []):
+            if f["digest"] in added:  # (and its streams have no digest)
+                data = (blobs / hex_of(f["digest"])).read_bytes()
+                f.update(add_blob(zstandard.ZstdCompressor(write_content_size=True).compress(data)),
+                         encoding="zstd", content_size=len(data))
+        for t in raw["tensors"]:
+            for key in ("delta", "values"):
+                if t.get(key):
+                    t[key].pop("digest", None)
     write_manifest(dest, json.dumps(raw).encode())
     return dest
 
@@ -369,7 +383,7 @@ class HostileRegistry:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.host = f"127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> "HostileRegistry":
+    def __enter__(self) -> HostileRegistry:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         return self
 

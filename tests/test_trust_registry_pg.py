@@ -1,4 +1,4 @@
-"""Issue #10 on PostgreSQL (the scale-out's real server, see tests/scaleout_fixtures.py): the URL as libpq and
+"""Issue #10 on PostgreSQL (the scale-out's real server, see paramdelta_dev/scaleout.py): the URL as libpq and
 hosting providers write it works, and values longer than a column are a 400 naming the field, not a 500."""
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from scaleout_fixtures import Backends, scale_backends  # noqa: F401 - fixture
 from sqlalchemy import create_engine, text
-
-from conftest import Artifacts
-from deltaformat.artifact import open_artifact
-from deltaformat.oci import build_oci_manifest
-from registry.db import Database
 from test_registry_api import InProcess
 from test_trust_registry import _write_artifact
+
+from deltaformat.artifact import open_artifact
+from deltaformat.oci import build_oci_manifest
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.scaleout import Backends
+from registry.db import Database
 
 pytestmark = [pytest.mark.services, pytest.mark.usefixtures("client_env")]
 

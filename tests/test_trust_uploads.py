@@ -23,11 +23,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import Artifacts, RegistryServer
 from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
-from support.held import HeldRequest, UploadRows
-from support.renamed import renamed
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.held import HeldRequest, UploadRows
+from paramdelta_dev.renamed import renamed
+from paramdelta_dev.serve import RegistryServer
 from registry.db.models import UploadSession
 
 pytestmark = pytest.mark.usefixtures("client_env")

@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from scaleout_fixtures import Backends, Cluster, auth, cluster, scale_backends, sha256  # noqa: F401 - fixtures
 
+from paramdelta_dev.held import HeldRequest, UploadRows
+from paramdelta_dev.scaleout import Backends, Cluster, auth, sha256
 from registry.storage import UploadState
 from registry.storage.s3 import S3Store
-from support.held import HeldRequest, UploadRows
 
 pytestmark = pytest.mark.services
 MiB = 1 << 20

@@ -58,6 +58,7 @@ class Codec(ABC):
     """
 
     id: ClassVar[str]
+    lossy: ClassVar[bool] = False  # True: blobs approximate the exact Δ (format v2, spec/format-v2.md §5)
 
     @abstractmethod
     def encode(self, bits: np.ndarray) -> bytes:
@@ -74,3 +75,42 @@ class Codec(ABC):
         elements per block is cheaper than holding them all.
         """
         return Materialized(self.decode(data, numel, itemsize))
+
+
+class LossyCodec(Codec):
+    """A codec whose blobs approximate an fp32 Δ chunk (format v2): decoding gives fp32 bits
+    (so apply's chunk engine treats it like any other Δ codec), encoding takes the exact Δ
+    as float32 values plus the chunk's place in its tensor, and settings of its own.
+
+    Every blob carries what its decoder needs (the settings in the manifest are
+    informative). ``encode_delta`` refuses a Δ with NaN or ±∞: no approximation of them
+    is meaningful, and the exact codec stores them (with a patch) instead.
+    """
+
+    lossy: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, int | float]] = {}
+
+    @abstractmethod
+    def encode_delta(self, delta: np.ndarray, cols: int, lead: int, **params: int | float) -> bytes:
+        """Encode ``delta`` (1-D float32): elements of a tensor whose rows have ``cols`` elements,
+        the first of them at column ``lead`` of its row."""
+
+    def encode(self, bits: np.ndarray) -> bytes:
+        """The ``Codec`` interface: the chunk's bits as one row, default settings."""
+        d = np.asarray(bits).reshape(-1).view(np.float32)
+        return self.encode_delta(d, max(1, d.size), 0, **self.defaults)
+
+    def settings(self, **params: int | float) -> dict[str, int | float]:
+        """``params`` over the defaults; an unknown name is an error naming it."""
+        unknown = set(params) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"{self.id}: unknown setting {sorted(unknown)[0]!r} (known: {', '.join(sorted(self.defaults))})")
+        return {**self.defaults, **params}
+
+
+def check_finite(codec_id: str, delta: np.ndarray) -> None:
+    """Refuse NaN and ±∞ in a Δ a lossy codec is asked to approximate."""
+    bad = int(np.count_nonzero(~np.isfinite(delta)))
+    if bad:
+        raise ValueError(f"{codec_id}: Δ has {bad} NaN or infinite element(s); a lossy codec cannot approximate them "
+                         "(extract without --lossy stores them exactly)")

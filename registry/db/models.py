@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (BigInteger, Boolean, DateTime, ForeignKey, Index, Integer, LargeBinary, MetaData, String, Text,
+                        UniqueConstraint, true)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-DIGEST = String(71)  # "sha256:" + 64 hex
+DIGEST = String(135)  # "sha256:" + 64 hex, or "sha512:" + 128 hex
 NAME = String(255)
 
 
@@ -61,7 +62,8 @@ class RepositoryBlob(Base):
 
 
 class Manifest(Base):
-    """One pushed OCI manifest, byte-exact, with the delta metadata that search reads."""
+    """One pushed OCI manifest or index, byte-exact. A paramdelta delta (``is_delta``) also has the delta metadata
+    that search reads; any other content (images, indexes, signatures and other artifacts) has those columns null."""
 
     __tablename__ = "manifests"
     __table_args__ = (UniqueConstraint("repository_id", "digest", name="uq_manifests_repository_digest"),)
@@ -72,26 +74,32 @@ class Manifest(Base):
     size: Mapped[int] = mapped_column(BigInteger)
     # Deferred, like summary: loaded only where used, not by every list and search row (up to 16 MiB each).
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
-    config_digest: Mapped[str] = mapped_column(DIGEST)
+    config_digest: Mapped[str | None] = mapped_column(DIGEST, nullable=True)  # None for an index
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     pushed_by: Mapped[str | None] = mapped_column(NAME, nullable=True)
-    # The index: copied from manifest.json at push time.
+    # Only deltas are listed by search, pages and "deltas for this base"; other content is stored and served.
+    is_delta: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # What the referrers API lists: the manifest's artifactType (an image's config.mediaType when it has none),
+    # and the manifest its ``subject`` names (by digest; that manifest need not exist).
+    artifact_type: Mapped[str | None] = mapped_column(NAME, nullable=True)
+    subject_digest: Mapped[str | None] = mapped_column(DIGEST, nullable=True, index=True)
+    # The index: copied from manifest.json at push time (null for content that is not a delta).
     description: Mapped[str | None] = mapped_column(Text, nullable=True)
     license: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    base_id: Mapped[str] = mapped_column(NAME, index=True)
+    base_id: Mapped[str | None] = mapped_column(NAME, index=True, nullable=True)
     base_revision: Mapped[str | None] = mapped_column(NAME, nullable=True)
     base_commit: Mapped[str | None] = mapped_column(NAME, nullable=True)
-    base_fingerprint: Mapped[str] = mapped_column(DIGEST, index=True)
-    base_architecture: Mapped[str] = mapped_column(DIGEST, index=True)
+    base_fingerprint: Mapped[str | None] = mapped_column(DIGEST, index=True, nullable=True)
+    base_architecture: Mapped[str | None] = mapped_column(DIGEST, index=True, nullable=True)
     model_type: Mapped[str | None] = mapped_column(String(100), nullable=True, index=True)
-    post_id: Mapped[str] = mapped_column(NAME)
+    post_id: Mapped[str | None] = mapped_column(NAME, nullable=True)
     post_revision: Mapped[str | None] = mapped_column(NAME, nullable=True)
-    post_fingerprint: Mapped[str] = mapped_column(DIGEST)
-    codec: Mapped[str] = mapped_column(String(100))
-    tensors: Mapped[int] = mapped_column(Integer)
-    post_parameters: Mapped[int] = mapped_column(BigInteger)
-    stored_bytes: Mapped[int] = mapped_column(BigInteger)
+    post_fingerprint: Mapped[str | None] = mapped_column(DIGEST, nullable=True)
+    codec: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    tensors: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    post_parameters: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     artifact_created_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
     # What a version's page and API show, as JSON, computed once at push (or on first read of a manifest pushed
     # before it existed): reads never parse manifest.json, which may hold 10^5 tensors (registry.publish.summarize).

@@ -106,10 +106,16 @@ def linked_size(s: Session, repo_id: int, digest: str) -> int | None:
 
 
 def live_version(s: Session, repo_id: int, name: str) -> Version | None:
-    """A version that is not deleted; ``latest`` is the newest such version."""
+    """A version that is not deleted; ``latest`` is the newest such version of a delta (other content's tags,
+    a signature's for one, are not what ``latest`` means), unless a repository of other content has a tag
+    named ``latest`` (registry.publish keeps the two apart)."""
     q = select(Version).where(Version.repository_id == repo_id, Version.deleted_at.is_(None))
     if name == "latest":
-        return s.scalar(q.order_by(Version.id.desc()).limit(1))
+        explicit = s.scalar(q.where(Version.name == name))
+        if explicit is not None:
+            return explicit
+        deltas = q.join(Manifest, Manifest.id == Version.manifest_id).where(Manifest.is_delta)
+        return s.scalar(deltas.order_by(Version.id.desc()).limit(1))
     return s.scalar(q.where(Version.name == name))
 
 
@@ -119,8 +125,9 @@ def live_manifest(s: Session, repo_id: int, digest: str) -> Manifest | None:
 
 
 def latest_versions():  # noqa: ANN201 - a subquery
-    """Subquery (repository_id, version_id) of each repository's newest live version."""
+    """Subquery (repository_id, version_id) of each repository's newest live delta version."""
     return (
         select(Version.repository_id, func.max(Version.id).label("version_id"))
-        .where(Version.deleted_at.is_(None)).group_by(Version.repository_id).subquery("latest")
+        .join(Manifest, Manifest.id == Version.manifest_id)
+        .where(Version.deleted_at.is_(None), Manifest.is_delta).group_by(Version.repository_id).subquery("latest")
     )

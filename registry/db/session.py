@@ -52,6 +52,9 @@ class Database:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK})
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
+        # A migration may switch SQLite's foreign keys off on its connection (registry/migrations/versions/0003):
+        # no connection it used serves requests.
+        self.engine.dispose()
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -1,8 +1,9 @@
-"""/v2: the subset of the OCI Distribution Specification v1.1 that moves deltas.
+"""/v2: the OCI Distribution Specification v1.1.
 
-Blobs (HEAD/GET with Range), uploads (monolithic, chunked, resumable, mount),
-manifests (byte-exact, by version or digest) and tags/list. Each route translates
-HTTP to one service call and back.
+Blobs (HEAD/GET with Range, DELETE), uploads (monolithic, chunked, resumable, mount),
+manifests and indexes (byte-exact, by tag or digest, sha256 or sha512; PUT, DELETE),
+tags/list, referrers, and distribution's _catalog. Each route translates HTTP to one
+service call and back.
 
 One extension, named with a leading underscore as OCI extensions are:
 ``POST /v2/<name>/blobs/_present`` with ``{"digests": [...]}`` answers
@@ -19,10 +20,12 @@ from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from deltaformat.oci import OCI_IMAGE_MANIFEST
-from registry.auth import Principal, allow, allow_listing
+from registry.auth import Principal, allow, allow_listing, signed_in
 from registry.blobs import BlobRead, check_digest
+from registry.content import OCI_INDEX
 from registry.errors import InvalidRequest
 from registry.http import ERROR_RESPONSES, next_link, parse_json, read_capped
+from registry.listing import repositories
 from registry.schemas import ErrorEnvelope
 from registry.service import Registry
 from registry.uploads import UploadStatus, body_length, range_headers
@@ -47,9 +50,18 @@ _PULL, _PUSH = allow("pull"), allow("push")
 PRESENT_MAX = 1000  # digests per _present request
 
 
-@router.get("/", summary="API version check")
-def version_check(_: Annotated[Principal, Depends(allow_listing)]) -> JSONResponse:
+@router.get("/", summary="API version check: 200 for a caller with a token (an anonymous pull token counts), "
+                         "else 401 with the Bearer challenge that tells docker-style clients where to get one")
+def version_check(_: Annotated[Principal, Depends(signed_in)]) -> JSONResponse:
     return JSONResponse({}, headers=API_VERSION)
+
+
+@router.get("/_catalog", summary="List repositories, paginated with n and last (Link header)")
+def catalog(reg: Reg, principal: Annotated[Principal, Depends(allow_listing)],
+            n: Annotated[int | None, Query(ge=0)] = None, last: Annotated[str | None, Query()] = None) -> JSONResponse:
+    names, more = repositories(reg.db, n, last, reg.auth.visible_namespaces(principal))
+    headers = next_link("/v2/_catalog", {"n": n, "last": names[-1]}) if more and names else {}
+    return JSONResponse({"repositories": names}, headers=headers)
 
 
 # -- uploads (declared before /blobs/{digest} so that "uploads" is not read as a digest) --
@@ -138,7 +150,13 @@ async def get_blob(name: str, digest: str, request: Request, reg: Reg) -> Respon
     return StreamingResponse(blob.chunks, status_code=status, headers=headers, media_type="application/octet-stream")
 
 
-# -- manifests and tags ------------------------------------------------------------
+@router.delete("/{name:path}/blobs/{digest}", status_code=202, summary="Delete a blob from the repository")
+def delete_blob(name: str, digest: str, reg: Reg, _: Deleter) -> Response:
+    reg.blobs.delete(name, digest)
+    return Response(status_code=202)
+
+
+# -- manifests, tags and referrers --------------------------------------------------
 
 
 @router.get("/{name:path}/manifests/{reference}", summary="Get a manifest by version or digest",
@@ -150,14 +168,17 @@ def get_manifest(name: str, reference: str, request: Request, reg: Reg, _: Pulle
     return Response(m.content if request.method == "GET" else None, headers=headers, media_type=m.media_type)
 
 
-@router.put("/{name:path}/manifests/{reference}", status_code=201, summary="Publish a version (validated, immutable)",
+@router.put("/{name:path}/manifests/{reference}", status_code=201,
+            summary="Push a manifest or index (a delta version: validated, immutable)",
             responses={409: {"model": ErrorEnvelope, "description": "the version is published (or was) with other content"},
                        413: {"model": ErrorEnvelope, "description": "the manifest is over PARAMDELTA_MAX_MANIFEST_BYTES"}})
 async def put_manifest(name: str, reference: str, request: Request, reg: Reg, principal: Pusher) -> Response:
     data = await read_capped(request, reg.settings.max_manifest_bytes, "manifest")
     published = await run_in_threadpool(reg.manifests.put, name, reference, request.headers.get("content-type"), data, principal)
-    return Response(status_code=201, headers={"Location": f"/v2/{name}/manifests/{published.digest}",
-                                              "Docker-Content-Digest": published.digest})
+    headers = {"Location": f"/v2/{name}/manifests/{published.digest}", "Docker-Content-Digest": published.digest}
+    if published.subject:  # says this registry keeps the referrers list itself
+        headers["OCI-Subject"] = published.subject
+    return Response(status_code=201, headers=headers)
 
 
 @router.delete("/{name:path}/manifests/{reference}", status_code=202, summary="Delete a manifest (by digest) or a version")
@@ -172,6 +193,15 @@ def list_tags(name: str, reg: Reg, _: Puller, n: Annotated[int | None, Query(ge=
     tags, more = reg.catalog.tags(name, n, last)
     headers = next_link(f"/v2/{name}/tags/list", {"n": n, "last": tags[-1]}) if more and tags else {}
     return JSONResponse({"name": name, "tags": tags}, headers=headers)
+
+
+@router.get("/{name:path}/referrers/{digest}", summary="Manifests whose subject is this digest, as an OCI image index",
+            responses={200: {"content": {OCI_INDEX: {}}, "description": "an image index of the referrers' descriptors"}})
+def list_referrers(name: str, digest: str, reg: Reg, _: Puller,
+                   artifact_type: Annotated[str | None, Query(alias="artifactType")] = None) -> Response:
+    found = reg.referrers.list(name, digest, artifact_type)
+    headers = {"OCI-Filters-Applied": "artifactType"} if found.filtered else {}
+    return Response(found.index, media_type=OCI_INDEX, headers=headers)
 
 
 def _blob_created(name: str, digest: str) -> Response:

@@ -137,13 +137,15 @@ class BlobStore(ABC):
         must not count: they are overwritten, and ``commit_upload`` keeps exactly ``state.size`` bytes."""
 
     @abstractmethod
-    def upload_digest(self, upload_id: str, state: UploadState) -> str:
-        """sha256 digest of the ``state.size`` bytes uploaded so far (the registry compares it)."""
+    def upload_digest(self, upload_id: str, state: UploadState, algorithm: str = "sha256") -> str:
+        """The digest (``algorithm``: sha256 or sha512) of the ``state.size`` bytes uploaded so far (the
+        registry compares it)."""
 
-    def prepare_commit(self, upload_id: str, state: UploadState) -> UploadState:
+    def prepare_commit(self, upload_id: str, state: UploadState, algorithm: str = "sha256") -> UploadState:
         """Make the upload's ``state.size`` bytes durable ahead of ``commit_upload``, which runs under the
         digest's lock (a database transaction): the slow part goes here. Returns the state to pass to
-        ``upload_digest`` and ``commit_upload`` (the filesystem driver's names its sealed copy). Optional."""
+        ``upload_digest`` and ``commit_upload`` (the filesystem driver's names its sealed copy and its digest
+        with ``algorithm``). Optional."""
         return state
 
     @abstractmethod

@@ -30,6 +30,7 @@ from registry import process
 from registry.errors import DigestInvalid
 from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
 
+HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are stored under
 PUT_PREFIX = "put-"
 
 
@@ -44,8 +45,9 @@ class FilesystemStore(BlobStore):
         self.uploads.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
-        hex_ = digest.removeprefix(PREFIX)
-        return self.blobs / hex_[:2] / hex_
+        """``blobs/<algorithm>/<2 hex>/<hex>``: sha256 blobs where they always were, sha512 beside them."""
+        algorithm, _, hex_ = digest.rpartition(":")
+        return self.root / "blobs" / (algorithm or "sha256") / hex_[:2] / hex_
 
     def stat(self, digest: str) -> int | None:
         try:
@@ -61,10 +63,12 @@ class FilesystemStore(BlobStore):
         self.path(digest).unlink(missing_ok=True)
 
     def list(self) -> Iterator[tuple[str, int]]:
-        for sub in sorted(self.blobs.iterdir()):
-            for p in sorted(sub.iterdir()):
-                if len(p.name) == 64:
-                    yield PREFIX + p.name, p.stat().st_size
+        for algorithm, length in HEX_LENGTHS.items():
+            folder = self.root / "blobs" / algorithm
+            for sub in sorted(folder.iterdir()) if folder.is_dir() else ():
+                for p in sorted(sub.iterdir()):
+                    if len(p.name) == length:
+                        yield f"{algorithm}:{p.name}", p.stat().st_size
 
     def blob_writer(self) -> BlobWriter:
         return _FilePut(self.uploads / f"{PUT_PREFIX}{process.tag()}-{uuid.uuid4().hex}", self)
@@ -76,11 +80,12 @@ class FilesystemStore(BlobStore):
     def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
         return _FileWriter(self._upload_path(upload_id), state)
 
-    def prepare_commit(self, upload_id: str, state: UploadState) -> UploadState:
+    def prepare_commit(self, upload_id: str, state: UploadState, algorithm: str = "sha256") -> UploadState:
         """Seal the upload: its ``state.size`` bytes copied into a fresh file that no writer ever had open,
-        hashed as they are written, and made durable. The returned state names that file and its digest."""
+        hashed (with ``algorithm``) as they are written, and made durable. The returned state names that file
+        and its digest."""
         sealed = self.uploads / f"{upload_id}.sealed-{uuid.uuid4().hex}"
-        sha = hashlib.sha256()
+        sha = hashlib.new(algorithm)
         try:
             with self._open_upload(upload_id, state) as src, open(sealed, "xb") as dst:
                 for chunk in _read_range(src, 0, state.size - 1):
@@ -93,20 +98,22 @@ class FilesystemStore(BlobStore):
         except BaseException:
             sealed.unlink(missing_ok=True)
             raise
-        return UploadState(state.size, {**state.driver_state, "sealed": sealed.name, "sealed_digest": PREFIX + sha.hexdigest()})
+        return UploadState(state.size, {**state.driver_state, "sealed": sealed.name,
+                                        "sealed_digest": f"{algorithm}:{sha.hexdigest()}"})
 
-    def upload_digest(self, upload_id: str, state: UploadState) -> str:
-        if "sealed_digest" in state.driver_state:  # the digest of the very bytes the commit will link
-            return state.driver_state["sealed_digest"]
-        h = hashlib.sha256()
+    def upload_digest(self, upload_id: str, state: UploadState, algorithm: str = "sha256") -> str:
+        sealed = state.driver_state.get("sealed_digest", "")
+        if sealed.startswith(algorithm + ":"):  # the digest of the very bytes the commit will link
+            return sealed
+        h = hashlib.new(algorithm)
         with self._open_upload(upload_id, state) as f:
             for chunk in _read_range(f, 0, state.size - 1):
                 h.update(chunk)
-        return PREFIX + h.hexdigest()
+        return f"{algorithm}:{h.hexdigest()}"
 
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         if "sealed" not in state.driver_state:  # a caller that skipped prepare_commit
-            state = self.prepare_commit(upload_id, state)
+            state = self.prepare_commit(upload_id, state, digest.partition(":")[0])
         sealed = self.uploads / state.driver_state["sealed"]
         if state.driver_state["sealed_digest"] != digest:
             sealed.unlink(missing_ok=True)
@@ -122,7 +129,7 @@ class FilesystemStore(BlobStore):
     def _link_into_place(self, src: Path, digest: str) -> None:
         """Make ``src`` (durable, private to its caller) blob ``digest``; never replaces a stored blob."""
         dst = self.path(digest)
-        dst.parent.mkdir(exist_ok=True)
+        dst.parent.mkdir(parents=True, exist_ok=True)  # parents: the first sha512 blob makes blobs/sha512
         try:
             os.link(src, dst)
         except FileExistsError:

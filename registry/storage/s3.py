@@ -2,7 +2,7 @@
 
     PARAMDELTA_BLOB_STORE=s3://BUCKET[/PREFIX]
 
-    PREFIX/blobs/sha256/<2 hex>/<64 hex>    committed blobs (the filesystem driver's layout)
+    PREFIX/blobs/sha256/<2 hex>/<64 hex>    committed blobs (the filesystem driver's layout; sha512 beside them)
     PREFIX/uploads/<upload id>/data         target of the upload's S3 multipart upload
     PREFIX/uploads/<upload id>/tail-<uuid>  bytes received that do not yet fill a part
 
@@ -62,6 +62,7 @@ from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWrit
 
 log = logging.getLogger("paramdelta.registry")
 
+HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are stored under
 MIN_PART_BYTES = 5 << 20
 MAX_PARTS = 10_000
 COPY_PART_BYTES = 512 << 20  # multipart copy above this (S3's CopyObject stops at 5 GiB)
@@ -172,8 +173,8 @@ class S3Store(BlobStore):
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     def blob_key(self, digest: str) -> str:
-        hex_ = digest.removeprefix(PREFIX)
-        return self._key("blobs", "sha256", hex_[:2], hex_)
+        algorithm, _, hex_ = digest.rpartition(":")
+        return self._key("blobs", algorithm or "sha256", hex_[:2], hex_)
 
     def _upload_prefix(self, upload_id: str) -> str:
         if not upload_id.replace("-", "").isalnum():
@@ -211,10 +212,11 @@ class S3Store(BlobStore):
 
     def list_with_mtime(self) -> Iterator[tuple[str, int, datetime]]:
         """Every stored blob as (digest, size, last modified as naive UTC), for garbage collection."""
-        for obj in self._objects(self._key("blobs", "sha256") + "/"):
-            name = obj["Key"].rsplit("/", 1)[-1]
-            if len(name) == 64:
-                yield PREFIX + name, obj["Size"], _naive_utc(obj["LastModified"])
+        for algorithm, length in HEX_LENGTHS.items():
+            for obj in self._objects(self._key("blobs", algorithm) + "/"):
+                name = obj["Key"].rsplit("/", 1)[-1]
+                if len(name) == length:
+                    yield f"{algorithm}:{name}", obj["Size"], _naive_utc(obj["LastModified"])
 
     # -- uploads ---------------------------------------------------------------------
 
@@ -226,15 +228,16 @@ class S3Store(BlobStore):
     def upload_writer(self, upload_id: str, state: UploadState) -> UploadWriter:
         return _S3Writer(self, upload_id, state)
 
-    def upload_digest(self, upload_id: str, state: UploadState) -> str:
+    def upload_digest(self, upload_id: str, state: UploadState, algorithm: str = "sha256") -> str:
         saved = state.driver_state.get("sha")
-        if saved is not None and state.driver_state.get("sha_bytes", 0) == state.size:
+        if algorithm == "sha256" and saved is not None and state.driver_state.get("sha_bytes", 0) == state.size:
             return PREFIX + ResumableSha256.load(saved).hexdigest()
-        h = hashlib.sha256()  # no saved hash state: assemble the upload and read it back once
+        # No saved hash state (or sha512, which is not kept as uploads go): assemble the upload, read it back once.
+        h = hashlib.new(algorithm)
         key = self._assemble(upload_id, state)
         for chunk in _stream(self.client.get_object(Bucket=self.bucket, Key=key)["Body"]):
             h.update(chunk)
-        return PREFIX + h.hexdigest()
+        return f"{algorithm}:{h.hexdigest()}"
 
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         target = self.blob_key(digest)

@@ -3,6 +3,10 @@
 Each vector is a folder with base/ and post/ (tiny safetensors models), artifact/ (what
 paramdelta extract writes for them) and expected.json (the digests an independent
 reader must reproduce). Inputs are deterministic; only created_at varies between runs.
+``v1-*`` vectors are format v1, ``v2-*`` format v2; ``v2-lossy-*`` also hold decoded/,
+the reference decoder's Δ of every lossy tensor (fp32 safetensors), which a reader
+reproduces bit for bit (within binary32 rounding of the binary64 product for
+``lowrank-bf16-v1``). ``python spec/vectors/make_vectors.py v2-basic`` rewrites one vector.
 """
 
 from __future__ import annotations
@@ -43,13 +47,46 @@ def _vectors() -> dict[str, tuple[dict, dict, str]]:
     rows = torch.arange(0, 64, 5)
     sparse_post[rows] = (sparse[rows].float() + 0.0005).bfloat16()
     rank = ({"dense": dense, "sparse": sparse}, {"dense": dense_post, "sparse": sparse_post})
-    return {"v1-basic": (*basic, "bytegroup-zstd"), "v1-empty": (*empty, "bytegroup-zstd"), "v1-rank": (*rank, "rank-zstd-v1")}
+    vectors = {"v1-basic": (*basic, "bytegroup-zstd"), "v1-empty": (*empty, "bytegroup-zstd"), "v1-rank": (*rank, "rank-zstd-v1"),
+               "v2-basic": (*basic, "rank-zstd-v1")}
+    # lossy: a dense matrix, one whose size is no multiple of any group, rows never touched, and a vector
+    odd = torch.randn(7, 13, generator=g) * 0.01
+    odd_post = odd + torch.randn(7, 13, generator=g) * 0.001
+    odd_post[0, :5] = odd[0, :5]  # some zero Δ
+    half = (torch.randn(16, 40, generator=g) * 0.02).bfloat16()
+    half_post = half.clone()
+    half_post[::3] = (half[::3].float() + torch.randn(6, 40, generator=g) * 0.001).bfloat16()
+    lossy = ({"dense": dense, "odd": odd, "rows": half, "norm": norm},
+             {"dense": dense_post, "odd": odd_post, "rows": half_post, "norm": norm * 1.25})
+    for preset in LOSSY_VECTORS:
+        vectors[f"v2-lossy-{preset}"] = (*lossy, "rank-zstd-v1")
+    return vectors
 
 
-def _write(folder: Path, tensors: dict) -> None:
+LOSSY_VECTORS = ("bf16", "q4", "q2", "sign", "lowrank")
+CARRIED = {"generation_config.json": '{"bos_token_id": 1, "eos_token_id": 2}\n'}  # v2 stores it as a zstd frame
+
+
+def _write(folder: Path, tensors: dict, carried: dict[str, str] | None = None) -> None:
     folder.mkdir(parents=True)
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     (folder / "config.json").write_text('{"model_type": "vector"}\n')
+    for rel, text in (carried or {}).items():
+        (folder / rel).write_text(text)
+
+
+def _decoded(artifact: Path, folder: Path) -> None:
+    """The reference decoder's Δ of every lossy tensor, as fp32 safetensors."""
+    import numpy as np
+
+    from deltaformat.engine import stream_range
+    from deltaformat.artifact import open_artifact
+
+    art = open_artifact(artifact)
+    out = {t.name: torch.from_numpy(stream_range(art, t.delta, 0, t.delta.numel, t.name).view(np.float32).copy())
+           for t in art.manifest.tensors if t.delta is not None and t.delta.lossy is not None}
+    folder.mkdir(parents=True)
+    save_file(out, folder / "model.safetensors", metadata={"format": "pt"})
 
 
 def _digest(t: torch.Tensor) -> str:
@@ -57,13 +94,20 @@ def _digest(t: torch.Tensor) -> str:
     return tensor_digest([chunk_hash(raw)])
 
 
-def main() -> int:
+def main(names: list[str]) -> int:
     for name, (base, post, codec) in _vectors().items():
+        if names and name not in names:
+            continue
         root = HERE / name
         shutil.rmtree(root, ignore_errors=True)
+        version = 1 if name.startswith("v1-") else 2
+        lossy = name.removeprefix("v2-lossy-") if name.startswith("v2-lossy-") else None
         _write(root / "base", base)
-        _write(root / "post", post)
-        m = deltaformat.extract(root / "base", root / "post", root / "artifact", quiet=True, workers=1, delta_codec=codec)
+        _write(root / "post", post, CARRIED if version == 2 else None)
+        m = deltaformat.extract(root / "base", root / "post", root / "artifact", quiet=True, workers=1, delta_codec=codec,
+                                format_version=version, lossy=lossy)
+        if lossy:
+            _decoded(root / "artifact", root / "decoded")
         expected = {
             "kinds": {t.name: t.kind for t in m.tensors},
             "post_digests": {k: _digest(v) for k, v in post.items()},
@@ -77,4 +121,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
