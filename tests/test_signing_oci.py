@@ -115,6 +115,9 @@ def test_a_referrers_index_stripped_of_artifact_types_still_verifies(stock: str,
     done = cli("verify", ref, "--key", str(keys.public), cache=client_env)
     assert done.returncode == 0, done.stderr
     assert_refused(cli("verify", ref, "--key", str(keys.other_public), cache=client_env), "not signed by key")
+    # the delta's page names the key (and when, as the signer said)
+    page = httpx.get(f"{srv.url}/deltas/{name}").text
+    assert f"signature by key {fingerprint(keys.public)}, made {listed.created}" in page
 
 
 def test_apply_require_signature_from_a_stock_registry(stock: str, artifacts: Artifacts, keys: Keys, tmp_path: Path, client_env: Path):
@@ -247,6 +250,9 @@ def test_our_registry_lists_signatures_through_the_referrers_api(registry_server
     done = cli("verify", ref, "--key", str(keys.public), cache=client_env)
     assert done.returncode == 0, done.stderr
     assert_refused(cli("verify", ref, "--key", str(keys.other_public), cache=client_env), "not signed by key")
+    # the delta's page names the key (and when, as the signer said)
+    page = httpx.get(f"{srv.url}/deltas/{name}").text
+    assert f"signature by key {fingerprint(keys.public)}, made {listed.created}" in page
 
 
 def test_our_registry_refuses_unsigned_before_any_blob(registry_server: RegistryServer, artifacts: Artifacts, keys: Keys,
@@ -259,5 +265,6 @@ def test_our_registry_refuses_unsigned_before_any_blob(registry_server: Registry
     done = cli("apply", f"{srv.host}/{name}:1.0", "--base", str(artifacts.base), "--out", str(out),
                "--require-signature", str(keys.public), cache=client_env)
     assert_refused(done, "not signed")
+    assert 'id="signatures">not signed' in httpx.get(f"{srv.url}/deltas/{name}").text
     assert not out.exists()
     assert not list(Cache(client_env).blob_dir.glob("*")) and not list(Cache(client_env).root.glob("partial/*"))  # nothing downloaded
