@@ -115,9 +115,6 @@ def test_a_referrers_index_stripped_of_artifact_types_still_verifies(stock: str,
     done = cli("verify", ref, "--key", str(keys.public), cache=client_env)
     assert done.returncode == 0, done.stderr
     assert_refused(cli("verify", ref, "--key", str(keys.other_public), cache=client_env), "not signed by key")
-    # the delta's page names the key (and when, as the signer said)
-    page = httpx.get(f"{srv.url}/deltas/{name}").text
-    assert f"signature by key {fingerprint(keys.public)}, made {listed.created}" in page
 
 
 def test_apply_require_signature_from_a_stock_registry(stock: str, artifacts: Artifacts, keys: Keys, tmp_path: Path, client_env: Path):
