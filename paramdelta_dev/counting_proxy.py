@@ -85,6 +85,8 @@ class CountingProxy:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _NOT_FORWARDED}
                 resp = proxy._http.request(self.command, proxy.upstream + self.path, headers=headers, content=body)
                 data = b"" if self.command == "HEAD" else resp.content
+                # Recorded before the client can see the answer: a test reads ``served`` as soon as its call returns.
+                proxy._record(Served(self.command, self.path, resp.status_code, len(data)))
                 self.send_response(resp.status_code)
                 for k, v in resp.headers.multi_items():
                     if k.lower() not in _NOT_FORWARDED:
@@ -93,7 +95,6 @@ class CountingProxy:
                                                        resp.headers.get("content-length", "0")))
                 self.end_headers()
                 self.wfile.write(data)
-                proxy._record(Served(self.command, self.path, resp.status_code, len(data)))
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
