@@ -17,7 +17,12 @@ and again (the kernel's page cache), against apply's output read from the page c
 random 4 KiB pages of a memory-mapped shard (one byte each, seeded offsets) on a fresh
 mount against apply's output in the page cache. Base and delta are in the page cache for all.
 
-    python bench/lazy.py [--llama-layers 8] [--no-write]
+The machine may be shared and noisy: the loads run ``--repeat`` times, interleaved (apply +
+load, mount + load, lazy, one after the other in each round), and the table gives each
+one's median with its range; each round's mount/apply ratio is taken within the round, and
+the median of those ratios is reported. The reads run once per round too (medians).
+
+    python -m bench.lazy [--llama-layers 8] [--repeat 3] [--cache-size 128MiB] [--no-write]
 
 Writes its section of BENCHMARKS.md between ``<!-- lazy:begin -->`` and ``<!-- lazy:end -->``.
 """
@@ -31,6 +36,7 @@ import os
 import platform
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -213,15 +219,21 @@ def llama(root: Path, layers: int) -> tuple[Path, Path, Path]:
 # -- one model ------------------------------------------------------------------------------------
 
 
-def measure(label: str, base: Path, post: Path, newbase: Path, work: Path, cache: str) -> dict:
+def measure(label: str, base: Path, post: Path, newbase: Path, work: Path, cache: str, repeat: int) -> dict:
     import deltaformat
 
     delta = work / f"{label}.delta"
     deltaformat.extract(base, post, delta, quiet=True)
-    r: dict = {"label": label}
+    rounds = [one_round(label, delta, newbase, work, cache) for _ in range(repeat)]
+    return {"label": label, "rounds": rounds}
+
+
+def one_round(label: str, delta: Path, newbase: Path, work: Path, cache: str) -> dict:
+    r: dict = {}
     config = newbase / "config.json"
-    r["apply_load"] = run_worker("apply_load", config, delta, newbase, work / f"{label}-out")
     out = work / f"{label}-out"
+    shutil.rmtree(out, ignore_errors=True)
+    r["apply_load"] = run_worker("apply_load", config, delta, newbase, out)
     r["out_bytes"] = folder_bytes(out)
     r["load_only"] = run_worker("load", config, out)
     mount = Mount(delta, newbase, work / f"{label}-mnt", cache)
@@ -260,48 +272,60 @@ def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def render(results: list[dict], cache: str, started: str) -> str:
+def spread(values: list[float], fmt: str = "{:.2f}") -> str:
+    """The median, with the range when there are several values."""
+    med = fmt.format(statistics.median(values))
+    return med if len(values) < 2 else f"{med} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def render(results: list[dict], cache: str, started: str, repeat: int) -> str:
     L = ["## Using a delta without a merged copy: mount and lazy loader (issue #13)", ""]
-    L.append(f"`python bench/lazy.py` ({started}; method in the script's docstring). CPU only, 2 cores shared with other "
-             f"work; Python {platform.python_version()}; mount cache `--cache-size {cache}`, shards of {SHARD}. "
-             "Each row's processes are fresh; base and delta in the page cache.")
+    L.append(f"`python -m bench.lazy --repeat {repeat} --cache-size {cache}` ({started}; method in the script's docstring). "
+             f"CPU only, 2 cores shared with other work (load average {os.getloadavg()[0]:.1f} at the end); Python "
+             f"{platform.python_version()}; shards of {SHARD}. Each process is fresh; base and delta in the page cache. "
+             f"Times are the median of {repeat} interleaved rounds, with their range in brackets.")
     L.append("")
-    L.append("| model | model bytes | apply + load s | mount + load s | ratio | lazy load s | load of applied folder s | "
-             "bytes written: apply / mount / lazy | mount peak RSS | lazy peak RSS growth / model |")
+    L.append("| model | model bytes | apply + load s | mount + load s | mount / apply (median of rounds) | lazy load s | "
+             "load of applied folder s | bytes written: apply / mount / lazy | mount peak RSS | lazy peak RSS growth / model |")
     L.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in results:
-        model = r["apply_load"]["model_bytes"]
-        apply_total = r["apply_load"]["seconds"]
-        mount_total = r["mount_start_s"] + r["mount_load"]["seconds"]
-        written_apply = max(r["apply_load"]["written"], r["out_bytes"])
-        written_mount = r["mount"]["written"] + r["mount_load"]["written"]
-        L.append(f"| {r['label']} | {mib(model)} | {apply_total:.2f} (apply {r['apply_load']['apply_s']:.2f}) | "
-                 f"{mount_total:.2f} (mount {r['mount_start_s']:.2f}) | {mount_total / apply_total:.2f}x | "
-                 f"{r['lazy']['seconds']:.2f} | {r['load_only']['seconds']:.2f} | "
-                 f"{mib(written_apply)} / {mib(written_mount)} / {mib(r['lazy']['written'])} | "
-                 f"{mib(r['mount']['peak_rss'])} ({mib(r['mount']['idle_rss'])} when mounted) | "
-                 f"{r['lazy']['peak_growth'] / model:.2f}x |")
+    for res in results:
+        rounds = res["rounds"]
+        model = rounds[0]["apply_load"]["model_bytes"]
+        apply_s = [r["apply_load"]["seconds"] for r in rounds]
+        mount_s = [r["mount_start_s"] + r["mount_load"]["seconds"] for r in rounds]
+        written_apply = max(max(r["apply_load"]["written"], r["out_bytes"]) for r in rounds)
+        written_mount = max(r["mount"]["written"] + r["mount_load"]["written"] for r in rounds)
+        written_lazy = max(r["lazy"]["written"] for r in rounds)
+        L.append(f"| {res['label']} | {mib(model)} | {spread(apply_s)} | {spread(mount_s)} | "
+                 f"{spread([m / a for m, a in zip(mount_s, apply_s)])}x | "
+                 f"{spread([r['lazy']['seconds'] for r in rounds])} | {spread([r['load_only']['seconds'] for r in rounds])} | "
+                 f"{mib(written_apply)} / {mib(written_mount)} / {mib(written_lazy)} | "
+                 f"{mib(max(r['mount']['peak_rss'] for r in rounds))} ({mib(max(r['mount']['idle_rss'] for r in rounds))} when mounted) | "
+                 f"{max(r['lazy']['peak_growth'] for r in rounds) / model:.2f}x |")
     L.append("")
-    L.append("| model | shard | sequential, mount first read (computed) | mount again (page cache) | apply's output (page cache) | "
-             "random 4 KiB mmap pages/s: fresh mount / apply's output |")
-    L.append("|---|---:|---:|---:|---:|---:|")
-    for r in results:
-        n = r["shard_bytes"]
-        L.append(f"| {r['label']} | {mib(n)} | {n / r['seq_mount_first_s'] / 2**20:,.0f} MiB/s | "
-                 f"{n / r['seq_mount_again_s'] / 2**20:,.0f} MiB/s | {n / r['seq_applied_s'] / 2**20:,.0f} MiB/s | "
-                 f"{r['pages_mount']:,.0f} / {r['pages_applied']:,.0f} |")
+    L.append("| model | shard | sequential, mount first read (computed) MiB/s | mount again (page cache) MiB/s | "
+             "apply's output (page cache) MiB/s | random 4 KiB mmap pages/s: fresh mount / apply's output | mount peak RSS, random |")
+    L.append("|---|---:|---:|---:|---:|---:|---:|")
+    for res in results:
+        rounds = res["rounds"]
+        n = rounds[0]["shard_bytes"]
+        first, again, applied = (spread([n / r[key] / 2**20 for r in rounds], "{:,.0f}")
+                                 for key in ("seq_mount_first_s", "seq_mount_again_s", "seq_applied_s"))
+        L.append(f"| {res['label']} | {mib(n)} | {first} | {again} | {applied} | "
+                 f"{spread([r['pages_mount'] for r in rounds], '{:,.0f}')} / {spread([r['pages_applied'] for r in rounds], '{:,.0f}')} | "
+                 f"{mib(max(r['mount_random']['peak_rss'] for r in rounds))} |")
     L.append("")
     L.append(NOTES)
     return "\n".join(L)
 
 
 NOTES = """\
-- *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first (goal: at most 1.0). The mount computes at the pace the reader asks (from_pretrained reads shards through the kernel, page by page or in readahead windows); apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
+- *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` (its Python start-up and imports included) until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first, per round (goal: at most 1.0). The mount computes on one worker per core from the moment a file of the folder is opened, readers' chunks first, the rest ahead in file order, and hands each computed chunk to the kernel's page cache; apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
 - *load of applied folder*: from_pretrained alone, the folder already written and in the page cache: the floor both ways share.
 - Bytes written: what the processes wrote (write_bytes in /proc/PID/io) or, for apply, the folder's size when larger (its writes may not have reached the disk). The mount and the lazy loader write nothing.
-- Mount peak RSS: the mount process; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus the chunks being computed at once (one per concurrent FUSE request, up to 32 MiB each at bf16) plus the two computed ahead.
-- Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; the excess is a constant (the chunks in flight, 3 x 16 MiB at fp32), so the ratio falls as models grow.
-- Random pages: on a fresh mount each page touched in a chunk not yet cached costs that chunk's computation (4M elements); with a cache smaller than the shard, as here, chunks are computed again after eviction. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
+- Mount peak RSS: the mount process, the largest of the rounds; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus, per worker (one per core), the chunk being computed with its buffers and one more a reader is waiting for, plus a reply buffer per concurrent FUSE request; not by the model's size. The pages handed to the kernel are page cache, not the process's memory.
+- Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; each chunk is computed in its place in the tensor, so the excess is one chunk's decoding (not the model twice, nor a chunk-sized copy), and the ratio falls as models grow.
+- Random pages: on a fresh mount the first page touched in a chunk costs that chunk's computation (4M elements), after which the whole chunk is in the kernel's page cache: each chunk is computed about once even with a cache smaller than the shard, as here, and the rate is bounded by computing the shard once. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
 """
 
 
@@ -311,7 +335,8 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--llama-layers", type=int, default=8, help="layers of the generated Llama (0: MiniLM only)")
-    ap.add_argument("--cache-size", default="512MiB")
+    ap.add_argument("--cache-size", default="128MiB", help="the mount's --cache-size (smaller than the Llama's shard)")
+    ap.add_argument("--repeat", type=int, default=3, help="interleaved rounds per model (medians reported)")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
     a = ap.parse_args()
@@ -325,9 +350,9 @@ def main() -> None:
         if a.llama_layers:
             models.append((f"Llama {a.llama_layers}x1024 (bf16)", llama(work, a.llama_layers)))
         for label, (base, post, newbase) in models:
-            results.append(measure(label, base, post, newbase, work, a.cache_size))
+            results.append(measure(label, base, post, newbase, work, a.cache_size, a.repeat))
             shutil.rmtree(work / label.split()[0].lower(), ignore_errors=True)
-    text = render(results, a.cache_size, started)
+    text = render(results, a.cache_size, started, a.repeat)
     print(text)
     if not a.no_write:
         write_section(a.out, "lazy", text)

@@ -48,17 +48,20 @@ _ieee_quietly = np.errstate(over="ignore", invalid="ignore")
 
 
 @_ieee_quietly
-def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str = "cpu") -> np.ndarray:
+def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str = "cpu",
+            out: np.ndarray | None = None) -> np.ndarray:
     """Return the raw bits of ``out_dtype(fp32(base) + Σ alpha * delta)``.
 
     ``deltas`` holds (alpha, Δ) pairs covering the same elements; each Δ is fp32 bits,
     as a uint32 array or as a ``Decoded`` chunk, which is then produced block by block
-    into a cache-sized buffer instead of being decoded whole first.
+    into a cache-sized buffer instead of being decoded whole first. ``out`` (CPU only):
+    where the result goes instead of a new array; it may be ``base_bits`` itself, of an
+    equally wide dtype (each block of the base is read before its result is written).
     """
     if device != "cpu":
         return _combine_torch(base_bits, base_dtype, deltas, out_dtype, device)
     n = base_bits.size
-    out = np.empty(n, dtype=uint_dtype(out_dtype))
+    out = np.empty(n, dtype=uint_dtype(out_dtype)) if out is None else out
     alphas = [fp32_alpha(alpha) for alpha, _ in deltas]
     sources = [_BlockSource(d, i, min(n, BLOCK)) for i, (_, d) in enumerate(deltas)]
     acc = scratch("arith.acc", 4 * min(n, BLOCK)).view(np.float32)

@@ -272,7 +272,7 @@ def test_model_folder_serves_apply_output_bytes_at_any_range(artifacts, tmp_path
     config, carried files, paramdelta.json), whole and at random ranges, with a cache of two chunks' worth."""
     import random
 
-    from deltaformat.lazy import ModelFolder
+    from deltaformat.folder import ModelFolder
 
     base = getattr(artifacts, on)
     deltaformat.apply([artifacts.delta], base, tmp_path / "out", shard_size="40KB", quiet=True)
@@ -288,5 +288,49 @@ def test_model_folder_serves_apply_output_bytes_at_any_range(artifacts, tmp_path
                     start, length = rng.randrange(len(data)), rng.randrange(1, 3 * 4096)
                     assert folder.read(rel, start, length) == data[start : start + length], (rel, start, length)
                 assert folder.read(rel, 0, len(data) + 10) == data, rel
+        finally:
+            folder.close()
+
+
+def test_model_folder_computes_ahead_from_the_open_within_the_cache_each_chunk_once(artifacts, tmp_path):
+    """Opening a shard starts its chunks computing in file order on the folder's workers, as many as
+    the cache holds and no more; a reader going through the shard afterwards gets apply's bytes, and
+    no chunk is computed twice (one computed ahead is kept until read)."""
+    import json
+    import time
+
+    from deltaformat.folder import ModelFolder
+
+    deltaformat.apply([artifacts.delta], artifacts.newbase, tmp_path / "out", shard_size="1GB", quiet=True)
+    written = (tmp_path / "out" / "model.safetensors").read_bytes()
+    header = json.loads(written[8 : 8 + int.from_bytes(written[:8], "little")])
+    spans = sorted((t["data_offsets"], name) for name, t in header.items() if name != "__metadata__")
+    in_file_order = [(name, 0) for (lo, hi), name in spans if hi > lo]  # the tiny model: one chunk per tensor
+    sizes = {(name, 0): hi - lo for (lo, hi), name in spans}
+    cache = len(written) // 4
+    with deltaformat.open_model([artifacts.delta], artifacts.newbase, framework="np") as lazy:
+        computed: list[tuple[str, int]] = []
+        chunk_bits = lazy.chunk_bits
+
+        def counted(name, index, into=None):
+            computed.append((name, index))
+            return chunk_bits(name, index, into)
+
+        lazy.chunk_bits = counted
+        folder = ModelFolder(lazy, "1GB", cache)
+        try:
+            folder.open("model.safetensors")
+            seen = -1
+            while seen != len(computed) or folder._jobs:  # until the workers stop: the cache's room is used
+                seen = len(computed)
+                time.sleep(0.2)
+            ahead = list(computed)
+            assert ahead and sorted(ahead) == sorted(in_file_order[: len(ahead)])
+            # ... and the next chunk in file order would have gone past the cache's room, or past its reach in the file
+            head = 8 + int.from_bytes(written[:8], "little")
+            assert sum(sizes[k] for k in ahead) <= cache < head + sum(sizes[k] for k in in_file_order[: len(ahead) + 1])
+            got = b"".join(folder.read("model.safetensors", at, 64 << 10) for at in range(0, len(written), 64 << 10))
+            assert got == written
+            assert sorted(computed) == sorted(in_file_order)  # each chunk once
         finally:
             folder.close()
