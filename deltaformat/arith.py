@@ -48,7 +48,8 @@ _ieee_quietly = np.errstate(over="ignore", invalid="ignore")
 
 
 @_ieee_quietly
-def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str = "cpu") -> np.ndarray:
+def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str,
+            device: str = "cpu") -> np.ndarray:
     """Return the raw bits of ``out_dtype(fp32(base) + Σ alpha * delta)``.
 
     ``deltas`` holds (alpha, Δ) pairs covering the same elements; each Δ is fp32 bits,
@@ -93,7 +94,8 @@ class _BlockSource:
         return self.buf[: e - s].view(np.float32)
 
 
-def _add_and_narrow(acc: np.ndarray, base: tuple[np.ndarray, str], terms: list[tuple[np.float32, np.ndarray]], out: np.ndarray, out_dtype: str) -> None:
+def _add_and_narrow(acc: np.ndarray, base: tuple[np.ndarray, str], terms: list[tuple[np.float32, np.ndarray]], out: np.ndarray,
+                    out_dtype: str) -> None:
     """The block step of ``combine``: ``acc`` (fp32 base) += Σ alpha * Δ, rounded into ``out``.
 
     Every element whose result is not NaN is computed exactly by the fast numpy path
@@ -372,7 +374,8 @@ def cast(bits: np.ndarray, from_dtype: str, to_dtype: str) -> np.ndarray:
 # ---- torch, for devices other than the CPU ----
 
 
-def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str) -> np.ndarray:
+def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str,
+                   device: str) -> np.ndarray:
     """``combine`` on a torch device (e.g. cuda): the whole chunk at once, fp32 ``add_`` with alpha."""
     torch = _torch()
     acc = bits_to_torch(base_bits, base_dtype).to(device=device, dtype=torch.float32, copy=True)

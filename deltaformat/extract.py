@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from deltaformat._version import __version__
 from deltaformat._parallel import ordered_map
+from deltaformat._version import __version__
 from deltaformat.arith import difference, difference_checked
 from deltaformat.artifact import ArtifactWriter
 from deltaformat.chunking import chunk_ranges
@@ -21,8 +21,24 @@ from deltaformat.errors import FormatError, ModelError
 from deltaformat.fsutil import atomic_folder
 from deltaformat.lossy import ErrorStats, Preset, columns, get_preset
 from deltaformat.manifest import (
-    CHUNK_ELEMENTS, FORMAT_VERSION, FORMAT_VERSIONS, MAX_CARRIED_FILE_BYTES, LossyInfo, Architecture, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
-    TensorEntry, TensorInfo, ToolInfo, check_carried_content, check_metadata,
+    CHUNK_ELEMENTS,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    MAX_CARRIED_FILE_BYTES,
+    Architecture,
+    CarriedFile,
+    Chunk,
+    CodecInfo,
+    LossyInfo,
+    Manifest,
+    ModelRef,
+    Patch,
+    Stream,
+    TensorEntry,
+    TensorInfo,
+    ToolInfo,
+    check_carried_content,
+    check_metadata,
 )
 from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import encode_patch

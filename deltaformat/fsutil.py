@@ -22,7 +22,6 @@ from pathlib import Path
 
 from deltaformat.errors import OutputExistsError, from_os_error
 
-
 TEMP_MARK = ".paramdelta-building"  # inside a temporary folder until it is renamed into place
 _TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 

@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from deltaformat.apply import open_any
-from deltaformat.engine import stream_range
 from deltaformat.artifact import Artifact
+from deltaformat.engine import stream_range
 from deltaformat.fsutil import atomic_folder
 from deltaformat.manifest import TensorEntry
 from deltaformat.progress import progress

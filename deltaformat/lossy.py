@@ -75,11 +75,11 @@ class ErrorStats:
     delta_sq: float = 0.0
 
     @classmethod
-    def of(cls, exact: np.ndarray, decoded: np.ndarray) -> "ErrorStats":
+    def of(cls, exact: np.ndarray, decoded: np.ndarray) -> ErrorStats:
         e = decoded.astype(np.float64) - exact.astype(np.float64)
         return cls(float(np.abs(e).max()) if e.size else 0.0, float(e @ e), float(exact.astype(np.float64) @ exact.astype(np.float64)))
 
-    def add(self, other: "ErrorStats") -> None:
+    def add(self, other: ErrorStats) -> None:
         self.max_abs = max(self.max_abs, other.max_abs)
         self.err_sq += other.err_sq
         self.delta_sq += other.delta_sq

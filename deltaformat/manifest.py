@@ -111,7 +111,8 @@ class LossyInfo(_Strict):
     vouches for, and what verify and apply report instead of claiming bit-exactness.
     """
 
-    params: dict[str, int | float | str] = Field(default_factory=dict, description="the encoder's settings (informative; each blob carries what its decoder needs)")
+    params: dict[str, int | float | str] = Field(
+        default_factory=dict, description="the encoder's settings (informative; each blob carries what its decoder needs)")
     max_abs_error: float = Field(ge=0, description="max |decoded − exact Δ| over the tensor's elements")
     rel_frobenius_error: float = Field(ge=0, description="‖decoded − exact Δ‖₂ / ‖exact Δ‖₂ (0 when both are 0)")
     delta_frobenius_norm: float = Field(ge=0, description="‖exact Δ‖₂ over the tensor's elements")
@@ -131,7 +132,7 @@ class Stream(_Versioned):
     lossy: LossyInfo | None = Field(None, description="v2 only: present exactly when the stream approximates the exact Δ")
 
     @model_validator(mode="after")
-    def _chunk_count(self) -> "Stream":
+    def _chunk_count(self) -> Stream:
         expected = -(-self.numel // self.chunk_elements)
         if len(self.chunks) != expected:
             raise ValueError(f"{len(self.chunks)} chunks for {self.numel} elements of {self.chunk_elements} per chunk; expected {expected}")
@@ -160,7 +161,7 @@ class TensorEntry(_Strict):
     patch: Patch | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TensorEntry":
+    def _consistent(self) -> TensorEntry:
         need = {
             "changed": (True, True, True, False),
             "unchanged": (True, True, False, False),
@@ -287,7 +288,7 @@ class Manifest(_Versioned):
     lossy_preset: str | None = Field(None, max_length=64, description="v2 only: the preset a lossy artifact was written with")
 
     @model_validator(mode="after")
-    def _versioned_fields(self) -> "Manifest":
+    def _versioned_fields(self) -> Manifest:
         """Each version has exactly its own fields; a v2 manifest says plainly whether it is exact."""
         streams = [(t.name, s) for t in self.tensors for s in (t.delta, t.values) if s is not None]
         if self.format_version == 1:
@@ -335,7 +336,7 @@ class Manifest(_Versioned):
                 "lossy_tensors": len(infos)}
 
     @model_validator(mode="after")
-    def _unique(self) -> "Manifest":
+    def _unique(self) -> Manifest:
         for label, names in (("tensor", [t.name for t in self.tensors]), ("file", [f.path for f in self.files])):
             seen: set[str] = set()
             for n in names:

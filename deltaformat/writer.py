@@ -195,6 +195,6 @@ def planned_bytes(tensors: list[tuple[str, str, list[int]]]) -> int:
     return sum(ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64)) for _, dtype, shape in tensors)
 
 
-def _hash_file(path: Path) -> "hashlib._Hash":
+def _hash_file(path: Path) -> hashlib._Hash:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256")

@@ -14,10 +14,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-
 from conftest import RegistryServer
 from scaleout_fixtures import Replica, scale_backends  # noqa: F401 - the session's PostgreSQL and Ceph S3
+from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools" / "oci"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import Artifacts, RegistryServer
 from support.renamed import push
 
@@ -183,7 +182,7 @@ def test_deletes_need_a_token_whose_scope_covers_them(registry_server: RegistryS
     r = put_manifest(srv, "keep/x", "v1", img, owner)
     manifest, layer = descriptor(img, r)["digest"], img["layers"][0]["digest"]
     stranger, reader = srv.token("elsewhere", "push"), srv.token("keep", "pull")
-    for path in (f"/v2/keep/x/manifests/{manifest}", f"/v2/keep/x/manifests/v1", f"/v2/keep/x/blobs/{layer}"):
+    for path in (f"/v2/keep/x/manifests/{manifest}", "/v2/keep/x/manifests/v1", f"/v2/keep/x/blobs/{layer}"):
         assert httpx.delete(srv.url + path).status_code == 401, path
         for token in (stranger, reader):
             r = httpx.delete(srv.url + path, headers=bearer(token))

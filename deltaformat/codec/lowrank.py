@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, put_stream, reader, check_count
+from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, check_count, put_stream, reader
 from deltaformat.codec.base import LossyCodec, check_finite
 
 MAX_RANK = 0xFFFF

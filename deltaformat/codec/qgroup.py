@@ -21,7 +21,18 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    U32, bf16_ceil, bf16_values, first_group, group_count, group_grid, group_ids, put_stream, read_group_layout, check_count, read_scales, reader,
+    U32,
+    bf16_ceil,
+    bf16_values,
+    check_count,
+    first_group,
+    group_count,
+    group_grid,
+    group_ids,
+    put_stream,
+    read_group_layout,
+    read_scales,
+    reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
 

@@ -387,7 +387,7 @@ class RankZstd(Codec):
         return Materialized(out)
 
     @staticmethod
-    def _symbols_and_escapes(r: _Reader, lut: np.ndarray, k: int, n: int, esc_count: int, w: int) -> "_TableLookup":
+    def _symbols_and_escapes(r: _Reader, lut: np.ndarray, k: int, n: int, esc_count: int, w: int) -> _TableLookup:
         """A stream of ``n`` symbols, then the escaped elements: element i is ``lut[s_i]``, or the next escape where s_i >= k."""
         sym = r.stream(n, "symbols")
         esc_pos = np.flatnonzero(sym >= k)

@@ -18,8 +18,17 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    MAX_GROUP, U32, bf16_bits, first_group, group_count, group_ids, put_stream, read_group_layout,
-    read_scales, reader, check_count,
+    MAX_GROUP,
+    U32,
+    bf16_bits,
+    check_count,
+    first_group,
+    group_count,
+    group_ids,
+    put_stream,
+    read_group_layout,
+    read_scales,
+    reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
 
