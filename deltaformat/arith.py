@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,7 +77,8 @@ def fp32_alpha(alpha: float) -> np.float32:
     """α as the fp32 the arithmetic uses; out of fp32's range is refused (as torch refused it)."""
     if np.isfinite(alpha) and abs(alpha) > _F32_MAX:
         raise ValueError(f"alpha {alpha!r} is outside float32's range (|alpha| <= {_F32_MAX:.7g})")
-    return np.float32(alpha)
+    alpha32: np.float32 = np.float32(alpha)
+    return alpha32
 
 
 class _BlockSource:
@@ -386,7 +388,7 @@ def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tupl
 
 
 @cache
-def _torch():
+def _torch() -> ModuleType:
     try:
         import torch
     except ImportError:
@@ -397,14 +399,16 @@ def _torch():
 
 @cache
 def torch_dtype(name: str) -> torch.dtype:
-    torch = _torch()
-    return {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}[name]
+    tm = _torch()
+    dtype: torch.dtype = {"F16": tm.float16, "BF16": tm.bfloat16, "F32": tm.float32}[name]
+    return dtype
 
 
 def bits_to_torch(bits: np.ndarray, dtype: str) -> torch.Tensor:
     """View raw element bits (numpy unsigned ints) as a torch tensor of ``dtype``, without copying."""
     signed = bits.view(np.dtype(f"i{bits.dtype.itemsize}")) if bits.dtype.itemsize > 1 else bits
-    return _torch().from_numpy(signed).view(torch_dtype(dtype))
+    tensor: torch.Tensor = _torch().from_numpy(signed).view(torch_dtype(dtype))
+    return tensor
 
 
 def torch_to_bits(t: torch.Tensor) -> np.ndarray:

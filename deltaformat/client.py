@@ -128,9 +128,9 @@ def push(artifact: str | os.PathLike[str], ref: str, *, registry: str | None = N
         outcomes = [Outcome.PRESENT] * len(blobs)
         for attempt in (1, 2):
             have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
-            # `have` bound per attempt (the lambda runs within this attempt's parallel() anyway)
-            now = client.parallel(lambda b, have=have: client.send_blob(parsed.name, b[0], b[1], b[2], advance=bar.update,
-                                                                        present=None if have is None else b[0] in have), blobs)
+            # B023: the lambda runs, and is done, within this attempt's parallel(): it reads this attempt's `have`
+            now = client.parallel(lambda b: client.send_blob(parsed.name, b[0], b[1], b[2], advance=bar.update,
+                                                             present=None if have is None else b[0] in have), blobs)  # noqa: B023
             outcomes = [o if o is not Outcome.PRESENT else n for o, n in zip(outcomes, now)]
             try:
                 digest = client.put_manifest(parsed.name, tag, oci_bytes)

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -77,9 +78,9 @@ class _Options:
 
 
 def extract(
-    base: str | os.PathLike,
-    post: str | os.PathLike,
-    out: str | os.PathLike,
+    base: str | os.PathLike[str],
+    post: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     name: str | None = None,
     version: str | None = None,
@@ -281,7 +282,7 @@ def _model_ref(m: ModelSource, entries: list[TensorEntry], side: str) -> ModelRe
     )
 
 
-def _int(cfg: dict, key: str) -> int | None:
+def _int(cfg: dict[str, Any], key: str) -> int | None:
     v = cfg.get(key)
     return v if isinstance(v, int) else None
 

@@ -25,6 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ def lora_target(e: TensorEntry) -> str | None:
     return None
 
 
-def export_lora(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, *, rank: int, force: bool = False,
+def export_lora(artifact: str | os.PathLike[str] | Artifact, out: str | os.PathLike[str], *, rank: int, force: bool = False,
                 quiet: bool = False) -> LoraExport:
     """Write the rank-``rank`` LoRA adapter of ``artifact``'s Linear weight deltas to folder ``out``."""
     if not 1 <= rank <= MAX_RANK:
@@ -125,7 +126,7 @@ def low_rank(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, floa
     return b, a, float(np.sum(s[:k] ** 2))
 
 
-def adapter_config(art: Artifact, rank: int, modules: list[str]) -> dict:
+def adapter_config(art: Artifact, rank: int, modules: list[str]) -> dict[str, Any]:
     """PEFT's LoraConfig as saved by ``save_pretrained``: the base named by id and pinned revision."""
     base = art.manifest.base
     return {

@@ -18,7 +18,7 @@ import numpy as np
 from deltaformat.codec import LossyCodec, get_lossy_codec
 from deltaformat.manifest import LossyInfo
 
-VECTOR_CODEC = ("bf16-rank-zstd-v1", {})
+VECTOR_CODEC: tuple[str, dict[str, int | float]] = ("bf16-rank-zstd-v1", {})
 SMALL_TENSOR = 256  # elements: below this a tensor is coded as a vector whatever its shape
 
 

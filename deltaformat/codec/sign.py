@@ -71,6 +71,6 @@ class SignZstd(LossyCodec):
         if numel % 8 and packed[-1] >> (numel % 8):
             r.fail("padding bits after the last sign are not 0")
         negative = np.unpackbits(packed, count=numel, bitorder="little").view(bool)
-        values = scales[group_ids(numel, first, group)]
+        values: np.ndarray = scales[group_ids(numel, first, group)]
         np.negative(values, out=values, where=negative)
         return values.view(np.uint32)
