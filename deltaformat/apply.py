@@ -68,14 +68,21 @@ def apply(
     quiet: bool = False,
     device: str = "cpu",
     workers: int | None = None,
+    require_signature: str | os.PathLike[str] | None = None,
 ) -> ApplyResult:
     """Write ``base + Σ alphas[i] * Δ[i]`` as a model folder at ``out``.
 
     Each artifact is a folder, an Artifact, a registry reference or a ``resolve``d Source.
     The new base is pre-flighted against every manifest (names, shapes, dtypes) before
     any blob is downloaded or decoded. On the original base with one artifact at alpha 1, every output tensor is
-    checked against the post model's digest: the result is the post model, bit for bit.
+    checked against the post model's digest: the result is the post model, bit for bit. With
+    ``require_signature`` (a public key's PEM file), every artifact must first be proven signed by
+    that key and unchanged since (deltaformat.signing), before anything else reads it.
     """
+    if require_signature is not None:
+        from deltaformat.signing import require_signed
+
+        artifacts = require_signed(artifacts, require_signature)
     arts, alphas, model, plan = prepare(artifacts, base, alphas, quiet)
     shard_bytes = parse_size(shard_size)
     total = sum(t.numel for t in plan)

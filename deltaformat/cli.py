@@ -63,8 +63,10 @@ def _apply(a: argparse.Namespace) -> int:
 
     if a.device != "cpu" and importlib.util.find_spec("torch") is None:  # before any work: the GPU path is torch's
         raise ValueError(f"--device {a.device} needs torch: pip install 'paramdelta[torch]' (the CPU needs none)")
-    # apply pre-flights the base against each manifest.json before it downloads any blob
-    r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device)
+    # apply pre-flights the base against each manifest.json before it downloads any blob; with
+    # --require-signature each delta is first proven signed (a registry version pinned by digest)
+    r = apply(a.artifacts, a.base, a.out, alphas=a.alpha, shard_size=a.shard_size, force=a.force, quiet=a.quiet, device=a.device,
+              require_signature=a.require_signature)
     for key, (base, post, new) in r.config_changes.items():
         print(f"config {key}: base={base!r} post={post!r} new base={new!r}", file=sys.stderr)
     exact = " (verified bit-exact against the post model)" if r.verified_exact else ""
@@ -76,12 +78,28 @@ def _apply(a: argparse.Namespace) -> int:
 def _verify(a: argparse.Namespace) -> int:
     from deltaformat import verify
 
-    r = verify(a.artifact, base=a.base, quiet=a.quiet)
+    r = verify(a.artifact, base=a.base, quiet=a.quiet, require_signature=a.key)
     proof = "; round trip on the base reproduces the post model bit for bit" if r.round_trip else ""
     if r.lossy is not None:
         proof = ("; the base is the original one" if r.base_is_original else "") + f"; {_lossy_phrase(r.lossy)}"
-    print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{proof}")
+    signed = f"; signed by key {_fingerprint(a.key)}" if a.key else ""
+    print(f"ok: {r.artifact}: {r.blobs} blobs, {r.stored_bytes:,} bytes intact{signed}{proof}")
     return 0
+
+
+def _sign(a: argparse.Namespace) -> int:
+    from deltaformat.signing import sign
+
+    where, fingerprint = sign(a.target, a.key, password=environment.key_password(),
+                              registry=a.registry, token=a.token, credentials=_credentials(a))
+    print(f"signed {a.target} with key {fingerprint}: {where}")
+    return 0
+
+
+def _fingerprint(public_key: str) -> str:
+    from deltaformat.signing import key_fingerprint, load_public_key
+
+    return key_fingerprint(load_public_key(public_key))
 
 
 def _inspect(a: argparse.Namespace) -> int:
@@ -333,12 +351,21 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--alpha", type=float, nargs="+", help="scale per artifact (default 1)")
     ap.add_argument("--shard-size", default="5GB", help="maximum shard size (default 5GB)")
     ap.add_argument("--device", default="cpu", help="torch device for the arithmetic (cpu, cuda)")
+    ap.add_argument("--require-signature", metavar="PUBLIC_KEY.pem",
+                    help="refuse any delta not signed by this key, or changed since (checked before any blob is downloaded)")
     ap.set_defaults(func=_apply)
 
     v = sub.add_parser("verify", help="check an artifact's integrity (and the round trip with --base)")
     v.add_argument("artifact")
     v.add_argument("--base", help="the original base: prove base + delta == post")
+    v.add_argument("--key", metavar="PUBLIC_KEY.pem", help="also prove it signed by this key (paramdelta sign)")
     v.set_defaults(func=_verify)
+
+    sg = sub.add_parser("sign", help="sign an artifact folder or a registry version with an EC private key")
+    sg.add_argument("target", metavar="ARTIFACT|REF", help="artifact folder, or registry reference [REGISTRY/]NS/NAME[:VERSION]")
+    sg.add_argument("--key", required=True, metavar="PRIVATE_KEY.pem",
+                    help="EC private key (P-256/384/521, PEM; an encrypted one's password in $PARAMDELTA_KEY_PASSWORD)")
+    sg.set_defaults(func=_sign)
 
     i = sub.add_parser("inspect", help="summarise an artifact")
     i.add_argument("artifact")
@@ -380,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_mount_verbs(sub)
 
-    for cmd in (pu, pl, se):
+    for cmd in (pu, pl, se, sg):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")
         cmd.add_argument("--token", help="bearer token (default: $PARAMDELTA_TOKEN)")
         cmd.add_argument("-u", "--username", help="log in as this user for this command only (else: `paramdelta login`'s)")

@@ -21,6 +21,7 @@ VARIABLES: dict[str, str] = {
     "PARAMDELTA_QUIET": "1: no progress bars (as -q)",
     "PARAMDELTA_WORKERS": "threads for the chunk arithmetic (default: the CPUs this process may use)",
     "PARAMDELTA_DEBUG": "1: an error prints its traceback as well as its one line",
+    "PARAMDELTA_KEY_PASSWORD": "the password of an encrypted private key given to `paramdelta sign --key`",
     "DOCKER_CONFIG": "the folder of docker's config.json, where `paramdelta login` keeps credentials (default ~/.docker)",
     "CI": "set (by CI systems): no progress bars unless stderr is a terminal",
 }
@@ -72,6 +73,11 @@ def workers() -> int | None:
 def debug() -> bool:
     """PARAMDELTA_DEBUG=1 (or true/yes)."""
     return _flag("PARAMDELTA_DEBUG")
+
+
+def key_password() -> str | None:
+    """PARAMDELTA_KEY_PASSWORD, or None when unset or empty: an encrypted signing key's password."""
+    return os.environ.get("PARAMDELTA_KEY_PASSWORD") or None
 
 
 def docker_config_dir() -> Path:

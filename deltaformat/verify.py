@@ -31,13 +31,19 @@ class VerifyReport:
 
 
 def verify(artifact: DeltaRef | Source, *, base: str | os.PathLike[str] | ModelSource | None = None, quiet: bool = False,
-           workers: int | None = None) -> VerifyReport:
+           workers: int | None = None, require_signature: str | os.PathLike[str] | None = None) -> VerifyReport:
     """Check every blob, decoded stream, patch and carried file against the manifest.
 
     With ``base``, also recompute base + Δ for every tensor and check it equals the post
     model's digests: the proof that apply on that base gives the post model back. The
-    base is pre-flighted against manifest.json first, before any blob is downloaded.
+    base is pre-flighted against manifest.json first, before any blob is downloaded. With
+    ``require_signature`` (a public key's PEM file), the artifact is first proven signed by that
+    key and unchanged since (deltaformat.signing), before anything else reads it.
     """
+    if require_signature is not None:
+        from deltaformat.signing import require_signed
+
+        artifact = require_signed([artifact], require_signature)[0]
     source = resolve(artifact)
     model: ModelSource | None = None
     checked: Manifest | None = None

@@ -51,6 +51,7 @@ Client (read by deltaformat.client and deltaformat.cache; listed here so the lis
     PARAMDELTA_QUIET              1: no progress bars
     PARAMDELTA_WORKERS            threads for encode/decode (transfers use 8 connections in parallel)
     PARAMDELTA_DEBUG              1: the CLI prints a traceback with an error (one line otherwise)
+    PARAMDELTA_KEY_PASSWORD       the password of an encrypted private key given to `paramdelta sign --key`
     DOCKER_CONFIG                 folder of docker's config.json (default ~/.docker): basic credentials per host
 """
 

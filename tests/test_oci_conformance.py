@@ -14,9 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import RegistryServer
-from scaleout_fixtures import Replica, scale_backends  # noqa: F401 - the session's PostgreSQL and Ceph S3
 from sqlalchemy import create_engine, text
+
+from paramdelta_dev.scaleout import Replica
+from paramdelta_dev.serve import RegistryServer
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT.parent / "shared" / "tools" / "oci"
@@ -63,7 +64,7 @@ def test_the_embedded_registry_passes_both_conformance_suites(tmp_path: Path):
 
 
 @pytest.mark.services
-def test_the_postgresql_and_s3_deployment_passes_both_conformance_suites(scale_backends, tmp_path: Path):  # noqa: F811
+def test_the_postgresql_and_s3_deployment_passes_both_conformance_suites(scale_backends, tmp_path: Path):
     # A database and a bucket of its own on the shared services: a fresh registry, whatever other tests left there.
     engine = create_engine(scale_backends.database_url, isolation_level="AUTOCOMMIT")
     with engine.connect() as conn:

@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import Artifacts, RegistryServer
-from support.renamed import push
+
+from paramdelta_dev.artifacts import Artifacts
+from paramdelta_dev.renamed import push
+from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
 

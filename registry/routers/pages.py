@@ -3,6 +3,7 @@ with its versions, models, sizes, tensors and the exact commands to pull and app
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
+from deltaformat.signing import BUNDLE_MEDIA_TYPE, signatures_listed
 from registry.auth import Principal, allow, allow_listing
 from registry.catalog import SearchQuery
 from registry.http import public_url, registry
@@ -41,7 +43,10 @@ def delta(request: Request, name: str, reg: Reg, _: Annotated[Principal, Depends
     shown = version or detail.latest
     v = reg.catalog.version(name, shown, public_url(request), tensor_limit=1) if shown else None
     page = reg.catalog.tensors(name, shown, TENSORS_SHOWN, tensors) if shown else None
-    return templates.TemplateResponse(request, "delta.html", {"d": detail, "v": v, "tensor_page": page, "shown": shown})
+    # the signatures among the version's referrers, as their referrer manifests name them (checked by the client, not here)
+    signatures = signatures_listed(json.loads(reg.referrers.list(name, v.digest, BUNDLE_MEDIA_TYPE).index)["manifests"]) if v else []
+    return templates.TemplateResponse(request, "delta.html", {"d": detail, "v": v, "tensor_page": page, "shown": shown,
+                                                              "signatures": signatures})
 
 
 def render_error(request: Request, status: int, message: str) -> HTMLResponse:
