@@ -9,11 +9,13 @@ test:            ## set up (Python env + Debian packages for PostgreSQL, Ceph S3
 	scripts/setup.sh test
 	scripts/install-system-deps.sh
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 	.venv/bin/python -m pytest -q -rs
 
-lint:            ## ruff on the linted tree (pyproject.toml [tool.ruff]); mypy --strict on deltaformat is `.venv/bin/mypy`
+lint:            ## ruff on the tree, then mypy --strict on deltaformat (both configured in pyproject.toml)
 	scripts/setup.sh test
 	.venv/bin/ruff check .
+	.venv/bin/mypy
 
 test-fast:       ## the tests that need no backing services
 	scripts/setup.sh test

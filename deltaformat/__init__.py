@@ -42,17 +42,24 @@ _EXPORTS: dict[str, str] = {
 }
 
 if TYPE_CHECKING:
-    from deltaformat.apply import ApplyResult, apply
-    from deltaformat.artifact import Artifact, open_artifact
-    from deltaformat.compat import preflight
-    from deltaformat.errors import ParamDeltaError
-    from deltaformat.extract import extract
-    from deltaformat.lazy import LazyModel, open_model
-    from deltaformat.lora import export_lora
-    from deltaformat.lossy import PRESETS
-    from deltaformat.manifest import Manifest
-    from deltaformat.resolve import Source, resolve
-    from deltaformat.verify import VerifyReport, inspect, verify
+    # `X as X`: an explicit re-export, for type checkers (at run time __getattr__ imports on first use)
+    from deltaformat.apply import ApplyResult as ApplyResult
+    from deltaformat.apply import apply as apply
+    from deltaformat.artifact import Artifact as Artifact
+    from deltaformat.artifact import open_artifact as open_artifact
+    from deltaformat.compat import preflight as preflight
+    from deltaformat.errors import ParamDeltaError as ParamDeltaError
+    from deltaformat.extract import extract as extract
+    from deltaformat.lazy import LazyModel as LazyModel
+    from deltaformat.lazy import open_model as open_model
+    from deltaformat.lora import export_lora as export_lora
+    from deltaformat.lossy import PRESETS as PRESETS
+    from deltaformat.manifest import Manifest as Manifest
+    from deltaformat.resolve import Source as Source
+    from deltaformat.resolve import resolve as resolve
+    from deltaformat.verify import VerifyReport as VerifyReport
+    from deltaformat.verify import inspect as inspect
+    from deltaformat.verify import verify as verify
 
 __all__ = ["__version__", *_EXPORTS]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cache
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -48,8 +49,8 @@ _ieee_quietly = np.errstate(over="ignore", invalid="ignore")
 
 
 @_ieee_quietly
-def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str = "cpu",
-            out: np.ndarray | None = None) -> np.ndarray:
+def combine(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str,
+            device: str = "cpu", out: np.ndarray | None = None) -> np.ndarray:
     """Return the raw bits of ``out_dtype(fp32(base) + Σ alpha * delta)``.
 
     ``deltas`` holds (alpha, Δ) pairs covering the same elements; each Δ is fp32 bits,
@@ -78,7 +79,8 @@ def fp32_alpha(alpha: float) -> np.float32:
     """α as the fp32 the arithmetic uses; out of fp32's range is refused (as torch refused it)."""
     if np.isfinite(alpha) and abs(alpha) > _F32_MAX:
         raise ValueError(f"alpha {alpha!r} is outside float32's range (|alpha| <= {_F32_MAX:.7g})")
-    return np.float32(alpha)
+    alpha32: np.float32 = np.float32(alpha)
+    return alpha32
 
 
 class _BlockSource:
@@ -96,7 +98,8 @@ class _BlockSource:
         return self.buf[: e - s].view(np.float32)
 
 
-def _add_and_narrow(acc: np.ndarray, base: tuple[np.ndarray, str], terms: list[tuple[np.float32, np.ndarray]], out: np.ndarray, out_dtype: str) -> None:
+def _add_and_narrow(acc: np.ndarray, base: tuple[np.ndarray, str], terms: list[tuple[np.float32, np.ndarray]], out: np.ndarray,
+                    out_dtype: str) -> None:
     """The block step of ``combine``: ``acc`` (fp32 base) += Σ alpha * Δ, rounded into ``out``.
 
     Every element whose result is not NaN is computed exactly by the fast numpy path
@@ -375,7 +378,8 @@ def cast(bits: np.ndarray, from_dtype: str, to_dtype: str) -> np.ndarray:
 # ---- torch, for devices other than the CPU ----
 
 
-def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str, device: str) -> np.ndarray:
+def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tuple[float, np.ndarray | Decoded]], out_dtype: str,
+                   device: str) -> np.ndarray:
     """``combine`` on a torch device (e.g. cuda): the whole chunk at once, fp32 ``add_`` with alpha."""
     torch = _torch()
     acc = bits_to_torch(base_bits, base_dtype).to(device=device, dtype=torch.float32, copy=True)
@@ -386,7 +390,7 @@ def _combine_torch(base_bits: np.ndarray, base_dtype: str, deltas: Sequence[tupl
 
 
 @cache
-def _torch():
+def _torch() -> ModuleType:
     try:
         import torch
     except ImportError:
@@ -397,14 +401,16 @@ def _torch():
 
 @cache
 def torch_dtype(name: str) -> torch.dtype:
-    torch = _torch()
-    return {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32}[name]
+    tm = _torch()
+    dtype: torch.dtype = {"F16": tm.float16, "BF16": tm.bfloat16, "F32": tm.float32}[name]
+    return dtype
 
 
 def bits_to_torch(bits: np.ndarray, dtype: str) -> torch.Tensor:
     """View raw element bits (numpy unsigned ints) as a torch tensor of ``dtype``, without copying."""
     signed = bits.view(np.dtype(f"i{bits.dtype.itemsize}")) if bits.dtype.itemsize > 1 else bits
-    return _torch().from_numpy(signed).view(torch_dtype(dtype))
+    tensor: torch.Tensor = _torch().from_numpy(signed).view(torch_dtype(dtype))
+    return tensor
 
 
 def torch_to_bits(t: torch.Tensor) -> np.ndarray:

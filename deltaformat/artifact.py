@@ -130,7 +130,7 @@ class Artifact:
             raise CorruptBlobError(f"{what} chunk {index}: blob {chunk.digest}: {exc}") from None
 
 
-def open_artifact(path: str | os.PathLike) -> Artifact:
+def open_artifact(path: str | os.PathLike[str]) -> Artifact:
     """Open an artifact folder, checking the manifest against its recorded digest."""
     folder = Path(path)
     mpath, dpath = folder / MANIFEST_FILE, folder / DIGEST_FILE

@@ -17,8 +17,13 @@ from deltaformat.api_models import CatalogPage, TaggedDelta
 from deltaformat.errors import FormatError, RegistryError, RegistryResponseError
 from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE
 from deltaformat.oci import (
-    BASE_FINGERPRINT_ANNOTATION, BASE_ID_ANNOTATION, CREATED_ANNOTATION, DESCRIPTION_ANNOTATION,
-    FORMAT_VERSION_ANNOTATION, POST_ID_ANNOTATION, OciManifest,
+    BASE_FINGERPRINT_ANNOTATION,
+    BASE_ID_ANNOTATION,
+    CREATED_ANNOTATION,
+    DESCRIPTION_ANNOTATION,
+    FORMAT_VERSION_ANNOTATION,
+    POST_ID_ANNOTATION,
+    OciManifest,
 )
 from deltaformat.reference import LATEST, NAME_RE, TAG_RE, registry_prefix
 from deltaformat.registry_client import RegistryClient

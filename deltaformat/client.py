@@ -50,7 +50,12 @@ from deltaformat.oci import architecture_key, build_oci_manifest, parse_oci_mani
 from deltaformat.progress import progress
 from deltaformat.reference import LATEST, Reference, parse_reference, registry_prefix, registry_url
 from deltaformat.registry_client import (
-    PRESENT_BATCH, TRANSFER_WORKERS, RegistryClient, artifact_from_cache, check_identity, check_space,
+    PRESENT_BATCH,
+    TRANSFER_WORKERS,
+    RegistryClient,
+    artifact_from_cache,
+    check_identity,
+    check_space,
 )
 from deltaformat.transfers import CHUNK_BYTES, READ_BYTES, Outcome
 from deltaformat.transport import MAX_REDIRECTS, MAX_RETRY_AFTER, RETRY_STATUSES, TIMEOUT, retry_after
@@ -123,8 +128,9 @@ def push(artifact: str | os.PathLike[str], ref: str, *, registry: str | None = N
         outcomes = [Outcome.PRESENT] * len(blobs)
         for attempt in (1, 2):
             have = client.blobs_present(parsed.name, list(dict.fromkeys(d for d, _, _ in blobs)))
+            # B023: the lambda runs, and is done, within this attempt's parallel(): it reads this attempt's `have`
             now = client.parallel(lambda b: client.send_blob(parsed.name, b[0], b[1], b[2], advance=bar.update,
-                                                             present=None if have is None else b[0] in have), blobs)
+                                                             present=None if have is None else b[0] in have), blobs)  # noqa: B023
             outcomes = [o if o is not Outcome.PRESENT else n for o, n in zip(outcomes, now)]
             try:
                 digest = client.put_manifest(parsed.name, tag, oci_bytes)

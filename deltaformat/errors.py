@@ -112,7 +112,7 @@ EXIT_CODES: list[tuple[int, str]] = [
     (0, "success"),
     (1, "other error (an unexpected one also prints its type; PARAMDELTA_DEBUG=1 shows the traceback)"),
     (EXIT_USAGE, "bad argument or usage"),
-    *((cls.exit_code, cls.__doc__.split("\n")[0]) for cls in (
+    *((cls.exit_code, (cls.__doc__ or cls.__name__).split("\n")[0]) for cls in (
         FormatError, CorruptBlobError, ModelError, IncompatibleBaseError, VerificationError, OutputExistsError,
         RegistryError, IdentityError, OfflineError, NoSpaceError, FileSystemError, SignatureError)),
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C, SIGTERM); the partial output was removed"),

@@ -6,11 +6,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
-from deltaformat._version import __version__
 from deltaformat._parallel import ordered_map
+from deltaformat._version import __version__
 from deltaformat.arith import difference, difference_checked
 from deltaformat.artifact import ArtifactWriter
 from deltaformat.chunking import chunk_ranges
@@ -21,8 +22,24 @@ from deltaformat.errors import FormatError, ModelError
 from deltaformat.fsutil import atomic_folder
 from deltaformat.lossy import ErrorStats, Preset, columns, get_preset
 from deltaformat.manifest import (
-    CHUNK_ELEMENTS, FORMAT_VERSION, FORMAT_VERSIONS, MAX_CARRIED_FILE_BYTES, LossyInfo, Architecture, CarriedFile, Chunk, CodecInfo, Manifest, ModelRef, Patch, Stream,
-    TensorEntry, TensorInfo, ToolInfo, check_carried_content, check_metadata,
+    CHUNK_ELEMENTS,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    MAX_CARRIED_FILE_BYTES,
+    Architecture,
+    CarriedFile,
+    Chunk,
+    CodecInfo,
+    LossyInfo,
+    Manifest,
+    ModelRef,
+    Patch,
+    Stream,
+    TensorEntry,
+    TensorInfo,
+    ToolInfo,
+    check_carried_content,
+    check_metadata,
 )
 from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import encode_patch
@@ -61,9 +78,9 @@ class _Options:
 
 
 def extract(
-    base: str | os.PathLike,
-    post: str | os.PathLike,
-    out: str | os.PathLike,
+    base: str | os.PathLike[str],
+    post: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     *,
     name: str | None = None,
     version: str | None = None,
@@ -96,7 +113,7 @@ def extract(
     base_m, post_m = open_model(base), open_model(post)
     plan = _plan(base_m, post_m)
     carried = _read_carried(post_m)  # refused before any work, like a bad name
-    total = sum(p.numel if p else b.numel for _, b, p in plan)
+    total = sum(_side(b, p).numel for _, b, p in plan)
     with atomic_folder(out, force=force) as tmp:
         writer = ArtifactWriter(tmp)
         opts = _Options(get_codec(delta_codec), get_codec(values_codec), format_version == 1, preset)
@@ -136,8 +153,19 @@ def _plan(base: ModelSource, post: ModelSource) -> list[tuple[str, TensorRef | N
     return plan
 
 
-def _jobs(name: str, b: TensorRef | None, p: TensorRef | None, writer: ArtifactWriter, opts: _Options) -> list[Callable]:
-    jobs: list[Callable] = []
+# A chunk job, called with no arguments: -> (tensor name, result kind, result, elements it covers)
+_Job = Callable[..., tuple[str, str, Any, int]]
+
+
+def _side(b: TensorRef | None, p: TensorRef | None) -> TensorRef:
+    """The post side of a plan entry, or the base side of a removed tensor (an entry has at least one)."""
+    side = p if p is not None else b
+    assert side is not None, "a plan entry has a base or a post tensor"
+    return side
+
+
+def _jobs(name: str, b: TensorRef | None, p: TensorRef | None, writer: ArtifactWriter, opts: _Options) -> list[_Job]:
+    jobs: list[_Job] = []
     vcodec = opts.vcodec
     if b is not None and p is not None:
         shared = min(b.numel, p.numel)
@@ -156,7 +184,8 @@ def _jobs(name: str, b: TensorRef | None, p: TensorRef | None, writer: ArtifactW
         return jobs
     if b is not None:
         return [lambda s=s, c=c: (name, "base_hash", chunk_hash(b.read(s, c)), c) for s, c in chunk_ranges(b.numel)]
-    return [lambda s=s, c=c: (name, "values", _values_job(p, s, c, writer, vcodec), c) for s, c in chunk_ranges(p.numel)]
+    added = _side(b, p)
+    return [lambda s=s, c=c: (name, "values", _values_job(added, s, c, writer, vcodec), c) for s, c in chunk_ranges(added.numel)]
 
 
 def _pair_job(name: str, b: TensorRef, p: TensorRef, start: int, count: int, writer: ArtifactWriter, opts: _Options) -> _PairResult:
@@ -192,13 +221,14 @@ def _lossy_pair(name: str, res: _PairResult, d: np.ndarray, p: TensorRef, start:
     return res
 
 
-def _values_job(p: TensorRef, start: int, count: int, writer: ArtifactWriter, vcodec) -> tuple[Chunk, bytes]:
+def _values_job(p: TensorRef, start: int, count: int, writer: ArtifactWriter, vcodec: Codec) -> tuple[Chunk, bytes]:
     bits = p.read(start, count)
     return writer.put_blob(vcodec.encode(bits)), chunk_hash(bits)
 
 
-def _collect(acc: _Acc, kind: str, result) -> None:
-    {"pair": acc.pairs, "base_hash": acc.base_hashes, "post_hash": acc.post_hashes, "values": acc.values}[kind].append(result)
+def _collect(acc: _Acc, kind: str, result: Any) -> None:
+    lists: dict[str, list[Any]] = {"pair": acc.pairs, "base_hash": acc.base_hashes, "post_hash": acc.post_hashes, "values": acc.values}
+    lists[kind].append(result)
 
 
 def _finish(name: str, b: TensorRef | None, p: TensorRef | None, acc: _Acc, writer: ArtifactWriter, dcodec: str, vcodec: str,
@@ -210,7 +240,8 @@ def _finish(name: str, b: TensorRef | None, p: TensorRef | None, acc: _Acc, writ
     base = TensorInfo(shape=list(b.shape), dtype=b.dtype, digest=tensor_digest(base_hashes)) if b else None
     post = TensorInfo(shape=list(p.shape), dtype=p.dtype, digest=tensor_digest(post_hashes)) if p else None
     if b is None:
-        return TensorEntry(name=name, kind="added", post=post, values=_stream(vcodec, p.dtype, p.numel, acc.values, opts.v1))
+        added = _side(b, p)
+        return TensorEntry(name=name, kind="added", post=post, values=_stream(vcodec, added.dtype, added.numel, acc.values, opts.v1))
     if p is None:
         return TensorEntry(name=name, kind="removed", base=base)
     if not resized and all(r.equal for r in acc.pairs):
@@ -218,13 +249,21 @@ def _finish(name: str, b: TensorRef | None, p: TensorRef | None, acc: _Acc, writ
     if b.dtype not in DELTA_DTYPES:
         raise ModelError(f"tensor {name!r}: {b.dtype} tensors differ between base and post; only floating-point tensors carry a delta")
     shared = min(b.numel, p.numel)
-    lossy = _lossy_info(acc.pairs, opts.preset, list(p.shape)) if opts.preset is not None else None
-    if lossy is not None:
+    lossy = None
+    if opts.preset is not None:
+        lossy = _lossy_info(acc.pairs, opts.preset, list(p.shape))
         dcodec = opts.preset.for_tensor(list(p.shape))[0].id
-    delta = _stream(dcodec, "F32", shared, [(r.chunk, r.delta_hash) for r in acc.pairs], opts.v1, lossy) if shared else None
+    delta = _stream(dcodec, "F32", shared, _delta_chunks(acc.pairs), opts.v1, lossy) if shared else None
     values = _stream(vcodec, p.dtype, p.numel - shared, acc.values, opts.v1) if p.numel > shared else None
     return TensorEntry(name=name, kind="resized" if resized else "changed", base=base, post=post,
                        delta=delta, values=values, patch=_patch(acc.pairs, writer))
+
+
+def _delta_chunks(pairs: list[_PairResult]) -> list[tuple[Chunk, bytes]]:
+    """The Δ blob and hash of each chunk of a floating-point tensor (every such chunk stored one)."""
+    chunks = [(r.chunk, r.delta_hash) for r in pairs if r.chunk is not None]
+    assert len(chunks) == len(pairs), "a chunk of a floating-point tensor stored no delta"
+    return chunks
 
 
 def _stream(codec: str, dtype: str, numel: int, chunks: list[tuple[Chunk, bytes]], v1: bool,
@@ -237,7 +276,8 @@ def _stream(codec: str, dtype: str, numel: int, chunks: list[tuple[Chunk, bytes]
 def _lossy_info(pairs: list[_PairResult], preset: Preset, shape: list[int]) -> LossyInfo:
     total = ErrorStats()
     for r in pairs:
-        total.add(r.stats)
+        if r.stats is not None:  # every chunk under a preset measured its errors
+            total.add(r.stats)
     return total.info(preset.for_tensor(shape)[1])
 
 
@@ -265,7 +305,7 @@ def _model_ref(m: ModelSource, entries: list[TensorEntry], side: str) -> ModelRe
     )
 
 
-def _int(cfg: dict, key: str) -> int | None:
+def _int(cfg: dict[str, Any], key: str) -> int | None:
     v = cfg.get(key)
     return v if isinstance(v, int) else None
 

@@ -17,18 +17,19 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import FrameType
+from typing import NoReturn
 
 from deltaformat.errors import OutputExistsError, from_os_error
-
 
 TEMP_MARK = ".paramdelta-building"  # inside a temporary folder until it is renamed into place
 _TEMP_NAME = re.compile(r"^\..+\.tmp-[0-9a-f]{8}$")
 
 
 @contextlib.contextmanager
-def atomic_folder(target: str | os.PathLike, *, force: bool = False) -> Iterator[Path]:
+def atomic_folder(target: str | os.PathLike[str], *, force: bool = False) -> Iterator[Path]:
     """Yield a temporary folder that becomes ``target`` when the block succeeds.
 
     The temporary folder is flock-ed while it is built: a folder that a killed run left
@@ -132,7 +133,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
-    def handler(signum, frame):  # noqa: ARG001
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:  # noqa: ARG001
         raise KeyboardInterrupt(f"signal {signum}")
 
     previous = signal.signal(signal.SIGTERM, handler)
@@ -143,7 +144,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 @functools.cache
-def _sync_file_range():
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     """libc's ``sync_file_range`` (Linux), or None where there is none; looked up on first use."""
     if not sys.platform.startswith("linux"):
         return None

@@ -25,14 +25,15 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from deltaformat.apply import open_any
-from deltaformat.engine import stream_range
 from deltaformat.artifact import Artifact
+from deltaformat.engine import stream_range
 from deltaformat.fsutil import atomic_folder
-from deltaformat.manifest import TensorEntry
+from deltaformat.manifest import TensorEntry, TensorInfo
 from deltaformat.progress import progress
 from deltaformat.writer import plan_shards
 
@@ -57,27 +58,35 @@ class LoraExport:
         return ", ".join(parts) or "nothing"
 
 
+def _post(e: TensorEntry) -> TensorInfo:
+    """The post tensor of a changed entry (the manifest's validation makes it present)."""
+    assert e.post is not None, f"tensor {e.name!r} of kind {e.kind!r} has no post"
+    return e.post
+
+
 def lora_target(e: TensorEntry) -> str | None:
     """Why ``e`` is not a LoRA target (a category of ``LoraExport.left_out``), or None when it is one."""
     if e.kind in ("unchanged", "removed"):
         return "unchanged" if e.kind == "unchanged" else "removed"
     if e.kind != "changed":
         return "added or resized"
-    if len(e.post.shape) != 2 or not e.name.endswith(".weight"):
-        return "vectors and other tensors" if len(e.post.shape) < 2 else "tensors of other shapes"
+    shape = _post(e).shape
+    if len(shape) != 2 or not e.name.endswith(".weight"):
+        return "vectors and other tensors" if len(shape) < 2 else "tensors of other shapes"
     if _EMBEDDING.search(e.name):
         return "embeddings"
     return None
 
 
-def export_lora(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, *, rank: int, force: bool = False,
+def export_lora(artifact: str | os.PathLike[str] | Artifact, out: str | os.PathLike[str], *, rank: int, force: bool = False,
                 quiet: bool = False) -> LoraExport:
     """Write the rank-``rank`` LoRA adapter of ``artifact``'s Linear weight deltas to folder ``out``."""
     if not 1 <= rank <= MAX_RANK:
         raise ValueError(f"--rank {rank} outside 1..{MAX_RANK}")
     art = open_any(artifact, quiet=quiet)
     m = art.manifest
-    targets, left_out = [], {}
+    targets: list[TensorEntry] = []
+    left_out: dict[str, list[str]] = {}
     for e in m.tensors:
         why = lora_target(e)
         if why is None:
@@ -89,7 +98,7 @@ def export_lora(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
     target_names = {e.name for e in targets}
     total_sq = kept_sq = 0.0
     factors: dict[str, np.ndarray] = {}
-    with progress(sum(e.post.numel for e in targets), "export-lora", quiet) as bar:
+    with progress(sum(_post(e).numel for e in targets), "export-lora", quiet) as bar:
         for e in m.tensors:
             if e.delta is None:
                 continue
@@ -98,12 +107,13 @@ def export_lora(artifact: str | os.PathLike | Artifact, out: str | os.PathLike, 
             total_sq += sq
             if e.name not in target_names:
                 continue
-            b, a, kept = low_rank(d.reshape(e.post.shape), rank)
+            post = _post(e)
+            b, a, kept = low_rank(d.reshape(post.shape), rank)
             kept_sq += kept
             module = e.name[: -len(".weight")]
             factors[f"base_model.model.{module}.lora_A.weight"] = a
             factors[f"base_model.model.{module}.lora_B.weight"] = b
-            bar.update(e.post.numel)
+            bar.update(post.numel)
     with atomic_folder(out, force=force) as tmp:
         nbytes = _write_safetensors(tmp / ADAPTER_WEIGHTS, factors)
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(adapter_config(art, rank, [e.name[:-7] for e in targets]), indent=2) + "\n")
@@ -125,7 +135,7 @@ def low_rank(delta: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, floa
     return b, a, float(np.sum(s[:k] ** 2))
 
 
-def adapter_config(art: Artifact, rank: int, modules: list[str]) -> dict:
+def adapter_config(art: Artifact, rank: int, modules: list[str]) -> dict[str, Any]:
     """PEFT's LoraConfig as saved by ``save_pretrained``: the base named by id and pinned revision."""
     base = art.manifest.base
     return {

@@ -18,7 +18,7 @@ import numpy as np
 from deltaformat.codec import LossyCodec, get_lossy_codec
 from deltaformat.manifest import LossyInfo
 
-VECTOR_CODEC = ("bf16-rank-zstd-v1", {})
+VECTOR_CODEC: tuple[str, dict[str, int | float]] = ("bf16-rank-zstd-v1", {})
 SMALL_TENSOR = 256  # elements: below this a tensor is coded as a vector whatever its shape
 
 
@@ -75,11 +75,11 @@ class ErrorStats:
     delta_sq: float = 0.0
 
     @classmethod
-    def of(cls, exact: np.ndarray, decoded: np.ndarray) -> "ErrorStats":
+    def of(cls, exact: np.ndarray, decoded: np.ndarray) -> ErrorStats:
         e = decoded.astype(np.float64) - exact.astype(np.float64)
         return cls(float(np.abs(e).max()) if e.size else 0.0, float(e @ e), float(exact.astype(np.float64) @ exact.astype(np.float64)))
 
-    def add(self, other: "ErrorStats") -> None:
+    def add(self, other: ErrorStats) -> None:
         self.max_abs = max(self.max_abs, other.max_abs)
         self.err_sq += other.err_sq
         self.delta_sq += other.delta_sq

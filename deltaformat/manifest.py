@@ -11,18 +11,19 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
 
 from deltaformat.errors import FormatError
 
-FORMAT_VERSION = 2  # what extract writes by default; FORMAT_VERSIONS are read
+FORMAT_VERSION: Final = 2  # what extract writes by default; FORMAT_VERSIONS are read
 FORMAT_VERSIONS = (1, 2)
-MANIFEST_MEDIA_TYPE = "application/vnd.paramdelta.manifest.v1+json"
+MANIFEST_MEDIA_TYPE: Final = "application/vnd.paramdelta.manifest.v1+json"
 ARTIFACT_TYPE = "application/vnd.paramdelta.delta.v1"
-CHUNK_ELEMENTS = 1 << 22  # fixed in v1: every stream and digest uses it, so it bounds each decoded chunk
+# 2^22, written as a literal so that the models' Literal fields take it
+CHUNK_ELEMENTS: Final = 4_194_304  # fixed in v1: every stream and digest uses it, so it bounds each decoded chunk
 MAX_TENSOR_ELEMENTS = 1 << 40
 MAX_DIMS = 8
 # Every blob is read into memory whole, so its recorded size is capped before it is read.
@@ -69,7 +70,7 @@ class _Versioned(_Strict):
 
     @model_serializer(mode="wrap")
     def _drop_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data = handler(self)
+        data: dict[str, Any] = handler(self)
         for key in self._ABSENT_WHEN_NONE:
             if data.get(key) is None:
                 data.pop(key, None)
@@ -111,7 +112,8 @@ class LossyInfo(_Strict):
     vouches for, and what verify and apply report instead of claiming bit-exactness.
     """
 
-    params: dict[str, int | float | str] = Field(default_factory=dict, description="the encoder's settings (informative; each blob carries what its decoder needs)")
+    params: dict[str, int | float | str] = Field(
+        default_factory=dict, description="the encoder's settings (informative; each blob carries what its decoder needs)")
     max_abs_error: float = Field(ge=0, description="max |decoded − exact Δ| over the tensor's elements")
     rel_frobenius_error: float = Field(ge=0, description="‖decoded − exact Δ‖₂ / ‖exact Δ‖₂ (0 when both are 0)")
     delta_frobenius_norm: float = Field(ge=0, description="‖exact Δ‖₂ over the tensor's elements")
@@ -131,7 +133,7 @@ class Stream(_Versioned):
     lossy: LossyInfo | None = Field(None, description="v2 only: present exactly when the stream approximates the exact Δ")
 
     @model_validator(mode="after")
-    def _chunk_count(self) -> "Stream":
+    def _chunk_count(self) -> Stream:
         expected = -(-self.numel // self.chunk_elements)
         if len(self.chunks) != expected:
             raise ValueError(f"{len(self.chunks)} chunks for {self.numel} elements of {self.chunk_elements} per chunk; expected {expected}")
@@ -160,7 +162,7 @@ class TensorEntry(_Strict):
     patch: Patch | None = None
 
     @model_validator(mode="after")
-    def _consistent(self) -> "TensorEntry":
+    def _consistent(self) -> TensorEntry:
         need = {
             "changed": (True, True, True, False),
             "unchanged": (True, True, False, False),
@@ -172,9 +174,10 @@ class TensorEntry(_Strict):
             have = getattr(self, field) is not None
             if want is not None and have != want:
                 raise ValueError(f"tensor {self.name!r} of kind {self.kind!r} must {'have' if want else 'not have'} {field!r}")
-        if self.kind in ("changed", "unchanged") and self.base.shape != self.post.shape:
+        base, post = self.base, self.post  # both present for the kinds checked below (see ``need``)
+        if self.kind in ("changed", "unchanged") and base is not None and post is not None and base.shape != post.shape:
             raise ValueError(f"tensor {self.name!r}: base and post shapes differ but kind is {self.kind!r}")
-        if self.kind == "resized" and self.base.shape[1:] != self.post.shape[1:]:
+        if self.kind == "resized" and base is not None and post is not None and base.shape[1:] != post.shape[1:]:
             raise ValueError(f"tensor {self.name!r}: only the first dimension may be resized")
         if self.delta is not None and self.delta.dtype != "F32":
             raise ValueError(f"tensor {self.name!r}: delta streams are F32")
@@ -200,7 +203,7 @@ class TensorEntry(_Strict):
             raise ValueError(f"tensor {self.name!r}: values has {self.values.numel} elements; its shapes imply {post_n - shared}")
         if self.kind == "resized" and (self.values is not None) != (post_n > shared):
             raise ValueError(f"tensor {self.name!r}: a resized tensor has values exactly when post is longer than base")
-        if self.values is not None and self.values.dtype != self.post.dtype:
+        if self.values is not None and self.post is not None and self.values.dtype != self.post.dtype:
             raise ValueError(f"tensor {self.name!r}: values are {self.values.dtype}, post is {self.post.dtype}")
         if self.patch is not None and self.patch.count > shared:
             raise ValueError(f"tensor {self.name!r}: patch of {self.patch.count} elements; the tensor shares {shared}")
@@ -287,7 +290,7 @@ class Manifest(_Versioned):
     lossy_preset: str | None = Field(None, max_length=64, description="v2 only: the preset a lossy artifact was written with")
 
     @model_validator(mode="after")
-    def _versioned_fields(self) -> "Manifest":
+    def _versioned_fields(self) -> Manifest:
         """Each version has exactly its own fields; a v2 manifest says plainly whether it is exact."""
         streams = [(t.name, s) for t in self.tensors for s in (t.delta, t.values) if s is not None]
         if self.format_version == 1:
@@ -335,7 +338,7 @@ class Manifest(_Versioned):
                 "lossy_tensors": len(infos)}
 
     @model_validator(mode="after")
-    def _unique(self) -> "Manifest":
+    def _unique(self) -> Manifest:
         for label, names in (("tensor", [t.name for t in self.tensors]), ("file", [f.path for f in self.files])):
             seen: set[str] = set()
             for n in names:

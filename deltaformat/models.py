@@ -15,6 +15,7 @@ import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydantic_core
@@ -55,7 +56,7 @@ class TensorRef:
     def read(self, start: int, count: int, out: np.ndarray | None = None) -> np.ndarray:
         """Read elements [start, start+count) as raw bits (numpy unsigned ints), into ``out`` when given."""
         out = np.empty(count, dtype=uint_dtype(self.dtype)) if out is None else out[:count]
-        buf = memoryview(out).cast("B")
+        buf = out.data.cast("B")
         pos = self.offset + start * self.itemsize
         with open(self.path, "rb", buffering=0) as f:
             done = 0
@@ -77,7 +78,7 @@ class ModelSource:
     revision: str | None = None
     commit: str | None = None
     tensors: dict[str, TensorRef] = field(default_factory=dict)
-    config: dict = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
 
     def carried_files(self) -> list[str]:
         """Relative paths of the side files present (tokenizer, chat template, ...).
@@ -127,6 +128,8 @@ class ModelSource:
         """The bytes of side file ``rel``, opened without following a final symlink (unless into a
         Hub snapshot's blobs), refused unread when over ``max_bytes``."""
         path = self.side_file(rel)
+        if path is None:
+            raise ModelError(f"{self.path / rel}: not found")
         if path.is_symlink():  # checked by side_file: a snapshot's link to its blob, read through the blob's path
             path = path.resolve()
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -141,7 +144,7 @@ class ModelSource:
         return sum(t.numel for t in self.tensors.values())
 
 
-def open_model(spec: str | os.PathLike) -> ModelSource:
+def open_model(spec: str | os.PathLike[str]) -> ModelSource:
     """Open a local model folder, or a Hub id ``org/name[@revision]`` via huggingface_hub.
 
     Hub ids resolve through huggingface_hub's cache (so HF_HUB_OFFLINE=1 works from it);
@@ -179,7 +182,7 @@ def _open_hub(repo: str, revision: str | None) -> ModelSource:
     return ModelSource(id=repo, source="hub", path=path, revision=revision, commit=path.name)
 
 
-def _read_config(model: ModelSource) -> dict:
+def _read_config(model: ModelSource) -> dict[str, Any]:
     cfg = model.path / "config.json"
     if model.side_file("config.json") is None:  # (config.json goes into the manifest: no symlinks either)
         return {}

@@ -30,7 +30,15 @@ from deltaformat.digests import blob_digest
 from deltaformat.errors import FormatError
 from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, Digest, Manifest
 from deltaformat.reference import (  # re-exported: references were parsed here before deltaformat.reference
-    DIGEST_RE, LATEST, NAME_RE, TAG_RE, Reference, is_reference, parse_reference, registry_prefix, registry_url,
+    DIGEST_RE,
+    LATEST,
+    NAME_RE,
+    TAG_RE,
+    Reference,
+    is_reference,
+    parse_reference,
+    registry_prefix,
+    registry_url,
 )
 
 OCI_IMAGE_MANIFEST = "application/vnd.oci.image.manifest.v1+json"

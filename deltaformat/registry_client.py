@@ -24,7 +24,12 @@ from deltaformat.environment import offline
 from deltaformat.errors import CorruptBlobError, FormatError, IdentityError, NoSpaceError, OfflineError, RegistryResponseError
 from deltaformat.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from deltaformat.oci import (
-    OCI_IMAGE_MANIFEST, Descriptor, OciManifest, check_layers, parse_oci_manifest, sha256_digest,
+    OCI_IMAGE_MANIFEST,
+    Descriptor,
+    OciManifest,
+    check_layers,
+    parse_oci_manifest,
+    sha256_digest,
 )
 from deltaformat.progress import progress
 from deltaformat.reference import LATEST, Reference, registry_prefix
@@ -56,7 +61,7 @@ class RegistryClient:
         self.host = self.transport.host  # the key of the docker config's auths
         self.http = self.transport.http
 
-    def __enter__(self) -> "RegistryClient":
+    def __enter__(self) -> RegistryClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

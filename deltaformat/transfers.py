@@ -63,7 +63,7 @@ class PartialDownload:
         self.path, self.offset, self.sha = path, 0, hashlib.sha256()
 
     @classmethod
-    def resume(cls, path: Path, size: int) -> "PartialDownload":
+    def resume(cls, path: Path, size: int) -> PartialDownload:
         """Pick up an existing .part (hashing what it holds), or start an empty one."""
         state = cls(path)
         if path.exists() and path.stat().st_size <= size:

@@ -18,10 +18,12 @@ import json
 import os
 import re
 import struct
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +81,7 @@ def plan_shards(tensors: list[tuple[str, str, list[int]]], shard_size: int) -> l
 
 
 def _plan_shard(name: str, group: list[tuple[str, str, list[int]]]) -> ShardPlan:
-    header: dict = {"__metadata__": {"format": "pt"}}
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
     offset = 0
     for tensor, dtype, shape in group:
         nbytes = ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64))
@@ -135,7 +137,7 @@ class ShardedWriter:
         ``bits`` is hashed on another thread afterwards: the caller must not change it.
         """
         slot = self.slots[name]
-        data = memoryview(np.ascontiguousarray(bits)).cast("B")
+        data = np.ascontiguousarray(bits).data.cast("B")
         fd, pos, done = self._fds[slot.file], slot.offset + start * slot.itemsize, 0
         while done < len(data):
             done += os.pwrite(fd, data[done:], pos + done)
@@ -155,7 +157,7 @@ class ShardedWriter:
         """Read back ``count`` elements of tensor ``name`` from ``start``, as written (raw bits)."""
         slot = self.slots[name]
         out = np.empty(count, dtype=UINT_FOR_ITEMSIZE[slot.itemsize])
-        buf = memoryview(out).cast("B")
+        buf = out.data.cast("B")
         pos, done = slot.offset + start * slot.itemsize, 0
         fd = os.open(slot.file, os.O_RDONLY)
         try:
@@ -195,6 +197,11 @@ def planned_bytes(tensors: list[tuple[str, str, list[int]]]) -> int:
     return sum(ITEMSIZE[dtype] * int(np.prod(shape, dtype=np.int64)) for _, dtype, shape in tensors)
 
 
-def _hash_file(path: Path) -> "hashlib._Hash":
+def _hash_file(path: Path) -> hashlib._Hash:
     with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256")
+        if sys.version_info >= (3, 11):
+            return hashlib.file_digest(f, "sha256")
+        h = hashlib.sha256()  # Python 3.10 has no file_digest
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+        return h

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
+from deltaformat.oci import NAME_RE, TAG_RE
 from registry.db import Database
 from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
-from deltaformat.oci import NAME_RE, TAG_RE
 from registry.errors import BlobUnknown, DigestInvalid, Immutable, NameInvalid, RangeNotSatisfiable, TagInvalid
 from registry.gc import lock_digest
 from registry.storage import BlobStore
@@ -75,7 +75,7 @@ def algorithm_of(digest: str) -> str:
     return check_digest(digest).partition(":")[0]
 
 
-def hasher(digest: str) -> "hashlib._Hash":
+def hasher(digest: str) -> hashlib._Hash:
     """A fresh hash object of the algorithm ``digest`` names (checked)."""
     return hashlib.new(algorithm_of(digest))
 

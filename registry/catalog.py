@@ -14,14 +14,21 @@ from typing import Any
 from sqlalchemy import Select, case, false, func, or_, select, tuple_
 
 from deltaformat.oci import LATEST, registry_prefix
-from registry.db import Database
 from registry.blobs import MAX_NAME, check_name
+from registry.db import Database
 from registry.db.models import Manifest, ManifestTensor, Repository, Version
 from registry.db.queries import get_repository, latest_versions
 from registry.errors import InvalidRequest
 from registry.publish import Manifests
 from registry.schemas import (
-    Commands, CompatibleVersion, DeltaDetail, DeltaSummary, Page, TensorSummary, VersionDetail, VersionInfo,
+    Commands,
+    CompatibleVersion,
+    DeltaDetail,
+    DeltaSummary,
+    Page,
+    TensorSummary,
+    VersionDetail,
+    VersionInfo,
 )
 
 MAX_LIMIT = 100

@@ -100,7 +100,7 @@ class _Metrics:
         self.in_progress = Gauge("paramdelta_http_requests_in_progress", "HTTP requests being handled", registry=self.registry)
 
     @classmethod
-    def create(cls) -> "_Metrics | None":
+    def create(cls) -> _Metrics | None:
         try:
             return cls()
         except ImportError:

@@ -27,8 +27,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from deltaformat.errors import FormatError
-from deltaformat.manifest import Manifest as DeltaManifest
 from deltaformat.manifest import CARRIED_SETTINGS_FILES, check_carried_content, decode_carried, parse_manifest
+from deltaformat.manifest import Manifest as DeltaManifest
 from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_architecture_key, check_layers, parse_oci_manifest
 from registry.auth import Principal
 from registry.blobs import DIGEST_RE, algorithm_of, check_name, check_reference, digest_bytes
@@ -36,11 +36,25 @@ from registry.content import Content, read_content
 from registry.db import Database, utcnow
 from registry.db.models import Manifest, ManifestBlob, ManifestTensor, RepositoryBlob, Version
 from registry.db.queries import (
-    ensure_repository, find_repository, get_repository, insert_ignore, insert_ignore_many, linked_size, live_manifest,
-    live_version, too_long,
+    ensure_repository,
+    find_repository,
+    get_repository,
+    insert_ignore,
+    insert_ignore_many,
+    linked_size,
+    live_manifest,
+    live_version,
+    too_long,
 )
 from registry.errors import (
-    BlobUnknown, DigestInvalid, Immutable, ManifestBlobUnknown, ManifestInvalid, ManifestUnknown, TagInvalid, TooLarge,
+    BlobUnknown,
+    DigestInvalid,
+    Immutable,
+    ManifestBlobUnknown,
+    ManifestInvalid,
+    ManifestUnknown,
+    TagInvalid,
+    TooLarge,
     Unsupported,
 )
 from registry.gc import claim_blobs, lock_digest

@@ -32,7 +32,7 @@ class Registry:
     referrers: Referrers
 
     @classmethod
-    def open(cls, settings: Settings) -> "Registry":
+    def open(cls, settings: Settings) -> Registry:
         """Open the database (migrating it) and the blob store named by ``settings``."""
         db = Database(settings.resolved_database_url())
         store = open_store(settings)

@@ -53,15 +53,23 @@ from anyio import to_thread
 from sqlalchemy import case, delete, false, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
+from registry import process
 from registry.blobs import algorithm_of, check_digest, hasher
 from registry.db import Database, utcnow
 from registry.db.models import UploadSession
 from registry.db.queries import record_blob
-from registry import process
-from registry.errors import (BlobUploadInvalid, BlobUploadUnknown, ClientGone, DigestInvalid, RangeNotSatisfiable,
-                             StorageFull, TooLarge, TooManyRequests)
-from registry.settings import Settings
+from registry.errors import (
+    BlobUploadInvalid,
+    BlobUploadUnknown,
+    ClientGone,
+    DigestInvalid,
+    RangeNotSatisfiable,
+    StorageFull,
+    TooLarge,
+    TooManyRequests,
+)
 from registry.gc import lock_digest
+from registry.settings import Settings
 from registry.storage import BlobStore, BlobWriter, UploadState
 
 log = logging.getLogger("paramdelta.registry")

@@ -59,4 +59,5 @@ def get_lossy_codec(codec_id: str) -> LossyCodec:
     return codec
 
 
-__all__ = ["Codec", "LossyCodec", "get_lossy_codec", "get_codec", "register_codec", "codec_ids", "lossy_codec_ids", "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]
+__all__ = ["Codec", "LossyCodec", "get_lossy_codec", "get_codec", "register_codec", "codec_ids", "lossy_codec_ids",
+           "DEFAULT_DELTA_CODEC", "DEFAULT_VALUES_CODEC"]

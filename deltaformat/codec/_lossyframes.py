@@ -37,7 +37,7 @@ def put_stream(out: bytearray, payload: np.ndarray) -> None:
 def bf16_bits(values: np.ndarray) -> np.ndarray:
     """Finite float32 values rounded to bfloat16, nearest even; beyond bf16's range, its largest finite value."""
     u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    rounded = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
+    rounded: np.ndarray = ((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)).astype(np.uint16)
     sign = rounded & np.uint16(0x8000)
     over = (rounded & np.uint16(0x7FFF)) >= np.uint16(0x7F80)  # rounded up to ∞
     rounded[over] = sign[over] | BF16_MAX_BITS
@@ -46,14 +46,16 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
 
 def bf16_values(bits: np.ndarray) -> np.ndarray:
     """bfloat16 bits as float32 values (exact)."""
-    return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    values: np.ndarray = (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return values
 
 
 def bf16_ceil(values: np.ndarray) -> np.ndarray:
     """Non-negative finite float32 values rounded up to bfloat16 bits (so a scale never shrinks)."""
     u = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     up = ((u + np.uint32(0xFFFF)) >> np.uint32(16)).astype(np.uint16)
-    return np.minimum(up, BF16_MAX_BITS)
+    ceiled: np.ndarray = np.minimum(up, BF16_MAX_BITS)
+    return ceiled
 
 
 def group_ids(numel: int, first: int, group: int) -> np.ndarray:

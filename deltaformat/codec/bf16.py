@@ -31,4 +31,5 @@ class Bf16RankZstd(LossyCodec):
 
             raise CorruptBlobError(f"{self.id}: decodes F32 Δ only, not {itemsize}-byte elements")
         half = RankZstd().decode(data, numel, 2)
-        return half.astype(np.uint32) << np.uint32(16)
+        bits: np.ndarray = half.astype(np.uint32) << np.uint32(16)
+        return bits

@@ -23,9 +23,11 @@ factors of the touched rows fit; 0 for no cap). The singular values are split ev
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, put_stream, reader, check_count
+from deltaformat.codec._lossyframes import MAX_GROUP, U16, U32, bf16_bits, bf16_values, check_count, put_stream, reader
 from deltaformat.codec.base import LossyCodec, check_finite
 
 MAX_RANK = 0xFFFF
@@ -42,9 +44,9 @@ class LowRankBf16(LossyCodec):
         cols = max(1, min(int(cols), MAX_GROUP))
         lead = int(lead) % cols
         rows = -(-(lead + d.size) // cols) if d.size else 0
-        grid = np.zeros(rows * cols, np.float32)
-        grid[lead : lead + d.size] = d
-        grid = grid.reshape(rows, cols)
+        flat = np.zeros(rows * cols, np.float32)
+        flat[lead : lead + d.size] = d
+        grid = flat.reshape(rows, cols)
         touched = np.flatnonzero(np.any(grid != 0, axis=1))
         u = s = vt = None
         if touched.size:
@@ -53,6 +55,7 @@ class LowRankBf16(LossyCodec):
         out = bytearray(U32.pack(d.size) + U32.pack(cols) + U32.pack(lead) + U16.pack(rank))
         if rank == 0:
             return bytes(out)
+        assert u is not None and s is not None and vt is not None  # rank > 0 only after an SVD
         root = np.sqrt(s[:rank])
         left = np.zeros((rows, rank), np.float32)
         left[touched] = u[:, :rank] * root
@@ -61,7 +64,7 @@ class LowRankBf16(LossyCodec):
         return bytes(out)
 
     @staticmethod
-    def _rank(s: np.ndarray | None, p: dict, numel: int, n_touched: int, cols: int) -> int:
+    def _rank(s: np.ndarray | None, p: dict[str, Any], numel: int, n_touched: int, cols: int) -> int:
         """The fewest singular values ``s`` holding ``energy`` of ‖Δ‖², within ``max_rank`` and ``budget``."""
         if s is None or not s.size or s[0] == 0:
             return 0

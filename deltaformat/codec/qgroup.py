@@ -21,9 +21,21 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    U32, bf16_ceil, bf16_values, first_group, group_count, group_grid, group_ids, put_stream, read_group_layout, check_count, read_scales, reader,
+    U32,
+    bf16_ceil,
+    bf16_values,
+    check_count,
+    first_group,
+    group_count,
+    group_grid,
+    group_ids,
+    put_stream,
+    read_group_layout,
+    read_scales,
+    reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
+from deltaformat.codec.rankzstd import _Reader
 
 BITS = (2, 4, 8)
 _F32_MAX = float(np.finfo(np.float32).max)
@@ -72,7 +84,7 @@ class QGroupZstd(LossyCodec):
         packed = r.stream(-(-numel * bits // 8), "codes")
         r.end()
         codes = _unpack(packed, bits, numel, r)
-        values = (codes.astype(np.float32) - np.float32(1 << (bits - 1))) * scales[group_ids(numel, first, group)]
+        values: np.ndarray = (codes.astype(np.float32) - np.float32(1 << (bits - 1))) * scales[group_ids(numel, first, group)]
         return values.view(np.uint32)
 
 
@@ -99,7 +111,8 @@ def _quantise(grid: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 def _codes(grid: np.ndarray, scales: np.ndarray, qmax: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.where(scales[:, None] > 0, np.rint(grid / scales[:, None]), np.float32(0))
-    return np.clip(k, -qmax, qmax)
+    clipped: np.ndarray = np.clip(k, -qmax, qmax)
+    return clipped
 
 
 def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -115,7 +128,7 @@ def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _unpack(packed: np.ndarray, bits: int, numel: int, r) -> np.ndarray:
+def _unpack(packed: np.ndarray, bits: int, numel: int, r: _Reader) -> np.ndarray:
     if bits == 8:
         return packed
     per = 8 // bits

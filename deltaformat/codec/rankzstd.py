@@ -77,6 +77,7 @@ from __future__ import annotations
 import struct
 import sys
 import threading
+from typing import NoReturn
 
 import numpy as np
 import zstandard
@@ -132,7 +133,7 @@ def _le(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits)
 
 
-def _put_stream(out: bytearray, payload, cctx: zstandard.ZstdCompressor) -> None:
+def _put_stream(out: bytearray, payload: memoryview, cctx: zstandard.ZstdCompressor) -> None:
     frame = cctx.compress(payload)
     out += _U32.pack(len(frame))
     out += frame
@@ -154,13 +155,13 @@ def _put_planes(out: bytearray, values_le: np.ndarray) -> None:
 class _Reader:
     """Bounds-checked cursor over a blob; every failure is a CorruptBlobError."""
 
-    def __init__(self, data, codec_id: str, numel: int):
+    def __init__(self, data: bytes | memoryview, codec_id: str, numel: int) -> None:
         self.view = memoryview(data).cast("B")
         self.pos = 0
         self.cid = codec_id
         self.numel = numel
 
-    def fail(self, msg: str):
+    def fail(self, msg: str) -> NoReturn:
         raise CorruptBlobError(f"{self.cid}: {msg}")
 
     def take(self, n: int, what: str) -> memoryview:
@@ -175,7 +176,8 @@ class _Reader:
         return self.take(1, what)[0]
 
     def u32(self, what: str) -> int:
-        return _U32.unpack(self.take(4, what))[0]
+        value: int = _U32.unpack(self.take(4, what))[0]
+        return value
 
     def stream(self, n: int, what: str) -> np.ndarray:
         """One zstd stream that must decompress to exactly ``n`` (>= 1) bytes."""
@@ -231,6 +233,7 @@ class RankZstd(Codec):
         flags_ok = depth < _MAX_BITMAP_DEPTH
         if n < _TRY_ALL_BELOW:
             table, _ = self._plan(bits, sample=False)
+            assert table is not None  # only a sampled plan can prefer byte planes
             cands = [self._encode_raw(bits), self._encode_planes(bits), self._encode_table(bits, table, False, depth)]
             if flags_ok:
                 cands.append(self._encode_table(bits, table, True, depth))
@@ -329,7 +332,7 @@ class RankZstd(Codec):
             raise CorruptBlobError(f"{self.id}: negative element count {numel}")
         return self._decode(data, numel, itemsize, depth=0)
 
-    def _decode(self, data, numel: int, itemsize: int, depth: int) -> Decoded:
+    def _decode(self, data: bytes | memoryview, numel: int, itemsize: int, depth: int) -> Decoded:
         r = _Reader(data, self.id if depth == 0 else f"{self.id} (bitmap level {depth})", numel)
         mode = r.u8("mode byte")
         native = UINT_FOR_ITEMSIZE[itemsize]
@@ -387,7 +390,7 @@ class RankZstd(Codec):
         return Materialized(out)
 
     @staticmethod
-    def _symbols_and_escapes(r: _Reader, lut: np.ndarray, k: int, n: int, esc_count: int, w: int) -> "_TableLookup":
+    def _symbols_and_escapes(r: _Reader, lut: np.ndarray, k: int, n: int, esc_count: int, w: int) -> _TableLookup:
         """A stream of ``n`` symbols, then the escaped elements: element i is ``lut[s_i]``, or the next escape where s_i >= k."""
         sym = r.stream(n, "symbols")
         esc_pos = np.flatnonzero(sym >= k)

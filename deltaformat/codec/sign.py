@@ -18,8 +18,17 @@ from __future__ import annotations
 import numpy as np
 
 from deltaformat.codec._lossyframes import (
-    MAX_GROUP, U32, bf16_bits, first_group, group_count, group_ids, put_stream, read_group_layout,
-    read_scales, reader, check_count,
+    MAX_GROUP,
+    U32,
+    bf16_bits,
+    check_count,
+    first_group,
+    group_count,
+    group_ids,
+    put_stream,
+    read_group_layout,
+    read_scales,
+    reader,
 )
 from deltaformat.codec.base import LossyCodec, check_finite
 
@@ -62,6 +71,6 @@ class SignZstd(LossyCodec):
         if numel % 8 and packed[-1] >> (numel % 8):
             r.fail("padding bits after the last sign are not 0")
         negative = np.unpackbits(packed, count=numel, bitorder="little").view(bool)
-        values = scales[group_ids(numel, first, group)]
+        values: np.ndarray = scales[group_ids(numel, first, group)]
         np.negative(values, out=values, where=negative)
         return values.view(np.uint32)

@@ -12,7 +12,6 @@ from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 
 from deltaformat.signing import BUNDLE_MEDIA_TYPE, signatures_listed
-
 from registry.auth import Principal, allow, allow_listing
 from registry.catalog import SearchQuery
 from registry.http import public_url, registry

@@ -55,7 +55,7 @@ class BlobWriter(ABC):
     def write(self, chunks: Sequence[bytes]) -> None:
         """Append ``chunks``, in order."""
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a backend needs it
         """Make the bytes durable; called before the commit's transaction, so that it holds its locks briefly."""
 
     @abstractmethod
@@ -70,7 +70,7 @@ class BlobWriter(ABC):
 class _UploadBlobWriter(BlobWriter):
     """A BlobWriter over any driver's upload methods: an upload of its own, never recorded in the database."""
 
-    def __init__(self, store: "BlobStore"):
+    def __init__(self, store: BlobStore):
         self.store, self.upload_id = store, str(uuid.uuid4())
         self.state = store.begin_upload(self.upload_id)
         self.writer: UploadWriter | None = store.upload_writer(self.upload_id, self.state)
@@ -157,8 +157,8 @@ class BlobStore(ABC):
     def abort_upload(self, upload_id: str, state: UploadState) -> None:
         """Drop an upload and its bytes (no error when already gone)."""
 
-    def check(self) -> None:
+    def check(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a backend needs it
         """Raise when the store cannot be used (for readiness checks)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a backend needs it
         """Release connections."""

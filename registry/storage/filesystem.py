@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from deltaformat.digests import PREFIX
 from registry import process
 from registry.errors import DigestInvalid
 from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter

@@ -127,7 +127,7 @@ class ResumableSha256:
         return {"h": list(c.h), "nl": c.Nl, "nh": c.Nh, "data": base64.b64encode(bytes(c.data)).decode(), "num": c.num}
 
     @classmethod
-    def load(cls, saved: dict[str, Any]) -> "ResumableSha256":
+    def load(cls, saved: dict[str, Any]) -> ResumableSha256:
         ctx = _ShaCtx()
         ctx.h[:] = saved["h"]
         ctx.Nl, ctx.Nh, ctx.num, ctx.md_len = saved["nl"], saved["nh"], saved["num"], 32
