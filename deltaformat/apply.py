@@ -32,8 +32,16 @@ from deltaformat.plan import OutTensor, Term, load_patch, plan_outputs
 from deltaformat.proof import PROBE_SHARE, Proof, base_chunk_hash, base_digest_defined, probe_other_base
 from deltaformat.resolve import DeltaRef, Source, resolve
 from deltaformat.sidefiles import (
-    POST_CONFIG_KEYS, PROVENANCE_FILE, ConfigChanges, config_text, lossy_record, output_config, provenance_bytes, record_files,
-    write_provenance, write_side_files,
+    POST_CONFIG_KEYS,
+    PROVENANCE_FILE,
+    ConfigChanges,
+    config_text,
+    lossy_record,
+    output_config,
+    provenance_bytes,
+    record_files,
+    write_provenance,
+    write_side_files,
 )
 from deltaformat.writer import ShardedWriter, parse_size, planned_bytes
 
