@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Select, case, false, func, or_, select, tuple_
 
+from deltaformat.api_models import CompatibleVersion, DeltaSummary, Page
 from deltaformat.oci import LATEST, registry_prefix
 from registry.blobs import MAX_NAME, check_name
 from registry.db import Database
@@ -22,10 +23,7 @@ from registry.errors import InvalidRequest
 from registry.publish import Manifests
 from registry.schemas import (
     Commands,
-    CompatibleVersion,
     DeltaDetail,
-    DeltaSummary,
-    Page,
     TensorSummary,
     VersionDetail,
     VersionInfo,

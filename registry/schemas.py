@@ -1,44 +1,15 @@
 """Response models of the native API (/api/v1). Model and tensor descriptions reuse
-deltaformat.manifest's models, the single source of truth, rather than copies."""
+deltaformat.manifest's models, the single source of truth, rather than copies; the search answers
+(Page, DeltaSummary, CompatibleVersion) are deltaformat.api_models', which the client parses."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
-from pydantic import AfterValidator, BaseModel, Field
+from pydantic import BaseModel, Field
 
+from deltaformat.api_models import UtcDatetime
 from deltaformat.manifest import CarriedFile, CodecInfo, DType, ModelRef, TensorKind
-
-T = TypeVar("T")
-# The database keeps naive UTC; the API says so (RFC 3339 "...Z"), as its OpenAPI date-time format requires.
-UtcDatetime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.replace(tzinfo=timezone.utc))]
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of results; pass ``next_cursor`` back as ``cursor`` for the next (null: no more)."""
-
-    items: list[T]
-    next_cursor: str | None = None
-
-
-class DeltaSummary(BaseModel):
-    """A delta in a list: its newest version's metadata."""
-
-    name: str = Field(description="NS/NAME")
-    namespace: str
-    description: str | None
-    latest_version: str
-    latest_digest: str
-    updated_at: UtcDatetime
-    base_id: str
-    base_revision: str | None
-    base_fingerprint: str
-    model_type: str | None
-    post_id: str
-    codec: str
-    stored_bytes: int
-    post_parameters: int
 
 
 class VersionInfo(BaseModel):
@@ -108,20 +79,6 @@ class VersionDetail(BaseModel):
     tensor_list_next_cursor: str | None = Field(
         None, description="pass as cursor to /api/v1/deltas/{name}/versions/{reference}/tensors for the next page")
     commands: Commands
-
-
-class CompatibleVersion(BaseModel):
-    """A version that fits a given base, and how: the exact base, the same model id, or the same tensor shapes."""
-
-    name: str
-    version: str
-    digest: str
-    match: Literal["fingerprint", "id", "shapes"]
-    base_id: str
-    base_fingerprint: str
-    post_id: str
-    published_at: UtcDatetime
-    stored_bytes: int
 
 
 class Health(BaseModel):

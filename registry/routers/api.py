@@ -9,11 +9,12 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
+from deltaformat.api_models import CompatibleVersion, DeltaSummary, Page
 from deltaformat.manifest import MANIFEST_MEDIA_TYPE
 from registry.auth import Principal, allow, allow_listing
 from registry.catalog import MAX_CURSOR, MAX_LIMIT, MAX_QUERY, SearchQuery
 from registry.http import ERROR_RESPONSES, next_link, public_url, registry
-from registry.schemas import CompatibleVersion, DeltaDetail, DeltaSummary, Page, TensorSummary, VersionDetail
+from registry.schemas import DeltaDetail, TensorSummary, VersionDetail
 from registry.service import Registry
 
 router = APIRouter(prefix="/api/v1", tags=["native API (/api/v1)"], responses=ERROR_RESPONSES)
