@@ -44,6 +44,14 @@ def client_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
+@pytest.fixture
+def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client_env: Path) -> Path:
+    """A test's own DOCKER_CONFIG folder (the CLI subprocesses inherit it); returns its config.json."""
+    folder = tmp_path / "docker"
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    return folder / "config.json"
+
+
 @pytest.fixture(scope="session")
 def scale_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backends]:
     """One PostgreSQL and one Ceph S3 bucket for the whole run (started on first use)."""

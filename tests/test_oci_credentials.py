@@ -30,14 +30,6 @@ USER, PASSWORD = "alice", "s3cret pass:word"  # a space and a colon: the passwor
 
 
 @pytest.fixture
-def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client_env: Path) -> Path:
-    """A test's own DOCKER_CONFIG folder (the CLI subprocesses inherit it); yields its config.json."""
-    folder = tmp_path / "docker"
-    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
-    return folder / "config.json"
-
-
-@pytest.fixture
 def locked(tmp_path: Path) -> Iterator[str]:
     """host:port of a fresh docker-registry that lets in only USER with PASSWORD (htpasswd, Basic)."""
     with distribution_registry(tmp_path / "distribution", users={USER: PASSWORD}) as host:

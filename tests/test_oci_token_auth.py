@@ -30,13 +30,6 @@ PUSH_SCOPE = "repository:acme/tiny-chat:pull,push"
 
 
 @pytest.fixture
-def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client_env: Path) -> Path:
-    folder = tmp_path / "docker"
-    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
-    return folder / "config.json"
-
-
-@pytest.fixture
 def tokens(tmp_path: Path) -> Iterator[TokenServer]:
     with token_server(tmp_path / "tokens", {USER: PASSWORD}) as server:
         yield server
