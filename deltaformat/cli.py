@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from deltaformat import environment
-from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error
+from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error, invalid_field
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -490,8 +490,7 @@ def _as_error(exc: Exception) -> Exception:
     from pydantic import ValidationError  # here: a command that never loads pydantic starts without it
 
     if isinstance(exc, ValidationError):  # its own text spans several lines
-        first = exc.errors()[0]
-        return ValueError(f"{exc.title} field {'.'.join(map(str, first['loc']))}: {first['msg']}")
+        return ValueError(f"{exc.title} {invalid_field(exc)}")
     if isinstance(exc, (ParamDeltaError, ValueError)):
         return exc
     if isinstance(exc, OSError):

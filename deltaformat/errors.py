@@ -8,9 +8,20 @@ HTTP: the OCI error envelope). ``EXIT_CODES`` is the table the CLI's --help show
 from __future__ import annotations
 
 import errno
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 EXIT_USAGE = 2  # a malformed argument (argparse uses 2 as well)
 EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: 128 + SIGINT, as shells report it
+
+
+def invalid_field(exc: ValidationError) -> str:
+    """``field WHERE: WHAT`` for a pydantic error's first complaint: one line, where its own text spans several."""
+    first = exc.errors()[0]
+    where = ".".join(map(str, first["loc"])) or "(document)"
+    return f"field {where}: {first['msg']}"
 
 
 class ParamDeltaError(Exception):

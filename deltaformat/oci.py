@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deltaformat.digests import blob_digest
-from deltaformat.errors import FormatError
+from deltaformat.errors import FormatError, invalid_field
 from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE, Digest, Manifest
 from deltaformat.reference import (  # re-exported: references were parsed here before deltaformat.reference
     DIGEST_RE,
@@ -139,9 +139,7 @@ def parse_oci_manifest(data: bytes) -> OciManifest:
     try:
         oci = OciManifest.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(document)"
-        raise FormatError(f"OCI manifest field {where}: {first['msg']}") from None
+        raise FormatError(f"OCI manifest {invalid_field(exc)}") from None
     if oci.config.mediaType != MANIFEST_MEDIA_TYPE:
         raise FormatError(
             f"OCI manifest config.mediaType is {oci.config.mediaType!r}; a paramdelta delta has {MANIFEST_MEDIA_TYPE!r}"

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from deltaformat.errors import CorruptBlobError, FormatError, RegistryError
+from deltaformat.errors import CorruptBlobError, FormatError, RegistryError, invalid_field
 from deltaformat.manifest import MAX_MANIFEST_BYTES
 from deltaformat.oci import OCI_IMAGE_MANIFEST, Descriptor, OciManifest, sha256_digest
 from deltaformat.registry_client import RegistryClient
@@ -171,8 +171,7 @@ def _parse_index(data: bytes, what: str) -> OciIndex:
     try:
         return OciIndex.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise FormatError(f"{what}: not an OCI image index (field {'.'.join(map(str, first['loc']))}: {first['msg']})") from None
+        raise FormatError(f"{what}: not an OCI image index ({invalid_field(exc)})") from None
 
 
 # -- bounded requests ------------------------------------------------------------------------

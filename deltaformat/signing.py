@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from deltaformat.artifact import BLOB_DIR, DIGEST_FILE, MANIFEST_FILE, SOURCE_FILE, Artifact, blob_path, open_artifact
 from deltaformat.digests import PREFIX, hex_of
-from deltaformat.errors import CorruptBlobError, FormatError, SignatureError
+from deltaformat.errors import CorruptBlobError, FormatError, SignatureError, invalid_field
 from deltaformat.fsutil import write_file_atomic
 from deltaformat.manifest import MAX_MANIFEST_BYTES, parse_manifest
 
@@ -264,8 +264,7 @@ def read_bundle(data: bytes) -> Bundle:
     try:
         bundle = Bundle.model_validate_json(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise SignatureError(f"not a Sigstore bundle (field {'.'.join(map(str, first['loc']))}: {first['msg']})") from None
+        raise SignatureError(f"not a Sigstore bundle ({invalid_field(exc)})") from None
     if not bundle.mediaType.startswith("application/vnd.dev.sigstore.bundle"):
         raise SignatureError(f"not a Sigstore bundle (mediaType {bundle.mediaType!r})")
     return bundle
@@ -298,8 +297,7 @@ def open_bundle(bundle: Bundle, key: ec.EllipticCurvePublicKey) -> Signed:
     try:
         statement = Statement.model_validate_json(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise SignatureError(f"the signed statement is not model-signing v1.0 (field {'.'.join(map(str, first['loc']))}: {first['msg']})") from None
+        raise SignatureError(f"the signed statement is not model-signing v1.0 ({invalid_field(exc)})") from None
     return Signed.from_resources(statement.predicate.resources)
 
 

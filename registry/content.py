@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from deltaformat.errors import invalid_field
 from deltaformat.manifest import ARTIFACT_TYPE, MANIFEST_MEDIA_TYPE
 from registry.blobs import DIGEST_RE
 from registry.errors import ManifestInvalid, Unsupported
@@ -121,9 +122,7 @@ def _validate(model: type[BaseModel], doc: dict, what: str):  # noqa: ANN202 - t
     try:
         return model.model_validate(doc)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "(document)"
-        raise ManifestInvalid(f"{what} field {where}: {first['msg']}") from None
+        raise ManifestInvalid(f"{what} {invalid_field(exc)}") from None
 
 
 def _json_object(data: bytes) -> dict:
