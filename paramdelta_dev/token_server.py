@@ -33,6 +33,14 @@ SERVICE = "paramdelta-test-registry"
 TOKEN_SECONDS = 300
 
 
+def parse_scope(scope: str) -> tuple[str, str, list[str]]:
+    """(type, name, actions) of one ``type:name:action,action`` token scope. distribution 2.8 lists a
+    challenge's actions in Go map order, so compare them as a set."""
+    kind, _, rest = scope.partition(":")
+    name, _, actions = rest.rpartition(":")
+    return kind, name, [a for a in actions.split(",") if a]
+
+
 @dataclass
 class TokenRequest:
     """What one GET /token asked for: the user (None: anonymous), the scopes, and whether it was granted."""
@@ -57,9 +65,7 @@ class TokenServer:
 
     def grant(self, user: str | None, scope: str) -> dict[str, object] | None:
         """The access entry a token gets for one requested scope (None: nothing of it)."""
-        kind, _, rest = scope.partition(":")
-        name, _, actions = rest.rpartition(":")
-        wanted = [a for a in actions.split(",") if a]
+        kind, name, wanted = parse_scope(scope)
         if kind == "registry" and name == "catalog":
             allowed = wanted if user else []
         elif kind == "repository":

@@ -22,7 +22,7 @@ from paramdelta_dev.artifacts import Artifacts
 from paramdelta_dev.distribution import distribution_registry
 from paramdelta_dev.serve import RegistryServer
 from paramdelta_dev.tiny_models import load_state
-from paramdelta_dev.token_server import TokenServer, token_server
+from paramdelta_dev.token_server import TokenServer, parse_scope, token_server
 
 REF = "acme/tiny-chat:1.0"  # the name and version the `artifacts` fixture extracted
 USER, PASSWORD = "alice", "token pass:word"
@@ -30,11 +30,9 @@ PUSH = ("repository", "acme/tiny-chat", {"pull", "push"})
 
 
 def _scope(text: str) -> tuple[str, str, set[str]]:
-    """(type, name, actions) of one token scope: distribution 2.8 lists a challenge's actions in
-    Go map order, so "pull,push" and "push,pull" are the same scope."""
-    kind, rest = text.split(":", 1)
-    name, actions = rest.rsplit(":", 1)
-    return kind, name, set(actions.split(","))
+    """A scope with its actions as a set: the registry's challenge lists them in no fixed order."""
+    kind, name, actions = parse_scope(text)
+    return kind, name, set(actions)
 
 
 @pytest.fixture
