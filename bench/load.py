@@ -239,7 +239,7 @@ class Client:
             shutil.rmtree(cache_dir, ignore_errors=True)
 
     def search(self, round_no: int) -> None:
-        found = client.search("load test", registry=self.t.url)["items"]
+        found = client.search("load test", registry=self.t.url).items
         if not found:
             raise AssertionError("search for 'load test' found nothing (the seeds match it)")
 

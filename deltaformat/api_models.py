@@ -7,7 +7,7 @@ annotations instead: a ``CatalogPage`` of ``TaggedDelta``, which says in ``notic
 was listed that way and how far the listing went.
 
 The models still answer ``page["items"]`` and ``page.get("next_cursor")``, the dicts these calls
-returned before, with a DeprecationWarning: use the attributes.
+returned before, with a ParamDeltaDeprecationWarning (a DeprecationWarning): use the attributes.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field
+
+from deltaformat.errors import ParamDeltaDeprecationWarning
 
 T = TypeVar("T")
 # The registry's database keeps naive UTC; the API says so (RFC 3339 "...Z").
@@ -28,14 +30,15 @@ class _DictAccess(BaseModel):
 
     def __getitem__(self, key: str) -> Any:
         warnings.warn(f"{type(self).__name__}[{key!r}]: use the attribute .{key} (search results are models now)",
-                      DeprecationWarning, stacklevel=2)
+                      ParamDeltaDeprecationWarning, stacklevel=2)
         try:
             return getattr(self, key)
         except AttributeError:
             raise KeyError(key) from None
 
     def get(self, key: str, default: Any = None) -> Any:
-        warnings.warn(f"{type(self).__name__}.get({key!r}): use the attribute .{key}", DeprecationWarning, stacklevel=2)
+        warnings.warn(f"{type(self).__name__}.get({key!r}): use the attribute .{key}", ParamDeltaDeprecationWarning,
+                      stacklevel=2)
         return getattr(self, key, default)
 
 

@@ -52,6 +52,7 @@ from deltaformat.reference import LATEST, Reference, parse_reference, registry_p
 from deltaformat.registry_client import (
     PRESENT_BATCH,
     TRANSFER_WORKERS,
+    ManifestJson,
     RegistryClient,
     artifact_from_cache,
     check_identity,
@@ -156,10 +157,12 @@ def _check_blob_file(location: str, digest: str, size: int, path: Path) -> None:
 
 
 def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None = None, quiet: bool = False,
-                   credentials: tuple[str, str] | None = None) -> Artifact:
+                   credentials: tuple[str, str] | None = None, preflighted: ManifestJson | None = None) -> Artifact:
     """A registry reference as an Artifact whose blobs are in the cache (pulled as needed).
 
-    With PARAMDELTA_OFFLINE=1 it is served from the cache alone, without any network call.
+    ``preflighted``: what ``fetch_manifest_json`` answered for ``ref``, so that manifest.json (and the
+    OCI manifest, where that was read to find it) is not fetched again. With PARAMDELTA_OFFLINE=1 it
+    is served from the cache alone, without any network call.
     """
     parsed = parse_reference(ref)
     url, tok = _endpoint(parsed, registry, token)
@@ -170,8 +173,10 @@ def fetch_artifact(ref: str, *, registry: str | None = None, token: str | None =
         art.source = _source(parsed, url, art.location.rpartition("@")[2])
         return art
     with RegistryClient(url, tok, cache=cache, basic=credentials) as client:
-        digest, oci_bytes = client.resolve(parsed.name, parsed.reference)  # the only use of the tag
-        art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet, expect=parsed)
+        resolved = preflighted.resolved if preflighted else None
+        digest, oci_bytes = resolved or client.resolve(parsed.name, parsed.reference)  # the only use of the tag
+        art = client.fetch(parsed.name, digest, oci_bytes, quiet=quiet, expect=parsed,
+                           fetched=preflighted.content if preflighted else None)
     if not parsed.digest:
         cache.set_ref(url, parsed.name, parsed.tag or LATEST, digest)
     art.source = _source(parsed, url, digest)
@@ -202,15 +207,23 @@ def pull(ref: str, out: str | os.PathLike[str], *, registry: str | None = None, 
 def fetch_manifest(ref: str, *, registry: str | None = None, token: str | None = None,
                    credentials: tuple[str, str] | None = None) -> Manifest:
     """The manifest.json of a version alone (from the cache when offline), for pre-flight checks."""
+    return fetch_manifest_json(ref, registry=registry, token=token, credentials=credentials).manifest
+
+
+def fetch_manifest_json(ref: str, *, registry: str | None = None, token: str | None = None,
+                        credentials: tuple[str, str] | None = None) -> ManifestJson:
+    """``fetch_manifest`` with the bytes it fetched, which ``fetch_artifact(preflighted=)`` then uses
+    instead of downloading manifest.json a second time."""
     parsed = parse_reference(ref)
     url, tok = _endpoint(parsed, registry, token)
     if offline():
-        manifest = _from_cache(Cache(), parsed, url).manifest
+        art = _from_cache(Cache(), parsed, url)
+        fetched = ManifestJson(art.manifest_bytes, art.manifest)
     else:
         with RegistryClient(url, tok, basic=credentials) as client:
-            manifest = client.manifest_json(parsed.name, parsed.reference)
-    check_identity(manifest, parsed, url)
-    return manifest
+            fetched = client.fetch_manifest_json(parsed.name, parsed.reference)
+    check_identity(fetched.manifest, parsed, url)
+    return fetched
 
 
 def preflight(ref: str, base: str | os.PathLike[str], *, registry: str | None = None, token: str | None = None) -> Manifest:
@@ -315,7 +328,8 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 
 __all__ = [
-    "RegistryClient", "PushResult", "PullResult", "push", "pull", "fetch_artifact", "fetch_manifest", "preflight",
+    "RegistryClient", "PushResult", "PullResult", "push", "pull", "fetch_artifact", "fetch_manifest",
+    "fetch_manifest_json", "ManifestJson", "preflight",
     "search", "compatible", "check_login", "check_identity", "artifact_from_cache",
     # re-exported from the modules the client was split into
     "CHUNK_BYTES", "READ_BYTES", "TRANSFER_WORKERS", "PRESENT_BATCH", "TIMEOUT", "RETRY_STATUSES", "MAX_REDIRECTS",

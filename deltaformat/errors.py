@@ -119,6 +119,15 @@ class SignatureError(ParamDeltaError):
     exit_code = 14
 
 
+class ParamDeltaDeprecationWarning(DeprecationWarning):
+    """A deprecated way of calling paramdelta, kept working for now (the message says what replaces it).
+
+    A class of its own so that a test suite can make paramdelta's deprecations errors
+    (``filterwarnings = ["error::deltaformat.errors.ParamDeltaDeprecationWarning"]``) without
+    failing on those of the libraries it uses.
+    """
+
+
 EXIT_CODES: list[tuple[int, str]] = [
     (0, "success"),
     (1, "other error (an unexpected one also prints its type; PARAMDELTA_DEBUG=1 shows the traceback)"),

@@ -12,6 +12,7 @@ import json
 import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,6 +40,16 @@ from deltaformat.transport import TIMEOUT, RetryPolicy, Transport
 T = TypeVar("T")
 TRANSFER_WORKERS = 8
 PRESENT_BATCH = 1000  # digests per blobs/_present request (our registry's limit)
+
+
+@dataclass(frozen=True)
+class ManifestJson:
+    """A version's manifest.json as a pre-flight fetched it. Its bytes are kept because the download
+    that may follow needs them again (the OCI config blob): they are not fetched a second time."""
+
+    content: bytes
+    manifest: Manifest
+    resolved: tuple[str, bytes] | None = None  # (digest, OCI manifest) where they were read to find it
 
 
 class RegistryClient:
@@ -113,7 +124,7 @@ class RegistryClient:
             raise CorruptBlobError(f"manifest {name}:{reference} from {self.url}: its bytes have digest {digest}, not {expected}")
         return digest, content
 
-    def manifest_json(self, name: str, reference: str) -> Manifest:
+    def fetch_manifest_json(self, name: str, reference: str) -> ManifestJson:
         """A version's manifest.json alone: enough to pre-flight a base without downloading any blob."""
         try:
             content, headers = self.transport.get_small(f"manifest.json of {name}:{reference}",
@@ -127,9 +138,9 @@ class RegistryClient:
         claimed = headers.get("docker-content-digest")
         if claimed and sha256_digest(content) != claimed:
             raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
-        return parse_manifest(content)
+        return ManifestJson(content, parse_manifest(content))
 
-    def _manifest_json_from_config(self, name: str, reference: str) -> Manifest:
+    def _manifest_json_from_config(self, name: str, reference: str) -> ManifestJson:
         """manifest.json as the config blob of the OCI manifest ``reference`` names, size and digest checked."""
         digest, oci_bytes = self.resolve(name, reference)
         config = parse_oci_manifest(oci_bytes).config
@@ -138,24 +149,21 @@ class RegistryClient:
         content, _ = self.transport.get_small(what, f"/v2/{name}/blobs/{config.digest}")
         if sha256_digest(content) != config.digest:
             raise CorruptBlobError(f"{what} from {self.url} does not match its digest {config.digest}")
-        return parse_manifest(content)
+        return ManifestJson(content, parse_manifest(content), (digest, oci_bytes))
 
-    def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False, expect: Reference | None = None) -> Artifact:
+    def fetch(self, name: str, digest: str, oci_bytes: bytes, *, quiet: bool = False, expect: Reference | None = None,
+              fetched: bytes | None = None) -> Artifact:
         """Download what the cache lacks of the version ``digest`` and return it as an Artifact in the cache.
 
         manifest.json comes first: the layers are downloaded only once they match it (and,
         with ``expect``, once it names the delta and version asked for), so a registry cannot
-        make the client download what the manifest does not describe.
+        make the client download what the manifest does not describe. ``fetched``: manifest.json's
+        bytes as a pre-flight already received them, used where they are the ones ``oci_bytes`` names.
         """
         oci = parse_oci_manifest(oci_bytes)
         check_config_size(name, digest, oci.config)
         self.cache.put_manifest(digest, oci_bytes)
-        check_space(self.cache.root, oci.config.size, f"pull {name}")
-        self.download_blob(name, oci.config)
-        config = self.cache.read_blob(oci.config.digest)
-        if config is None:
-            raise CorruptBlobError(f"manifest.json {oci.config.digest} of {name} vanished from the cache {self.cache.root}")
-        manifest = parse_manifest(config)
+        manifest = parse_manifest(self._config_blob(name, oci.config, fetched))
         check_layers(oci, manifest)
         if expect is not None:
             check_identity(manifest, expect, self.url)
@@ -166,6 +174,19 @@ class RegistryClient:
         for layer in [oci.config, *oci.layers]:  # a later push elsewhere on this registry can mount them
             self.cache.add_blob_source(self.url, layer.digest, name)
         return artifact_from_cache(self.cache, oci, f"{registry_prefix(self.url)}/{name}@{digest}")
+
+    def _config_blob(self, name: str, config: Descriptor, fetched: bytes | None) -> bytes:
+        """manifest.json, the config blob, in the cache: the pre-flight's bytes where their digest is the
+        one the OCI manifest names (not so when a tag moved in between: then it is downloaded)."""
+        check_space(self.cache.root, config.size, f"pull {name}")
+        if fetched is not None and len(fetched) == config.size and sha256_digest(fetched) == config.digest:
+            self.cache.put_blob(config.digest, fetched)
+            return fetched
+        self.download_blob(name, config)
+        content = self.cache.read_blob(config.digest)
+        if content is None:
+            raise CorruptBlobError(f"manifest.json {config.digest} of {name} vanished from the cache {self.cache.root}")
+        return content
 
     def download_blob(self, name: str, blob: Descriptor, advance: Progress = lambda n: None) -> Path:
         """Download one blob into the cache, resuming a partial download; verify it; return its path."""

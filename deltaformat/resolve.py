@@ -5,7 +5,8 @@ Each resolves to a ``Source`` with two steps, so that callers can check before t
 
     source = resolve("acme/chat:1.0")
     source.manifest()      # cheap: manifest.json alone (one small request for a registry)
-    source.materialize()   # the Artifact with its blobs (downloaded into the cache as needed)
+    source.materialize()   # the Artifact with its blobs (downloaded into the cache as needed;
+                           # manifest.json is not fetched again: the first step's bytes are kept)
 
 With PARAMDELTA_OFFLINE=1 both steps of a registry reference are served from the download
 cache alone (``deltaformat.client``). The HTTP client is imported only when a registry
@@ -17,9 +18,13 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deltaformat.artifact import Artifact, open_artifact
 from deltaformat.manifest import Manifest
+
+if TYPE_CHECKING:  # a folder never loads the HTTP client
+    from deltaformat.registry_client import ManifestJson
 
 DeltaRef = str | os.PathLike[str] | Artifact  # what apply, verify and inspect accept for one delta
 
@@ -72,19 +77,20 @@ class RegistrySource(Source):
 
     def __init__(self, ref: str, *, registry: str | None = None, token: str | None = None):
         self.location, self.registry, self.token = ref, registry, token
-        self._manifest: Manifest | None = None
+        self._fetched: ManifestJson | None = None  # kept for materialize: manifest.json goes over the wire once
 
     def manifest(self) -> Manifest:
-        if self._manifest is None:
-            from deltaformat.client import fetch_manifest  # the HTTP client only when a registry is asked
+        if self._fetched is None:
+            from deltaformat.client import fetch_manifest_json  # the HTTP client only when a registry is asked
 
-            self._manifest = fetch_manifest(self.location, registry=self.registry, token=self.token)
-        return self._manifest
+            self._fetched = fetch_manifest_json(self.location, registry=self.registry, token=self.token)
+        return self._fetched.manifest
 
     def materialize(self, *, quiet: bool = False) -> Artifact:
         from deltaformat.client import fetch_artifact
 
-        return fetch_artifact(self.location, registry=self.registry, token=self.token, quiet=quiet)
+        return fetch_artifact(self.location, registry=self.registry, token=self.token, quiet=quiet,
+                              preflighted=self._fetched)
 
 
 def resolve(ref: DeltaRef | Source, *, registry: str | None = None, token: str | None = None) -> Source:

@@ -346,12 +346,14 @@ class Manifests:
         claim_blobs(s, repo.id, digest, {oci.config.digest, *(layer.digest for layer in oci.layers)})
         row = s.scalar(select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest))
         created = row is None or row.deleted_at is not None
+        counts = None
         if row is None:
-            summary, tensors = summarize(delta)
+            counts = delta.summary()  # once per push: the version's summary, its search columns and the log line read it
+            summary, tensors = summarize(delta, counts)
             row = Manifest(repository_id=repo.id, digest=digest, media_type=oci.mediaType or OCI_IMAGE_MANIFEST,
                            size=len(data), content=data, config_digest=oci.config.digest, pushed_by=principal.name,
                            created_at=utcnow(), summary=summary, is_delta=True, artifact_type=content.artifact_type,
-                           subject_digest=content.subject, **index_fields(delta))
+                           subject_digest=content.subject, **index_fields(delta, counts))
             s.add(row)
             s.flush()
             for d in {oci.config.digest, *(layer.digest for layer in oci.layers)}:
@@ -362,8 +364,9 @@ class Manifests:
             created = self._tag(s, repo.id, name, reference, row, principal) or created
         repo.updated_at = utcnow()
         if created:
-            log.info("pushed %s:%s %s (%d blobs, %d bytes) by %s", name, reference, digest,
-                     len(oci.layers) + 1, delta.stored_bytes(), principal)
+            stored = counts["stored_bytes"] if counts is not None else delta.stored_bytes()
+            log.info("pushed %s:%s %s (%d blobs, %d bytes) by %s", name, reference, digest, len(oci.layers) + 1, stored,
+                     principal)
         return Published(digest, created, content.subject)
 
     def _tag(self, s: Session, repo_id: int, name: str, version: str, row: Manifest, principal: Principal) -> bool:
@@ -400,10 +403,11 @@ _SOURCE_FIELDS = {"base_id": "base.id", "base_revision": "base.revision", "base_
                   "codec": "codec.delta", "license": "license"}
 
 
-def index_fields(delta: DeltaManifest) -> dict:
+def index_fields(delta: DeltaManifest, counts: dict[str, Any] | None = None) -> dict:
     """The columns search and "deltas for a base" read, from a delta's manifest.json; MANIFEST_INVALID for a
-    value longer than its column (PostgreSQL would refuse it with a 500; SQLite would store it)."""
-    fields = _index_fields(delta)
+    value longer than its column (PostgreSQL would refuse it with a 500; SQLite would store it).
+    ``counts``: ``delta.summary()`` where the caller has it already."""
+    fields = _index_fields(delta, delta.summary() if counts is None else counts)
     if (culprit := too_long(Manifest, fields)) is not None:
         column, length, limit = culprit
         raise ManifestInvalid(f"manifest.json field {_SOURCE_FIELDS.get(column, column)} has {length} characters; "
@@ -411,8 +415,7 @@ def index_fields(delta: DeltaManifest) -> dict:
     return fields
 
 
-def _index_fields(delta: DeltaManifest) -> dict:
-    summary = delta.summary()
+def _index_fields(delta: DeltaManifest, summary: dict[str, Any]) -> dict:
     return {
         "description": delta.description, "license": delta.license,
         "base_id": delta.base.id, "base_revision": delta.base.revision, "base_commit": delta.base.commit,
@@ -424,9 +427,10 @@ def _index_fields(delta: DeltaManifest) -> dict:
     }
 
 
-def summarize(delta: DeltaManifest) -> tuple[str, list[dict[str, Any]]]:
-    """What a version's page and API show, computed once at push: the summary (JSON) and one row per tensor."""
-    counts = delta.summary()
+def summarize(delta: DeltaManifest, counts: dict[str, Any] | None = None) -> tuple[str, list[dict[str, Any]]]:
+    """What a version's page and API show, computed once at push: the summary (JSON) and one row per tensor.
+    ``counts``: ``delta.summary()`` where the caller has it already."""
+    counts = delta.summary() if counts is None else counts
     summary = {
         "format_version": delta.format_version, "created_at": delta.created_at.isoformat(),
         "description": delta.description, "license": delta.license,

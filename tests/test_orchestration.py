@@ -19,11 +19,13 @@ import deltaformat
 from deltaformat import client
 from deltaformat.artifact import MANIFEST_FILE, open_artifact
 from deltaformat.cache import Cache
+from deltaformat.digests import blob_digest
 from deltaformat.errors import EXIT_CODES, IncompatibleBaseError
 from deltaformat.manifest import Manifest
 from deltaformat.resolve import FolderSource, Source, resolve
 from paramdelta_dev.artifacts import Artifacts
 from paramdelta_dev.counting_proxy import CountingProxy
+from paramdelta_dev.distribution import distribution_registry
 from paramdelta_dev.renamed import renamed
 from paramdelta_dev.serve import RegistryServer
 from paramdelta_dev.tiny_models import new_model, save
@@ -62,8 +64,23 @@ def proxy(registry_server: RegistryServer):
         yield p
 
 
-def manifest_path(version: str = "1.0") -> str:
-    return f"/api/v1/deltas/{NAME}/versions/{version}/manifest"
+def manifest_path(version: str = "1.0", name: str = NAME) -> str:
+    return f"/api/v1/deltas/{name}/versions/{version}/manifest"
+
+
+def config_path(folder: Path, name: str = NAME) -> str:
+    """manifest.json as the OCI config blob: the other way it can go over the wire."""
+    return f"/v2/{name}/blobs/{blob_digest((folder / MANIFEST_FILE).read_bytes())}"
+
+
+def assert_manifest_json_served_once(proxy: CountingProxy, folder: Path, name: str = NAME) -> None:
+    """manifest.json, by the paramdelta API or as the config blob, exactly once; then the OCI manifest and each
+    layer once: a download after a pre-flight fetches nothing twice."""
+    paths = [s.path for s in proxy.served if s.status == 200]  # not a stock registry's 404 to the paramdelta API
+    manifest_json = [p for p in paths if p in (manifest_path(name=name), config_path(folder, name))]
+    assert len(manifest_json) == 1, paths
+    layers = {f"/v2/{name}/blobs/{d}" for d in open_artifact(folder).manifest.blob_digests()}
+    assert sorted(p for p in paths if p not in manifest_json and p != f"/v2/{name}/manifests/1.0") == sorted(layers), paths
 
 
 def assert_only_the_manifest_was_served(proxy: CountingProxy, published: Path) -> None:
@@ -179,3 +196,62 @@ def test_a_delta_whose_manifest_changed_after_the_preflight_is_checked_again(art
     with pytest.raises(IncompatibleBaseError, match="acme/moving:latest"):
         deltaformat.verify(_Moved(artifacts.delta, tmp_path / "for-the-wider-vocab"), base=artifacts.newbase, quiet=True)
     assert not (tmp_path / "out").exists()
+
+
+# -- manifest.json goes over the wire once per reference: the pre-flight's bytes are kept for the download
+
+
+def test_library_apply_fetches_manifest_json_once(published: Path, artifacts: Artifacts, proxy: CountingProxy,
+                                                  tmp_path: Path):
+    deltaformat.apply([f"{proxy.host}/{NAME}:1.0"], artifacts.base, tmp_path / "out", quiet=True)
+    assert proxy.paths()[0] == manifest_path()  # the pre-flight's request is the one kept
+    assert_manifest_json_served_once(proxy, published)
+    assert Cache().read_blob(blob_digest((published / MANIFEST_FILE).read_bytes())) is not None  # cached all the same
+
+
+def test_verify_with_a_base_fetches_manifest_json_once(published: Path, artifacts: Artifacts, proxy: CountingProxy):
+    assert deltaformat.verify(f"{proxy.host}/{NAME}:1.0", base=artifacts.base, quiet=True).round_trip
+    assert_manifest_json_served_once(proxy, published)
+
+
+def test_cli_apply_fetches_manifest_json_once(published: Path, artifacts: Artifacts, proxy: CountingProxy,
+                                              tmp_path: Path, client_env: Path):
+    env = {**os.environ, "PARAMDELTA_CACHE": str(client_env)}
+    done = subprocess.run([sys.executable, "-m", "deltaformat.cli", "apply", f"{proxy.host}/{NAME}:1.0",
+                           "--base", str(artifacts.base), "--out", str(tmp_path / "out"), "-q"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert_manifest_json_served_once(proxy, published)
+
+
+def test_pull_fetches_manifest_json_once(published: Path, proxy: CountingProxy, tmp_path: Path):
+    """pull has no pre-flight: manifest.json comes as the config blob, once."""
+    client.pull(f"{proxy.host}/{NAME}:1.0", tmp_path / "pulled", quiet=True)
+    assert_manifest_json_served_once(proxy, published)
+    assert proxy.paths()[0] == f"/v2/{NAME}/manifests/1.0"
+
+
+def test_a_tag_moved_after_the_preflight_downloads_the_new_manifest_json(registry_server: RegistryServer, published: Path,
+                                                                        artifacts: Artifacts, proxy: CountingProxy,
+                                                                        tmp_path: Path):
+    """The kept bytes are used only where their digest is the config the OCI manifest names."""
+    name, push_token = "acme/moves", registry_server.token("acme", "push")
+    one, two = (renamed(artifacts.delta, name, v, tmp_path / v) for v in ("1.0", "2.0"))
+    client.push(one, f"{registry_server.host}/{name}:1.0", token=push_token, quiet=True)
+    source = resolve(f"{proxy.host}/{name}:latest")
+    assert source.manifest().version == "1.0"
+    client.push(two, f"{registry_server.host}/{name}:2.0", token=push_token, quiet=True)
+    assert source.materialize(quiet=True).manifest.version == "2.0"
+    assert proxy.paths().count(config_path(two, name)) == 1  # the new one downloaded; the old bytes not used for it
+
+
+def test_stock_registry_apply_fetches_each_manifest_once(published: Path, artifacts: Artifacts, tmp_path: Path):
+    """A registry without the paramdelta API: the pre-flight reads the OCI manifest and its config blob;
+    the download reuses both."""
+    with distribution_registry(tmp_path / "distribution") as stock:
+        client.push(published, f"{stock}/{NAME}:1.0", quiet=True)
+        with CountingProxy(f"http://{stock}") as proxy:
+            deltaformat.apply([f"{proxy.host}/{NAME}:1.0"], artifacts.base, tmp_path / "out", quiet=True)
+    assert proxy.paths()[0] == manifest_path()  # answered 404: no paramdelta API
+    assert proxy.paths().count(f"/v2/{NAME}/manifests/1.0") == 1
+    assert_manifest_json_served_once(proxy, published)

@@ -4,21 +4,26 @@ upload sessions, anonymous pull switched off, error envelopes, migrations."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 
 from deltaformat.artifact import blob_path, open_artifact
 from deltaformat.client import RegistryClient
+from deltaformat.manifest import Manifest
 from deltaformat.oci import build_oci_manifest, sha256_digest
 from paramdelta_dev.artifacts import Artifacts
 from paramdelta_dev.renamed import renamed
 from registry.app import create_app
 from registry.auth import create_token
+from registry.db.models import Manifest as ManifestRow
 from registry.db.models import UploadSession, utcnow
+from registry.publish import index_fields, summarize
 from registry.settings import Settings
 
 pytestmark = pytest.mark.usefixtures("client_env")
@@ -113,6 +118,25 @@ def test_manifest_put_is_validated_and_errors_name_the_culprit(reg: InProcess, a
     assert put(good).status_code == 201  # and the intact one is accepted
     stored = reg.http.get("/v2/acme/v/manifests/1.0")
     assert stored.content == json.dumps(good).encode() and stored.headers["content-type"] == OCI  # byte-exact
+
+
+def test_a_push_summarises_its_manifest_once_and_stores_what_a_fresh_summary_gives(
+        reg: InProcess, artifacts: Artifacts, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture):
+    """The version's summary, its search columns and the log line come from one Manifest.summary() per push,
+    and are what they were when each computed its own (compared here with fresh calls, byte for byte)."""
+    calls = []
+    summary = Manifest.summary
+    monkeypatch.setattr(Manifest, "summary", lambda self: calls.append(1) or summary(self))
+    with caplog.at_level(logging.INFO, logger="paramdelta.registry"):
+        reg.publish("acme/once", "1.0", artifacts.delta, reg.token("acme", "push"))
+    assert len(calls) == 1
+    monkeypatch.undo()
+    art = open_artifact(renamed(artifacts.delta, "acme/once", "1.0", reg.renamed))  # the folder reg.publish pushed
+    with reg.reg.db.session() as s:
+        row = s.scalar(select(ManifestRow).where(ManifestRow.config_digest == art.digest))
+        assert row.summary == summarize(art.manifest)[0]
+        assert {k: getattr(row, k) for k in index_fields(art.manifest)} == index_fields(art.manifest)
+    assert f"({len(art.manifest.blob_digests()) + 1} blobs, {art.manifest.stored_bytes()} bytes)" in caplog.text
 
 
 def test_native_api_describes_versions_and_serves_manifest_json_alone(reg: InProcess, artifacts: Artifacts):

@@ -50,11 +50,11 @@ def test_publish_search_pull_apply_reproduces_post_bit_for_bit(registry_server: 
     pushed = push(artifacts.delta, ref, token=srv.token("acme", "push"))
     assert pushed.uploaded + pushed.skipped == len(open_artifact(artifacts.delta).manifest.blob_digests()) + 1
 
-    found = client.search("tiny chat", registry=srv.url)["items"]
-    assert [d["name"] for d in found] == ["acme/tiny-chat"]
-    assert found[0]["latest_version"] == "1.0" and found[0]["latest_digest"] == pushed.digest
-    assert client.search(base="BASE", registry=srv.url)["items"][0]["name"] == "acme/tiny-chat"  # base id, any case
-    assert client.search("no such thing", registry=srv.url)["items"] == []
+    found = client.search("tiny chat", registry=srv.url).items
+    assert [d.name for d in found] == ["acme/tiny-chat"]
+    assert found[0].latest_version == "1.0" and found[0].latest_digest == pushed.digest
+    assert client.search(base="BASE", registry=srv.url).items[0].name == "acme/tiny-chat"  # base id, any case
+    assert client.search("no such thing", registry=srv.url).items == []
 
     pulled = client.pull(ref, tmp_path / "pulled")
     assert pulled.pinned == f"{srv.host}/acme/tiny-chat@{pushed.digest}"
@@ -169,13 +169,13 @@ def test_search_and_tags_paginate_with_cursors(registry_server: RegistryServer, 
     seen, cursor, sizes = [], None, []
     while True:
         page = client.search(namespace="page", sort="name", limit=2, cursor=cursor, registry=srv.url)
-        seen += [d["name"] for d in page["items"]]
-        sizes.append(len(page["items"]))
-        if not (cursor := page["next_cursor"]):
+        seen += [d.name for d in page.items]
+        sizes.append(len(page.items))
+        if not (cursor := page.next_cursor):
             break
     assert seen == names and sizes == [2, 2, 1]
-    newest = client.search(namespace="page", limit=1, registry=srv.url)["items"][0]
-    assert (newest["name"], newest["latest_version"]) == ("page/d0", "1.2")
+    newest = client.search(namespace="page", limit=1, registry=srv.url).items[0]
+    assert (newest.name, newest.latest_version) == ("page/d0", "1.2")
 
     first = httpx.get(f"{srv.url}/v2/page/d0/tags/list", params={"n": 2})
     assert first.json()["tags"] == ["1.0", "1.1"]
@@ -311,12 +311,12 @@ def test_find_deltas_for_a_base_and_preflight_before_any_blob_is_downloaded(regi
     ref = f"{srv.host}/acme/preflight:1.0"
     push(artifacts.delta, ref, token=srv.token("acme", "push"))
 
-    fits = client.compatible(artifacts.newbase, registry=srv.url)["items"]  # another folder name, same shapes
-    assert ("acme/preflight", "shapes") in {(i["name"], i["match"]) for i in fits}
+    fits = client.compatible(artifacts.newbase, registry=srv.url).items  # another folder name, same shapes
+    assert ("acme/preflight", "shapes") in {(i.name, i.match) for i in fits}
     assert client.preflight(ref, artifacts.newbase).name == "acme/preflight"
 
     wider = save(new_model(0, vocab=128), tmp_path / "wider-vocab")
-    assert client.compatible(wider, registry=srv.url)["items"] == []
+    assert client.compatible(wider, registry=srv.url).items == []
     with pytest.raises(IncompatibleBaseError, match="model.embed_tokens.weight"):
         client.preflight(ref, wider)
     assert not (Cache().root / "blobs").exists()  # nothing was downloaded to find that out

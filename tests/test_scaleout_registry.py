@@ -67,8 +67,8 @@ def test_core_paths_on_postgresql_and_s3(cluster: Cluster, artifacts, tmp_path: 
     again = push(artifacts.delta, f"{b.host}/{name}:1.0", token=token)  # the other replica: nothing to upload
     assert (again.uploaded, again.skipped, again.digest) == (0, pushed.uploaded, pushed.digest)
 
-    found = client.search("tiny chat", namespace="core", registry=b.url)["items"]  # search on PostgreSQL
-    assert [d["name"] for d in found] == [name] and found[0]["latest_digest"] == pushed.digest
+    found = client.search("tiny chat", namespace="core", registry=b.url).items  # search on PostgreSQL
+    assert [d.name for d in found] == [name] and found[0].latest_digest == pushed.digest
 
     # Pull and apply through the redirecting replica (its token from the environment), bit for bit.
     monkeypatch.setenv("PARAMDELTA_REGISTRY", a.url)
