@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,15 @@ from deltaformat.artifact import Artifact
 from deltaformat.auth import RegistryAuth
 from deltaformat.cache import Cache
 from deltaformat.environment import offline
-from deltaformat.errors import CorruptBlobError, FormatError, IdentityError, NoSpaceError, OfflineError, RegistryResponseError
+from deltaformat.errors import (
+    CorruptBlobError,
+    FormatError,
+    IdentityError,
+    NoSpaceError,
+    OfflineError,
+    ParamDeltaDeprecationWarning,
+    RegistryResponseError,
+)
 from deltaformat.manifest import MAX_MANIFEST_BYTES, Manifest, parse_manifest
 from deltaformat.oci import (
     OCI_IMAGE_MANIFEST,
@@ -139,6 +148,13 @@ class RegistryClient:
         if claimed and sha256_digest(content) != claimed:
             raise CorruptBlobError(f"manifest.json of {name}:{reference} does not match its digest {claimed}")
         return ManifestJson(content, parse_manifest(content))
+
+    def manifest_json(self, name: str, reference: str) -> Manifest:
+        """Deprecated: ``fetch_manifest_json(name, reference).manifest`` (which also keeps the bytes, so the
+        download step need not fetch them again)."""
+        warnings.warn("RegistryClient.manifest_json() is deprecated: use fetch_manifest_json(name, reference).manifest",
+                      ParamDeltaDeprecationWarning, stacklevel=2)
+        return self.fetch_manifest_json(name, reference).manifest
 
     def _manifest_json_from_config(self, name: str, reference: str) -> ManifestJson:
         """manifest.json as the config blob of the OCI manifest ``reference`` names, size and digest checked."""

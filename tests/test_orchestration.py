@@ -255,3 +255,14 @@ def test_stock_registry_apply_fetches_each_manifest_once(published: Path, artifa
     assert proxy.paths()[0] == manifest_path()  # answered 404: no paramdelta API
     assert proxy.paths().count(f"/v2/{NAME}/manifests/1.0") == 1
     assert_manifest_json_served_once(proxy, published)
+
+
+def test_the_deprecated_manifest_json_still_answers_and_warns(published: Path, registry_server: RegistryServer):
+    """RegistryClient.manifest_json() was replaced by fetch_manifest_json(); a caller of the old name keeps working."""
+    from deltaformat.errors import ParamDeltaDeprecationWarning
+    from deltaformat.registry_client import RegistryClient
+
+    with RegistryClient(registry_server.url) as c:
+        with pytest.warns(ParamDeltaDeprecationWarning, match="fetch_manifest_json"):
+            old = c.manifest_json(NAME, "1.0")
+        assert old == c.fetch_manifest_json(NAME, "1.0").manifest == Manifest.model_validate_json((published / MANIFEST_FILE).read_bytes())
