@@ -263,7 +263,13 @@ class S3Store(BlobStore):
         # header on CopyObject and overwrites; it honours it only on PutObject.)
         if self._head(target) is None:
             source = self._assemble(upload_id, state)
-            self._copy(source, target, state.size)
+            try:
+                self._copy(source, target, state.size)
+            except self.client.exceptions.ClientError as exc:
+                if _code(exc) not in _MISSING:
+                    raise
+                raise UploadCorrupted(f"upload {upload_id}: its staged bytes are gone from the bucket (purged as stale?); "
+                                      "start the upload again") from exc
             stored = self._head(target)
             if stored is None or stored["ContentLength"] != state.size:
                 raise StorageError(f"blob {digest}: the store holds {stored and stored['ContentLength']} bytes, not {state.size}")
@@ -340,7 +346,7 @@ class S3Store(BlobStore):
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=ds["mpu"],
                                                   MultipartUpload={"Parts": parts})
         except self.client.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
+            code = _code(exc)
             done = self._head(key)
             if code == "NoSuchUpload" and done is not None and done["ContentLength"] == state.size:
                 return key  # completed by an earlier attempt that did not get to record it
@@ -363,7 +369,7 @@ class S3Store(BlobStore):
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _MISSING:
                 return None
             raise
 
@@ -404,7 +410,11 @@ class _S3Writer(UploadWriter):
         """The staged bytes of earlier requests go in front of this one's (read when the first byte comes)."""
         if self.tail:
             s = self.store
-            data = s.client.get_object(Bucket=s.bucket, Key=self.tail["key"])["Body"].read()
+            try:
+                data = s.client.get_object(Bucket=s.bucket, Key=self.tail["key"])["Body"].read()
+            except s.client.exceptions.NoSuchKey:
+                raise UploadCorrupted(f"upload {self.upload_id}: its staged bytes are gone from the bucket; "
+                                      "start the upload again") from None
             if len(data) != self.tail["size"]:
                 raise UploadCorrupted(f"upload {self.upload_id}: staged object has {len(data)} bytes, not {self.tail['size']}")
             self.buf += data
@@ -448,6 +458,14 @@ class _S3Writer(UploadWriter):
         if self.tail:
             state["tail"] = self.tail
         return UploadState(self.size, state)
+
+
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+def _code(exc: Any) -> str | None:
+    """A botocore ClientError's S3 error code."""
+    return exc.response.get("Error", {}).get("Code")
 
 
 def _stream(body: Any) -> Iterator[bytes]:
