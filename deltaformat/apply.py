@@ -35,6 +35,7 @@ from deltaformat.sidefiles import (
     POST_CONFIG_KEYS,
     PROVENANCE_FILE,
     ConfigChanges,
+    LossyRecord,
     config_text,
     lossy_record,
     output_config,
@@ -62,7 +63,7 @@ class ApplyResult:
     parameters: int
     verified_exact: bool
     config_changes: ConfigChanges = field(default_factory=dict)
-    lossy: list[dict] = field(default_factory=list)  # lossy: each lossy delta's preset and recorded errors
+    lossy: list[LossyRecord] = field(default_factory=list)  # lossy: each lossy delta's preset and recorded errors
 
 
 def apply(

@@ -13,10 +13,15 @@ import json
 import sys
 import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltaformat import environment
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error, invalid_field
+
+if TYPE_CHECKING:  # for annotations only: at run time each is imported by the verb that needs it
+    from deltaformat.manifest import LossyErrors
+    from deltaformat.sidefiles import LossyRecord
+    from registry.settings import Settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -40,20 +45,24 @@ def _extract(a: argparse.Namespace) -> int:
     s = m.summary()
     bpp = f" ({s['bytes_per_parameter']:.3f} B/param)" if s["bytes_per_parameter"] is not None else ""  # None: no parameters
     print(f"wrote {a.out}: {s['tensors']} tensors {s['kinds']}, {s['stored_bytes']:,} bytes{bpp}, "
-          f"{s['patched_elements']} patched elements; {_exactness(s)}")
+          f"{s['patched_elements']} patched elements; {_exactness(s['exact'], s['lossy_preset'], s['lossy_errors'])}")
     return 0
 
 
-def _exactness(summary: dict) -> str:
-    """One plain phrase: lossless, or lossy with the preset and its recorded error."""
-    if summary["exact"]:
+def _exactness(exact: bool, preset: str | None, e: LossyErrors | None) -> str:
+    """One plain phrase: lossless, or lossy with the preset and its recorded error.
+
+    Given the summary's three fields rather than the summary: extract has a Manifest.summary(),
+    inspect a plain dict that holds the same keys.
+    """
+    if exact:
         return "lossless (exact Δ)"
-    e = summary["lossy_errors"]
-    return (f"LOSSY (preset {summary['lossy_preset']}): max abs error {e['max_abs_error']:.3g}, "
+    assert e is not None  # the manifest's rule: an artifact that is not exact has a lossy stream, so recorded errors
+    return (f"LOSSY (preset {preset}): max abs error {e['max_abs_error']:.3g}, "
             f"relative Frobenius error {e['rel_frobenius_error']:.3g} against the exact Δ")
 
 
-def _lossy_phrase(record: dict) -> str:
+def _lossy_phrase(record: LossyRecord) -> str:
     return (f"lossy delta (preset {record['preset']}), not bit-exact: max abs error {record['max_abs_error']:.3g}, "
             f"relative Frobenius error {record['rel_frobenius_error']:.3g} against the exact Δ")
 
@@ -120,7 +129,7 @@ def _inspect(a: argparse.Namespace) -> int:
     print(f"  tensors: {info['tensors']} {info['kinds']}  stored {info['stored_bytes']:,} bytes"
           + (f" ({bpp:.3f} B/param)" if bpp is not None else ""))
     print(f"  codec: {info['codec']}  files: {', '.join(info['files']) or '-'}")
-    print(f"  format v{info['format_version']}: {_exactness(info)}")
+    print(f"  format v{info['format_version']}: {_exactness(info['exact'], info['lossy_preset'], info['lossy_errors'])}")
     return 0
 
 
@@ -203,7 +212,7 @@ def _search(a: argparse.Namespace) -> int:
     notice = None
     if a.compatible_with:
         found = client.compatible(a.compatible_with, registry=a.registry, token=a.token, limit=a.limit)
-        rows = [(f"{i.name}:{i.version}", i.match, i.base_id, i.post_id, i.stored_bytes) for i in found.items]
+        rows: list[tuple[object, ...]] = [(f"{i.name}:{i.version}", i.match, i.base_id, i.post_id, i.stored_bytes) for i in found.items]
         header: tuple[str, ...] = ("DELTA", "MATCH", "BASE", "POST", "BYTES")
         page: client.Page[Any] = found
     else:
@@ -299,7 +308,7 @@ def _db_upgrade(a: argparse.Namespace) -> int:
     return 0
 
 
-def _registry_settings(a: argparse.Namespace, **extra: object):  # noqa: ANN202 - registry.settings.Settings
+def _registry_settings(a: argparse.Namespace, **extra: object) -> Settings:
     """Server settings: flags given on the command line over PARAMDELTA_* variables over defaults."""
     from registry.settings import Settings
 
@@ -307,7 +316,7 @@ def _registry_settings(a: argparse.Namespace, **extra: object):  # noqa: ANN202 
     return Settings(**{k: v for k, v in given.items() if v is not None})
 
 
-def _table(rows: list[tuple]) -> None:
+def _table(rows: list[tuple[object, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
@@ -473,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        func: Handler = args.func  # each verb's parser sets it (set_defaults); argparse types it Any
+        return func(args)
     except KeyboardInterrupt:
         _debug_traceback()
         print("paramdelta: interrupted; nothing was written", file=sys.stderr)

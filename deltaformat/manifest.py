@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final, Literal, TypedDict
 
 import pydantic_core
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, field_validator, model_serializer, model_validator
@@ -265,6 +265,30 @@ class ToolInfo(_Strict):
     version: str
 
 
+class LossyErrors(TypedDict):
+    """Manifest.lossy_errors(): the worst recorded errors over every lossy tensor."""
+
+    max_abs_error: float
+    max_rel_frobenius_error: float
+    rel_frobenius_error: float
+    lossy_tensors: int
+
+
+class ManifestSummary(TypedDict):
+    """Manifest.summary(): a plain dict (JSON-ready, as inspect returns it); typed so callers index known keys."""
+
+    tensors: int
+    kinds: dict[str, int]
+    post_parameters: int
+    stored_bytes: int
+    bytes_per_parameter: float | None  # None: no parameters
+    patched_elements: int
+    files: list[str]
+    exact: bool
+    lossy_preset: str | None
+    lossy_errors: LossyErrors | None  # None exactly when exact
+
+
 class Manifest(_Versioned):
     _ABSENT_WHEN_NONE = ("exact", "lossy_preset")
 
@@ -325,7 +349,7 @@ class Manifest(_Versioned):
         """Whether any stream approximates the exact Δ (never in v1)."""
         return self.exact is False
 
-    def lossy_errors(self) -> dict[str, float] | None:
+    def lossy_errors(self) -> LossyErrors | None:
         """The worst recorded errors over every lossy tensor (None for an exact artifact)."""
         infos = [t.delta.lossy for t in self.tensors if t.delta is not None and t.delta.lossy is not None]
         if not infos:
@@ -369,7 +393,7 @@ class Manifest(_Versioned):
     def stored_bytes(self) -> int:
         return sum(self.blob_sizes().values())
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> ManifestSummary:
         kinds: dict[str, int] = {}
         for t in self.tensors:
             kinds[t.kind] = kinds.get(t.kind, 0) + 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from deltaformat._version import __version__
 from deltaformat.artifact import Artifact
@@ -20,6 +20,9 @@ from deltaformat.fsutil import TEMP_MARK
 from deltaformat.manifest import check_carried_content
 from deltaformat.models import ModelSource
 from deltaformat.plan import OutTensor
+
+if TYPE_CHECKING:
+    from typing_extensions import NotRequired  # typing has it from 3.11; 3.10 is supported
 
 # config.json keys taken from the post model: the tokens it was trained to use.
 POST_CONFIG_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings")
@@ -105,9 +108,22 @@ def write_provenance(folder: Path, arts: list[Artifact], alphas: list[float], mo
     create_file(folder / PROVENANCE_FILE, provenance_bytes(arts, alphas, model, verified, files))
 
 
-def lossy_record(art: Artifact) -> dict[str, Any]:
+class LossyRecord(TypedDict):
+    """lossy_record(): the preset, then Manifest.lossy_errors()'s keys (all there for a lossy artifact, the only kind
+    it is called for; absent for an exact one, whose errors are None)."""
+
+    preset: str | None
+    max_abs_error: NotRequired[float]
+    max_rel_frobenius_error: NotRequired[float]
+    rel_frobenius_error: NotRequired[float]
+    lossy_tensors: NotRequired[int]
+
+
+def lossy_record(art: Artifact) -> LossyRecord:
     """A lossy delta's preset and its recorded errors against the exact Δ (what apply reports instead of exactness)."""
-    return {"preset": art.manifest.lossy_preset, **(art.manifest.lossy_errors() or {})}
+    preset, errors = art.manifest.lossy_preset, art.manifest.lossy_errors()
+    # two literals rather than **(errors or {}): mypy cannot type that {} as part of a LossyRecord
+    return {"preset": preset, **errors} if errors is not None else {"preset": preset}
 
 
 def provenance_bytes(arts: list[Artifact], alphas: list[float], model: ModelSource, verified: bool,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deltaformat._parallel import ordered_map
 from deltaformat.artifact import Artifact
@@ -13,10 +13,13 @@ from deltaformat.digests import chunk_hash, tensor_digest
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, VerificationError
 from deltaformat.manifest import Manifest, Stream, check_carried_content
-from deltaformat.models import ModelSource, open_model
+from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
 from deltaformat.resolve import DeltaRef, Source, resolve
+
+if TYPE_CHECKING:
+    from deltaformat.sidefiles import LossyRecord  # the module itself is loaded only for a lossy artifact
 
 
 @dataclass
@@ -26,7 +29,7 @@ class VerifyReport:
     blobs: int
     stored_bytes: int
     round_trip: bool  # True when --base was given and the post model was reproduced bit for bit
-    lossy: dict | None = None  # lossy: preset and recorded errors against the exact Δ (never a round-trip claim)
+    lossy: LossyRecord | None = None  # lossy: preset and recorded errors against the exact Δ (never a round-trip claim)
     base_is_original: bool = False  # lossy: --base was given and its tensors are the extraction base's
 
 
@@ -105,9 +108,10 @@ def _verify_lossy(art: Artifact, model: ModelSource | None, workers: int | None)
     m = art.manifest
     original = False
     if model is not None:
-        sides = [(e, model.tensors[e.name]) for e in m.tensors if e.base is not None and e.name in model.tensors]
-        digests = ordered_map(lambda job: (job[0], _tensor_digest(job[1])), sides, workers)
-        wrong = [e.name for e, d in digests if d != e.base.digest]
+        # each job carries the recorded base digest itself: the filter's proof that e.base is set stays with it
+        sides = [(e.name, e.base.digest, model.tensors[e.name]) for e in m.tensors if e.base is not None and e.name in model.tensors]
+        digests = ordered_map(lambda job: (job[0], job[1], _tensor_digest(job[2])), sides, workers)
+        wrong = [name for name, want, got in digests if got != want]
         if wrong:
             raise VerificationError(f"{model.id} is not the base this delta was extracted from ({m.base.id}): "
                                     f"tensor {wrong[0]!r} differs ({len(wrong)} tensor(s) in all)")
@@ -115,7 +119,7 @@ def _verify_lossy(art: Artifact, model: ModelSource | None, workers: int | None)
     return VerifyReport(art.location, art.digest, len(m.blob_digests()), m.stored_bytes(), False, lossy_record(art), original)
 
 
-def _tensor_digest(ref) -> str:
+def _tensor_digest(ref: TensorRef) -> str:
     from deltaformat.chunking import chunk_ranges
 
     return tensor_digest([chunk_hash(ref.read(s, c)) for s, c in chunk_ranges(ref.numel)])

@@ -28,8 +28,7 @@ from deltaformat._version import __version__
 from registry import metrics
 from registry.auth import Principal, allow_listing
 from registry.errors import ClientGone, RegistryError, from_storage
-from registry.routers import api, oci, pages
-from registry.schemas import Health
+from registry.routers import api, health, oci, pages, token
 from registry.service import Registry
 from registry.settings import Settings
 from registry.storage.errors import StorageError
@@ -60,25 +59,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Publish, find and pull ParamΔ delta artifacts. OCI Distribution under /v2, native API under /api/v1.",
                   docs_url=None, redoc_url=None, openapi_url=None)  # served below, under the same rule as pulls
     app.state.registry = reg
-    for router in (oci.router, api.router, pages.router):
+    app.state.metrics = metrics.install(app, settings)  # request counts and logs; None when metrics are off
+    routers = [oci.router, api.router, pages.router, health.router, token.router]
+    for router in routers + ([health.metrics_router] if app.state.metrics else []):
         _declare_raw_responses(router.routes)
         app.include_router(router)
     app.mount("/static", StaticFiles(directory=Path(__file__).resolve().parent / "static"), name="static")
     _add_docs(app)
     _add_error_handlers(app)
-    metrics.install(app, reg, settings)  # /readyz, /metrics, request logs
     app.add_middleware(_SecurityHeaders)
-
-    @app.get("/healthz", tags=["health"])
-    def healthz() -> Health:
-        return Health(version=__version__)
-
-    @app.get("/auth/token", tags=["auth"], summary="Token endpoint for docker-style clients: trades a valid token "
-             "for itself; without credentials, an anonymous pull token while anonymous pull is on")
-    def token(request: Request) -> JSONResponse:
-        value = reg.auth.issue(request.headers.get("authorization"), str(request.base_url))
-        return JSONResponse({"token": value, "access_token": value, "expires_in": 3600})
-
     return app
 
 

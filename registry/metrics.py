@@ -26,8 +26,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from datetime import datetime, timezone
 from typing import Any
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from sqlalchemy import text
 
 log = logging.getLogger("paramdelta.registry")
@@ -40,31 +39,19 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Callable[[Message],
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
-def install(app: FastAPI, registry: Any, settings: Any) -> None:
-    """Add /readyz, and /metrics with its middleware when enabled and prometheus-client is installed."""
-
-    @app.get("/readyz", tags=["health"], summary="Readiness: the database and the blob store answer")
-    def readyz() -> JSONResponse:
-        checks = {"database": _check(lambda: _ping_database(registry.db)), "storage": _check(registry.store.check)}
-        ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ok else "unavailable", **checks}, status_code=200 if ok else 503)
-
+def install(app: FastAPI, settings: Any) -> _Metrics | None:
+    """Add the middleware that counts requests (when metrics are on) and logs them (JSON logs); return the
+    app's metrics, None when off (PARAMDELTA_METRICS=0, or prometheus-client is not installed)."""
     json_access = settings.log_format == "json"
     metrics = _Metrics.create() if settings.metrics else None
-    if metrics is not None:
-
-        from registry.auth import allow_listing
-
-        # Under the pull rule: with anonymous pull off, a scraper sends a token (Prometheus: authorization.credentials).
-        @app.get("/metrics", tags=["health"], summary="Prometheus metrics of this replica", include_in_schema=False,
-                 dependencies=[Depends(allow_listing)])
-        def prometheus() -> Response:
-            from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-            return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
     if metrics is not None or json_access:
         app.add_middleware(_Observe, metrics=metrics, access=json_access)
+    return metrics
+
+
+def readiness(registry: Any) -> dict[str, str]:
+    """Each backing service's answer: "ok", or the error that stopped it."""
+    return {"database": _check(lambda: _ping_database(registry.db)), "storage": _check(registry.store.check)}
 
 
 def _ping_database(db: Any) -> None:
@@ -98,6 +85,12 @@ class _Metrics:
         self.received = Counter("paramdelta_http_received_bytes", "Request body bytes received", labels, registry=self.registry)
         self.sent = Counter("paramdelta_http_sent_bytes", "Response body bytes sent", labels, registry=self.registry)
         self.in_progress = Gauge("paramdelta_http_requests_in_progress", "HTTP requests being handled", registry=self.registry)
+
+    def exposition(self) -> tuple[bytes, str]:
+        """The series in Prometheus' text format, and its media type."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     @classmethod
     def create(cls) -> _Metrics | None:

@@ -1,1 +1,1 @@
-"""HTTP routers: oci (/v2), api (/api/v1), pages (/)."""
+"""HTTP routers, one per resource: oci (/v2), api (/api/v1), pages (/), health (/healthz, /readyz, /metrics), token (/auth/token)."""
