@@ -27,10 +27,11 @@ from starlette.exceptions import HTTPException
 from deltaformat._version import __version__
 from registry import metrics
 from registry.auth import Principal, allow_listing
-from registry.errors import ClientGone, RegistryError
+from registry.errors import ClientGone, RegistryError, from_storage
 from registry.routers import api, health, oci, pages, token
 from registry.service import Registry
 from registry.settings import Settings
+from registry.storage.errors import StorageError
 
 log = logging.getLogger("paramdelta.registry")
 _MACHINE_PREFIXES = ("/v2", "/api", "/auth", "/healthz", "/readyz", "/metrics")
@@ -170,6 +171,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         if for_people(request):
             return pages.render_error(request, exc.status, exc.message)
         return JSONResponse(exc.envelope(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StorageError)
+    async def storage_error(request: Request, exc: StorageError) -> Response:
+        # The services let the blob driver's errors through; this is where they become OCI errors.
+        error = from_storage(exc)
+        if error.status >= 500:
+            log.error("%s %s: blob store: %s", request.method, request.url.path, exc, exc_info=exc)
+        return await registry_error(request, error)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:

@@ -15,7 +15,7 @@ from registry.db import Database
 from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob
 from registry.db.queries import ensure_repository, find_repository, get_repository, link_blob, linked_size
 from registry.errors import BlobUnknown, DigestInvalid, Immutable, NameInvalid, RangeNotSatisfiable, TagInvalid
-from registry.gc import lock_digest
+from registry.locks import lock_digest
 from registry.storage import BlobStore
 
 # The digest algorithms OCI registers, with their hex lengths: sha256 (every client's) and sha512.
@@ -149,7 +149,7 @@ class Blobs:
         check_digest(digest)
         check_name(source)
         with self.db.session() as s:
-            lock_digest(s, digest)  # not deleted by a concurrent garbage collection meanwhile (registry.gc)
+            lock_digest(s, digest)  # not deleted by a concurrent garbage collection meanwhile (registry.locks)
             src = find_repository(s, source)
             size = linked_size(s, src.id, digest) if src is not None else None
             if size is None or self.store.stat(digest) is None:

@@ -3,12 +3,16 @@
     {"errors": [{"code": "BLOB_UNKNOWN", "message": "...", "detail": {...}}]}
 
 The service raises these where the fact is known; messages name the blob, manifest,
-repository or field so a client can show them as they are.
+repository or field so a client can show them as they are. The blob drivers know
+nothing of HTTP: what they raise (registry.storage.errors) becomes one of these in
+``from_storage``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from registry.storage import errors as storage
 
 
 class RegistryError(Exception):
@@ -68,3 +72,25 @@ TagInvalid = _error("TagInvalid", 400, "TAG_INVALID")
 # -- trust work (issue #10): upload quotas and a full disk ------------------------------
 TooManyRequests = _error("TooManyRequests", 429, "TOOMANYREQUESTS")
 StorageFull = _error("StorageFull", 507, "UNKNOWN")  # distribution's code for a server-side failure; the message says which
+Unavailable = _error("Unavailable", 503, "UNAVAILABLE")  # distribution's code for a backend that cannot be reached
+ServerFault = _error("ServerFault", 500, "UNKNOWN")
+
+# -- the blob drivers' errors (issue #11) ------------------------------------------------
+_FROM_STORAGE: list[tuple[type[storage.StorageError], type[RegistryError]]] = [
+    (storage.BlobNotFound, BlobUnknown),  # deleted between the registry's lookup and the read: as if never there
+    (storage.StorageUnavailable, Unavailable),
+    (storage.OutOfSpace, StorageFull),
+    (storage.UploadCorrupted, BlobUploadInvalid),
+    (storage.UploadTooLarge, TooLarge),
+    (storage.DigestMismatch, DigestInvalid),
+]
+
+
+def from_storage(exc: storage.StorageError) -> RegistryError:
+    """The OCI error a client gets for a blob driver's error; any other is a server fault (500), whose message
+    names no internals (the log has them)."""
+    for kind, error in _FROM_STORAGE:
+        if isinstance(exc, kind):
+            return error(str(exc))
+    return ServerFault("the registry's blob store failed; its log has the details")
+

@@ -19,80 +19,31 @@ Deleting a version only untags it. A run of ``collect``:
 
 With ``dry_run`` it deletes nothing and reports what it would reclaim.
 
-Racing the registry. Replicas keep running during a GC, so the decisions are made
-under a per-digest lock that the writers take too (``lock_digest``: a transaction
-advisory lock on PostgreSQL; the database's single write lock on SQLite):
-
-* an upload's commit holds the lock of its digest while it writes the blob to the
-  store and records it, and restarts its grace period (``blobs.created_at``);
-* a manifest PUT holds the lock of the manifest's digest and of every blob it
-  references while it checks that they still exist and records the references;
-* GC deletes a manifest, or a blob's rows and bytes, only while holding that
-  digest's lock, after checking again, inside the lock, that nothing refers to it.
-
-So a publish racing a GC either sees its blobs and makes them referenced before GC
-looks again, or (when GC took a blob first, possible only for a blob older than the
-grace period that no manifest used) is answered MANIFEST_BLOB_UNKNOWN, and the
-client uploads the blob again. A referenced blob is never deleted.
+Racing the registry: replicas keep running during a GC, so it decides under the
+per-digest locks that the writers take too (registry.locks explains the protocol).
+It reaches the bytes only through the blob-driver interface (registry.storage.base):
+``blobs`` to list them, ``delete``, and ``purge_uploads`` for what uploads left.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, delete, exists, select, text, update
+from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from registry import process
 from registry.db import Database, utcnow
 from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob, UploadSession, Version
-from registry.errors import ManifestBlobUnknown
-from registry.storage import BlobStore
+from registry.locks import lock_digest
+from registry.storage import BlobStore, UploadState
 
 log = logging.getLogger("paramdelta.registry")
 
 MIN_UPLOAD_GRACE_SECONDS = 600  # an upload's driver objects can be younger than its saved state by one request
-
-
-# -- the lock protocol the writers share --------------------------------------------------
-
-
-def lock_digest(s: Session, digest: str) -> None:
-    """Hold ``digest``'s GC lock until the session's transaction ends."""
-    dialect = s.get_bind().dialect.name
-    if dialect == "postgresql":
-        key = int(digest.partition(":")[2][:15], 16)  # 60 bits of the hex (sha256 or sha512): a positive bigint
-        s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
-    else:  # SQLite: any write takes the database's one write lock, held until commit
-        # On the connection, not through the ORM: its bulk-UPDATE bookkeeping cost more than the statement.
-        s.connection().execute(_SQLITE_LOCK, {"locked": digest})
-
-
-_SQLITE_LOCK = update(Blob).where(Blob.digest == bindparam("locked")).values(size=Blob.size)
-
-
-def touch_blob(s: Session, digest: str) -> None:
-    """In an upload's commit transaction, after recording the blob: its grace period starts again."""
-    s.execute(update(Blob).where(Blob.digest == digest).values(created_at=utcnow()))
-
-
-def claim_blobs(s: Session, repository_id: int, manifest_digest: str, digests: set[str]) -> None:
-    """In a manifest PUT's transaction: lock the manifest and its blobs, and check the blobs are still there."""
-    lock_digest(s, manifest_digest)
-    for d in sorted(digests):  # one order for every writer: no deadlocks
-        lock_digest(s, d)
-    present = set(s.scalars(select(RepositoryBlob.digest).where(
-        RepositoryBlob.repository_id == repository_id, RepositoryBlob.digest.in_(digests))))
-    missing = sorted(digests - present)
-    if missing:
-        raise ManifestBlobUnknown(f"blob {missing[0]} is no longer in the registry (garbage-collected); push it again",
-                                  detail={"digest": missing[0]})
 
 
 # -- the collector ------------------------------------------------------------------------
@@ -174,14 +125,14 @@ def _sweep_blobs(db: Database, store: BlobStore, cutoff: datetime, report: GcRep
             q = q.where(Manifest.id.not_in(doomed))
         referenced = set(s.scalars(q))
         rows = {d: (size, created) for d, size, created in s.execute(select(Blob.digest, Blob.size, Blob.created_at))}
-    stored = {d: (size, mtime) for d, size, mtime in _listing(store)}
+    # Naive UTC, as the database's times: the store's write time decides for bytes that have no row.
+    stored = {b.digest: (b.size, _naive(b.modified)) for b in store.blobs()}
     report.blobs_referenced = len(referenced & (set(rows) | set(stored)))
     for digest in sorted((set(rows) | set(stored)) - referenced):
         size = rows[digest][0] if digest in rows else stored[digest][0]
         # The database's time when it has the blob (upload commits restart it); the store's for bytes without a row.
         when = rows[digest][1] if digest in rows else stored[digest][1]
-        young = when is None or when >= cutoff
-        if young:
+        if when >= cutoff:
             report.blobs_in_grace += 1
             continue
         if report.dry_run:
@@ -204,23 +155,6 @@ def _sweep_blobs(db: Database, store: BlobStore, cutoff: datetime, report: GcRep
         report.bytes_reclaimed += size
 
 
-def _listing(store: BlobStore) -> Any:
-    """(digest, size, last modified as naive UTC or None) for every stored blob."""
-    with_mtime = getattr(store, "list_with_mtime", None)
-    if with_mtime is not None:
-        yield from with_mtime()
-        return
-    path_of = getattr(store, "path", None)
-    for digest, size in store.list():
-        mtime = None
-        if path_of is not None:
-            try:
-                mtime = _utc(os.stat(path_of(digest)).st_mtime)
-            except OSError:
-                continue  # deleted meanwhile
-        yield digest, size, mtime
-
-
 def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: datetime, report: GcReport,
                    settings: Any) -> None:
     with db.session() as s:
@@ -238,42 +172,12 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
 
         Uploads(db, store, settings or Settings()).purge_expired()
     gone = {row.id for row in expired}
-    live = {row.id: json.loads(row.driver_state or "{}") for row in sessions if row.id not in gone}
-    purge = getattr(store, "purge_orphans", None)
-    if purge is not None:
-        count, freed = purge(live, older_than)
-    else:
-        count, freed = _purge_upload_files(store, set(live), older_than)
-    report.uploads_purged += count
-    report.upload_bytes_purged += freed
+    live = {row.id: UploadState(row.size, json.loads(row.driver_state or "{}")) for row in sessions if row.id not in gone}
+    purged = store.purge_uploads(live, older_than.replace(tzinfo=timezone.utc))
+    report.uploads_purged += purged.count
+    report.upload_bytes_purged += purged.bytes
 
 
-def _purge_upload_files(store: BlobStore, live: set[str], older_than: datetime) -> tuple[int, int]:
-    """The filesystem driver's upload files that no session refers to (``<id>`` and ``<id>.sealed-*``), once
-    older than the grace period; and at once a monolithic upload's temp file whose server process is gone."""
-    folder = getattr(store, "uploads", None)
-    if not isinstance(folder, Path) or not folder.is_dir():
-        return 0, 0
-    count = freed = 0
-    for p in folder.iterdir():
-        try:
-            st = p.stat()
-        except OSError:
-            continue
-        if p.name.partition(".")[0] not in live and (_utc(st.st_mtime) < older_than or _maker_gone(p.name)):
-            p.unlink(missing_ok=True)
-            count, freed = count + 1, freed + st.st_size
-    return count, freed
-
-
-def _maker_gone(name: str) -> bool:
-    """Whether ``name`` is a monolithic upload's temp file (``put-<process tag>-<hex>``) whose process is gone:
-    nothing can finish it (its request died with the process), however young it is."""
-    if not name.startswith("put-"):
-        return False
-    maker, _, _ = name.removeprefix("put-").rpartition("-")
-    return bool(maker) and process.gone(maker)
-
-
-def _utc(timestamp: float) -> datetime:
-    return datetime.fromtimestamp(timestamp, timezone.utc).replace(tzinfo=None)
+def _naive(t: datetime) -> datetime:
+    """An aware time as the database keeps times: naive UTC."""
+    return t.astimezone(timezone.utc).replace(tzinfo=None)

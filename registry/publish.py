@@ -57,7 +57,7 @@ from registry.errors import (
     TooLarge,
     Unsupported,
 )
-from registry.gc import claim_blobs, lock_digest
+from registry.locks import claim_blobs, lock_digest
 from registry.storage import BlobStore
 
 log = logging.getLogger("paramdelta.registry")
@@ -314,7 +314,7 @@ class Manifests:
             raise Unsupported(f"'latest' is managed by the registry in {name}, which holds deltas (it is the newest "
                               "version); push this under another tag")
         blobs = {d.digest for d in content.blobs}
-        claim_blobs(s, repo.id, digest, blobs)  # under the GC locks, as a delta's (registry.gc)
+        claim_blobs(s, repo.id, digest, blobs)  # under the GC locks, as a delta's (registry.locks)
         for desc in content.manifests:  # still there under the lock: GC deletes a manifest only under its lock
             lock_digest(s, desc.digest)
             if live_manifest(s, repo.id, desc.digest) is None:
@@ -342,7 +342,7 @@ class Manifests:
     def _record(self, s: Session, name: str, reference: str, digest: str, data: bytes,
                 oci: OciManifest, delta: DeltaManifest, principal: Principal, content: Content) -> Published:
         repo = ensure_repository(s, name)
-        # Under the GC locks of the manifest and its blobs, which must all still be there (registry.gc).
+        # Under the GC locks of the manifest and its blobs, which must all still be there (registry.locks).
         claim_blobs(s, repo.id, digest, {oci.config.digest, *(layer.digest for layer in oci.layers)})
         row = s.scalar(select(Manifest).where(Manifest.repository_id == repo.id, Manifest.digest == digest))
         created = row is None or row.deleted_at is not None

@@ -35,7 +35,6 @@ the upload that met it, so that its bytes are freed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import math
@@ -68,9 +67,10 @@ from registry.errors import (
     TooLarge,
     TooManyRequests,
 )
-from registry.gc import lock_digest
+from registry.locks import lock_digest
 from registry.settings import Settings
 from registry.storage import BlobStore, BlobWriter, UploadState
+from registry.storage.errors import OutOfSpace, UploadTooLarge
 
 log = logging.getLogger("paramdelta.registry")
 
@@ -82,7 +82,6 @@ GATHERED_CAP_BYTES = 64 << 20
 PURGE_EVERY_SECONDS = 300
 OWNER_LOCK_SPACE = 0x7570  # PostgreSQL advisory lock (space, token id): one token's quota checks run one at a time
 _CONTENT_RANGE = re.compile(r"^(?:bytes )?(\d+)-(\d+)(?:/(\d+|\*))?$")
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 @dataclass
@@ -302,7 +301,7 @@ class Uploads:
 
     def _commit(self, sess: _Session, state: UploadState, digest: str) -> None:
         with self.db.session() as s:
-            lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
+            lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.locks)
             # Completing deletes the row, and only the lease holder may: one completion per session.
             held = s.execute(delete(UploadSession).where(UploadSession.id == sess.id, UploadSession.lease == sess.lease)).rowcount
             if held:
@@ -407,7 +406,7 @@ class Uploads:
                                     detail={"expected": digest, "actual": actual, "size": size})
             put.prepare()  # durable before the transaction: its lock is held only for the link and the rows
             with self.db.session() as s:
-                lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.gc)
+                lock_digest(s, digest)  # garbage collection deletes a blob only under this lock (registry.locks)
                 put.commit(digest)
                 record_blob(s, name, digest, size)  # linked, and its GC grace period starts over
 
@@ -427,7 +426,7 @@ class Uploads:
         expect = _expected_length(content_range, sess)
         try:
             writer = await to_thread.run_sync(self.store.upload_writer, sess.id, sess.state)
-        except OSError as exc:
+        except OutOfSpace as exc:
             await self._drop_if_full(sess, exc)
             raise
 
@@ -453,13 +452,13 @@ class Uploads:
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(writer.close)
-                if isinstance(exc, TooLarge):
+                if isinstance(exc, (TooLarge, UploadTooLarge)):  # the quota's, or the driver's limit
                     await to_thread.run_sync(self._drop_held, sess)
                 await self._drop_if_full(sess, exc)
             raise
         try:
             await to_thread.run_sync(finish, last, received)  # closes the writer whatever happens
-        except OSError as exc:
+        except OutOfSpace as exc:
             await self._drop_if_full(sess, exc)
             raise
 
@@ -570,9 +569,9 @@ def _lock_row(s: Session, upload_id: str) -> None:
 
 
 def _disk_full(what: str, exc: BaseException, cleanup: Callable[[], None] | None = None) -> None:
-    """When ``exc`` is a full disk (ENOSPC, EDQUOT): run ``cleanup`` (drop the upload: its bytes are freed now,
-    not at its expiry) and raise 507 "registry storage is full". Any other error: nothing."""
-    if not (isinstance(exc, OSError) and exc.errno in _DISK_FULL):
+    """When ``exc`` is a full store (the driver's OutOfSpace): run ``cleanup`` (drop the upload: its bytes are freed
+    now, not at its expiry) and raise 507 "registry storage is full". Any other error: nothing."""
+    if not isinstance(exc, OutOfSpace):
         return
     if cleanup is not None:
         try:
@@ -588,7 +587,7 @@ def _answer_disk_full(what: str, cleanup: Callable[[], None] | None = None) -> I
     """``_disk_full`` around a block of synchronous code."""
     try:
         yield
-    except OSError as exc:
+    except OutOfSpace as exc:
         _disk_full(what, exc, cleanup)
         raise
 

@@ -15,7 +15,8 @@ import pytest
 from paramdelta_dev.scaleout import Backends, sha256
 from registry.storage import UploadState
 from registry.storage import s3 as s3mod
-from registry.storage.s3 import ResumableSha256, S3Store, UploadCorrupted
+from registry.storage.errors import UploadCorrupted
+from registry.storage.s3 import ResumableSha256, S3Store
 
 MiB = 1 << 20
 
@@ -112,7 +113,7 @@ def test_without_a_saved_hash_state_the_upload_is_read_back(store: S3Store, monk
     store.commit_upload(uid, state, digest)  # the upload was already assembled by upload_digest
     assert store.stat(digest) == len(data)
     assert hashlib.sha256(b"".join(store.open_range(digest))).hexdigest() == digest.removeprefix("sha256:")
-    assert (digest, len(data)) in set(store.list())
+    assert (digest, len(data)) in {(b.digest, b.size) for b in store.blobs()}
     store.delete(digest)
     assert store.stat(digest) is None
 

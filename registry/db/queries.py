@@ -70,7 +70,7 @@ def link_blob(s: Session, repo: Repository, digest: str, size: int) -> None:
 def record_blob(s: Session, name: str, digest: str, size: int) -> None:
     """An upload's commit, under the digest's GC lock: record blob ``digest``, link it into repository ``name``
     (created if needed) and restart its GC grace period (``created_at``), in three statements on the connection
-    (what ensure_repository, link_blob and registry.gc.touch_blob do in six, through the ORM)."""
+    (what ensure_repository, link_blob and an UPDATE of created_at would do in six, through the ORM)."""
     dialect = s.get_bind().dialect.name
     statements = _RECORD_BLOB.get(dialect)
     if statements is None:

@@ -11,7 +11,7 @@ import importlib
 from urllib.parse import urlsplit
 
 from registry.settings import Settings
-from registry.storage.base import BlobStore, BlobWriter, UploadState, UploadWriter
+from registry.storage.base import BlobStore, BlobWriter, Purged, StoredBlob, UploadState, UploadWriter
 
 DRIVERS = {
     "file": "registry.storage.filesystem:from_location",
@@ -30,4 +30,4 @@ def open_store(settings: Settings) -> BlobStore:
     return getattr(importlib.import_module(module), factory)(location, settings)
 
 
-__all__ = ["BlobStore", "BlobWriter", "UploadState", "UploadWriter", "open_store", "DRIVERS"]
+__all__ = ["BlobStore", "BlobWriter", "Purged", "StoredBlob", "UploadState", "UploadWriter", "open_store", "DRIVERS"]

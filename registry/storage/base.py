@@ -5,7 +5,12 @@ keeps no upload state in memory: whatever it needs to continue an upload (a temp
 file name, an S3 multipart upload id and its parts) goes into ``driver_state``, a
 JSON-able dict the registry saves in its database after every request, so that
 any replica can continue any upload. Digest checks and the metadata database are
-the registry's business, not the driver's.
+the registry's business, not the driver's; so is HTTP: a driver raises the errors of
+registry.storage.errors (``guard`` wraps its backend's own at its boundary).
+
+Garbage collection works through this interface alone (as distribution's storage
+drivers serve its GC through Walk and Stat): ``blobs`` lists what is stored, with
+the time each was written, and ``purge_uploads`` removes what uploads left behind.
 
 Committed blobs are immutable. A driver must make sure that no write path of an
 upload (a request's writer, even one that stalled and lost its session, or wrote
@@ -15,13 +20,35 @@ replaces a blob the store already has (the digest says the bytes are the same).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from datetime import datetime
+from typing import Any, TypeVar
+
+from registry.storage.errors import StorageError
 
 READ_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    """A blob as the store has it: garbage collection's view of the bytes."""
+
+    digest: str
+    size: int
+    modified: datetime  # when it was written, timezone-aware UTC
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What ``purge_uploads`` removed: how many of the driver's leftovers, holding how many bytes."""
+
+    count: int = 0
+    bytes: int = 0
 
 
 @dataclass
@@ -119,8 +146,8 @@ class BlobStore(ABC):
         """Remove blob ``digest`` (no error when it is absent)."""
 
     @abstractmethod
-    def list(self) -> Iterator[tuple[str, int]]:
-        """Every stored blob as (digest, size), for garbage collection."""
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every stored blob (one deleted while the listing runs may be left out)."""
 
     def blob_writer(self) -> BlobWriter:
         """A writer for one whole blob (a monolithic upload). By default an upload of its own that no
@@ -157,8 +184,56 @@ class BlobStore(ABC):
     def abort_upload(self, upload_id: str, state: UploadState) -> None:
         """Drop an upload and its bytes (no error when already gone)."""
 
+    @abstractmethod
+    def purge_uploads(self, live: Mapping[str, UploadState], older_than: datetime) -> Purged:
+        """Remove what uploads left in the store that no live session can use: the bytes of uploads that are
+        not in ``live`` (upload id -> its recorded state), and those of live ones that their recorded state
+        does not name (a cut-off request's), once last written before ``older_than`` (aware UTC)."""
+
     def check(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a backend needs it
         """Raise when the store cannot be used (for readiness checks)."""
 
     def close(self) -> None:  # noqa: B027 - an optional hook: a no-op unless a backend needs it
         """Release connections."""
+
+
+T = TypeVar("T", bound=type)
+
+
+def guard(translate: Callable[[Exception], StorageError | None]) -> Callable[[T], T]:
+    """A class decorator for a driver's classes: every public method (generators too) raises
+    ``translate(exc)`` in place of a backend exception it knows (it returns None for others, which
+    pass as they are). Storage errors pass untouched, so guarded methods may call each other."""
+
+    def check(exc: Exception) -> None:
+        new = None if isinstance(exc, StorageError) else translate(exc)
+        if new is not None:
+            raise new from exc
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def gen(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as exc:
+                    check(exc)
+                    raise
+            return gen
+
+        @functools.wraps(fn)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                check(exc)
+                raise
+        return call
+
+    def decorate(cls: T) -> T:
+        for name, value in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(value):
+                setattr(cls, name, wrap(value))
+        return cls
+
+    return decorate

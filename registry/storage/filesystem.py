@@ -21,26 +21,37 @@ import hashlib
 import io
 import os
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
 from registry import process
-from registry.errors import DigestInvalid
-from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, UploadState, UploadWriter
+from registry.storage.base import READ_CHUNK, BlobStore, BlobWriter, Purged, StoredBlob, UploadState, UploadWriter, guard
+from registry.storage.errors import BlobNotFound, DigestMismatch, OutOfSpace, StorageError, UploadCorrupted
 
 HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are stored under
 PUT_PREFIX = "put-"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
+def _translate(exc: Exception) -> StorageError | None:
+    """The storage error for an OSError met in the blob folder (the driver's boundary, see ``guard``)."""
+    if not isinstance(exc, OSError):
+        return None
+    if exc.errno in _NO_SPACE:
+        return OutOfSpace(f"blob folder is full: {exc}")
+    return StorageError(f"blob folder: {exc}")
+
+
+@guard(_translate)
 class FilesystemStore(BlobStore):
     """A folder of blobs; uploads are files appended to, then copied (sessions) or linked (monolithic) into place."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
-        self.blobs = self.root / "blobs" / "sha256"
         self.uploads = self.root / "uploads"
-        self.blobs.mkdir(parents=True, exist_ok=True)
+        (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
         self.uploads.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
@@ -55,19 +66,23 @@ class FilesystemStore(BlobStore):
             return None
 
     def open_range(self, digest: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
-        f = open(self.path(digest), "rb")  # opened now, so a missing blob fails before streaming starts
+        try:  # opened now, so a missing blob fails before streaming starts
+            f = open(self.path(digest), "rb")
+        except FileNotFoundError:  # garbage-collected since the caller looked it up, or never there
+            raise BlobNotFound(f"blob {digest} is not in the blob folder") from None
         return _read_range(f, start, end)
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
 
-    def list(self) -> Iterator[tuple[str, int]]:
+    def blobs(self) -> Iterator[StoredBlob]:
         for algorithm, length in HEX_LENGTHS.items():
             folder = self.root / "blobs" / algorithm
             for sub in sorted(folder.iterdir()) if folder.is_dir() else ():
                 for p in sorted(sub.iterdir()):
-                    if len(p.name) == length:
-                        yield f"{algorithm}:{p.name}", p.stat().st_size
+                    st = _stat(p) if len(p.name) == length else None
+                    if st is not None:
+                        yield StoredBlob(f"{algorithm}:{p.name}", st.st_size, _utc(st.st_mtime))
 
     def blob_writer(self) -> BlobWriter:
         return _FilePut(self.uploads / f"{PUT_PREFIX}{process.tag()}-{uuid.uuid4().hex}", self)
@@ -90,8 +105,9 @@ class FilesystemStore(BlobStore):
                 for chunk in _read_range(src, 0, state.size - 1):
                     sha.update(chunk)
                     dst.write(chunk)
-                if dst.tell() != state.size:
-                    raise OSError(errno.EIO, f"upload {upload_id} has {dst.tell()} bytes on disk, not the {state.size} recorded")
+                if dst.tell() != state.size:  # the upload file was cut short behind the registry's back
+                    raise UploadCorrupted(f"upload {upload_id} has {dst.tell()} bytes on disk, not the {state.size} "
+                                          "recorded; start the upload again")
                 dst.flush()
                 os.fsync(dst.fileno())
         except BaseException:
@@ -116,7 +132,7 @@ class FilesystemStore(BlobStore):
         sealed = self.uploads / state.driver_state["sealed"]
         if state.driver_state["sealed_digest"] != digest:
             sealed.unlink(missing_ok=True)
-            raise DigestInvalid(f"upload {upload_id} holds {state.driver_state['sealed_digest']}, not {digest}; nothing was stored")
+            raise DigestMismatch(f"upload {upload_id} holds {state.driver_state['sealed_digest']}, not {digest}; nothing was stored")
         self._link_into_place(sealed, digest)
         self.abort_upload(upload_id, state)
 
@@ -124,6 +140,19 @@ class FilesystemStore(BlobStore):
         self._upload_path(upload_id).unlink(missing_ok=True)
         for sealed in self.uploads.glob(f"{upload_id}.sealed-*"):
             sealed.unlink(missing_ok=True)
+
+    def purge_uploads(self, live: Mapping[str, UploadState], older_than: datetime) -> Purged:
+        """Upload files (``<id>``, ``<id>.sealed-*``) of no live session, once older than ``older_than``; and at
+        once a monolithic upload's temp file whose server process is gone (nothing can finish it)."""
+        count = freed = 0
+        for p in self.uploads.iterdir():
+            st = _stat(p)
+            if st is None or p.name.partition(".")[0] in live:
+                continue
+            if _utc(st.st_mtime) < older_than or _maker_gone(p.name):
+                p.unlink(missing_ok=True)
+                count, freed = count + 1, freed + st.st_size
+        return Purged(count, freed)
 
     def _link_into_place(self, src: Path, digest: str) -> None:
         """Make ``src`` (durable, private to its caller) blob ``digest``; never replaces a stored blob."""
@@ -138,7 +167,7 @@ class FilesystemStore(BlobStore):
 
     def check(self) -> None:
         if not os.access(self.root, os.W_OK):
-            raise OSError(f"blob folder {self.root} is not writable")
+            raise StorageError(f"blob folder {self.root} is not writable")
 
     def _open_upload(self, upload_id: str, state: UploadState) -> BinaryIO:
         """The upload's file to read; an upload that has no bytes yet may have none."""
@@ -146,7 +175,8 @@ class FilesystemStore(BlobStore):
             return open(self._upload_path(upload_id), "rb")
         except FileNotFoundError:
             if state.size:
-                raise
+                raise UploadCorrupted(f"upload {upload_id}: its {state.size} recorded bytes are gone from the blob "
+                                      "folder; start the upload again") from None
             return io.BytesIO()
 
     def _upload_path(self, upload_id: str) -> Path:
@@ -155,9 +185,30 @@ class FilesystemStore(BlobStore):
         return self.uploads / upload_id
 
 
+def _stat(p: Path) -> os.stat_result | None:
+    """``p``'s stat, or None when it was deleted meanwhile (a listing races commits, aborts and gc)."""
+    try:
+        return p.stat()
+    except FileNotFoundError:
+        return None
+
+
+def _utc(timestamp: float) -> datetime:
+    return datetime.fromtimestamp(timestamp, timezone.utc)
+
+
+def _maker_gone(name: str) -> bool:
+    """Whether ``name`` is a monolithic upload's temp file (``put-<process tag>-<hex>``) whose process is gone."""
+    if not name.startswith(PUT_PREFIX):
+        return False
+    maker, _, _ = name.removeprefix(PUT_PREFIX).rpartition("-")
+    return bool(maker) and process.gone(maker)
+
+
 IOV_MAX = 1024  # os.writev takes at most this many buffers (POSIX guarantees 16; Linux 1024)
 
 
+@guard(_translate)
 class _FilePut(BlobWriter):
     """A monolithic upload: a temp file written with writev, fsynced, then renamed into place whole."""
 
@@ -201,6 +252,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+@guard(_translate)
 class _FileWriter(UploadWriter):
     def __init__(self, path: Path, state: UploadState):
         # No truncation: bytes past state.size (from a request cut off before it was recorded, or

@@ -51,14 +51,14 @@ import ctypes.util
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
 from deltaformat.digests import PREFIX
-from registry.errors import BlobUploadInvalid, TooLarge
-from registry.storage.base import READ_CHUNK, BlobStore, UploadState, UploadWriter
+from registry.storage.base import READ_CHUNK, BlobStore, Purged, StoredBlob, UploadState, UploadWriter, guard
+from registry.storage.errors import BlobNotFound, StorageError, StorageUnavailable, UploadCorrupted, UploadTooLarge
 
 log = logging.getLogger("paramdelta.registry")
 
@@ -66,6 +66,26 @@ HEX_LENGTHS = {"sha256": 64, "sha512": 128}  # the digest algorithms blobs are s
 MIN_PART_BYTES = 5 << 20
 MAX_PARTS = 10_000
 COPY_PART_BYTES = 512 << 20  # multipart copy above this (S3's CopyObject stops at 5 GiB)
+RETRIES = {"max_attempts": 5, "mode": "standard"}  # botocore's retries of a failed request, before it is an error
+_BUSY = ("SlowDown", "ServiceUnavailable", "RequestTimeout", "Throttling", "ThrottlingException")
+
+
+def _translate(exc: Exception) -> StorageError | None:
+    """The storage error for a botocore exception (the driver's boundary, see ``guard``): a store that cannot
+    be reached, or answers 5xx or "slow down" once the retries are spent, is unavailable; the rest is a fault."""
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):
+        error, status = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        if status >= 500 or error.get("Code") in _BUSY:
+            return StorageUnavailable(f"S3 is unavailable: {exc}")
+        return StorageError(f"S3: {exc}")
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):
+        return StorageUnavailable(f"S3 cannot be reached: {exc}")
+    if isinstance(exc, BotoCoreError):
+        return StorageError(f"S3: {exc}")
+    return None
 
 
 # -- a SHA-256 whose state can be saved in driver_state ----------------------------------
@@ -138,6 +158,7 @@ class ResumableSha256:
 # -- the driver ---------------------------------------------------------------------------
 
 
+@guard(_translate)
 class S3Store(BlobStore):
     """Blobs as objects in one bucket under a prefix; uploads as multipart uploads."""
 
@@ -156,7 +177,7 @@ class S3Store(BlobStore):
         self.redirect, self.presign_seconds, self.part_bytes = redirect, presign_seconds, part_bytes
         style = addressing_style or ("path" if endpoint_url else "auto")
         config = Config(signature_version="s3v4", s3={"addressing_style": style}, max_pool_connections=max_pool_connections,
-                        retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10, read_timeout=120)
+                        retries=dict(RETRIES), connect_timeout=10, read_timeout=120)
         self._session = boto3.session.Session(region_name=region)  # credentials: the usual boto3 chain
         self.client = self._session.client("s3", endpoint_url=endpoint_url, config=config)
         # Presigning makes no request: a second client only to sign URLs for the host clients reach.
@@ -194,7 +215,7 @@ class S3Store(BlobStore):
         try:  # requested now, so a missing blob fails before streaming starts
             body = self.client.get_object(Bucket=self.bucket, Key=self.blob_key(digest), **kw)["Body"]
         except self.client.exceptions.NoSuchKey:
-            raise FileNotFoundError(f"blob {digest} is not in {self!r}") from None
+            raise BlobNotFound(f"blob {digest} is not in {self!r}") from None
         return _stream(body)
 
     def redirect_url(self, digest: str, size: int) -> str | None:
@@ -206,17 +227,12 @@ class S3Store(BlobStore):
     def delete(self, digest: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.blob_key(digest))
 
-    def list(self) -> Iterator[tuple[str, int]]:
-        for digest, size, _ in self.list_with_mtime():
-            yield digest, size
-
-    def list_with_mtime(self) -> Iterator[tuple[str, int, datetime]]:
-        """Every stored blob as (digest, size, last modified as naive UTC), for garbage collection."""
+    def blobs(self) -> Iterator[StoredBlob]:
         for algorithm, length in HEX_LENGTHS.items():
             for obj in self._objects(self._key("blobs", algorithm) + "/"):
                 name = obj["Key"].rsplit("/", 1)[-1]
                 if len(name) == length:
-                    yield f"{algorithm}:{name}", obj["Size"], _naive_utc(obj["LastModified"])
+                    yield StoredBlob(f"{algorithm}:{name}", obj["Size"], _utc(obj["LastModified"]))
 
     # -- uploads ---------------------------------------------------------------------
 
@@ -241,16 +257,22 @@ class S3Store(BlobStore):
 
     def commit_upload(self, upload_id: str, state: UploadState, digest: str) -> None:
         target = self.blob_key(digest)
-        # Never replace a stored blob. This runs under the digest's lock (registry.gc.lock_digest), which
+        # Never replace a stored blob. This runs under the digest's lock (registry.locks.lock_digest), which
         # every commit of this digest takes, so no other commit can create the key between check and copy.
         # (A conditional copy, If-None-Match: *, would say it to the store too, but Ceph RGW 16 ignores that
         # header on CopyObject and overwrites; it honours it only on PutObject.)
         if self._head(target) is None:
             source = self._assemble(upload_id, state)
-            self._copy(source, target, state.size)
+            try:
+                self._copy(source, target, state.size)
+            except self.client.exceptions.ClientError as exc:
+                if _code(exc) not in _MISSING:
+                    raise
+                raise UploadCorrupted(f"upload {upload_id}: its staged bytes are gone from the bucket (purged as stale?); "
+                                      "start the upload again") from exc
             stored = self._head(target)
             if stored is None or stored["ContentLength"] != state.size:
-                raise OSError(f"blob {digest}: the store holds {stored and stored['ContentLength']} bytes, not {state.size}")
+                raise StorageError(f"blob {digest}: the store holds {stored and stored['ContentLength']} bytes, not {state.size}")
         # The blob is a copy, a new object: the upload's parts, its multipart upload (aborted here when the
         # blob existed, refused by S3 once completed) and its staged objects can no longer reach it.
         self.abort_upload(upload_id, state)
@@ -261,27 +283,34 @@ class S3Store(BlobStore):
             self._abort_multipart(self._upload_prefix(upload_id) + "data", mpu)
         self._delete_prefix(self._upload_prefix(upload_id))
 
-    def purge_orphans(self, sessions: dict[str, dict[str, Any]], older_than: datetime) -> tuple[int, int]:
-        """Abort multipart uploads and delete staged objects that no live session refers to.
+    def purge_uploads(self, live: Mapping[str, UploadState], older_than: datetime) -> Purged:
+        """Abort the multipart uploads and delete the staged objects that no live session's recorded state
+        names, once last touched before ``older_than``."""
+        aborted = self._purge_multipart(live, older_than)
+        count, freed = self._purge_staged(live, older_than)
+        return Purged(aborted + count, freed)
 
-        ``sessions`` maps each live upload id to its driver_state; only things last
-        touched before ``older_than`` (naive UTC) are removed. Returns (count, bytes).
-        """
-        count = freed = 0
-        uploads_prefix = self._key("uploads") + "/"
-        keep_mpu = {s.get("mpu") for s in sessions.values()}
+    def _purge_multipart(self, live: Mapping[str, UploadState], older_than: datetime) -> int:
+        keep = {state.driver_state.get("mpu") for state in live.values()}
+        count = 0
         paginator = self.client.get_paginator("list_multipart_uploads")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=uploads_prefix):
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key("uploads") + "/"):
             for up in page.get("Uploads", []):
-                if up["UploadId"] not in keep_mpu and _naive_utc(up["Initiated"]) < older_than:
+                if up["UploadId"] not in keep and _utc(up["Initiated"]) < older_than:
                     self._abort_multipart(up["Key"], up["UploadId"])
                     count += 1
+        return count
+
+    def _purge_staged(self, live: Mapping[str, UploadState], older_than: datetime) -> tuple[int, int]:
+        """Objects under uploads/ of no live session, and staged tails a live session has moved past."""
+        count = freed = 0
+        uploads_prefix = self._key("uploads") + "/"
         for obj in self._objects(uploads_prefix):
             upload_id, _, name = obj["Key"][len(uploads_prefix):].partition("/")
-            if _naive_utc(obj["LastModified"]) >= older_than:
+            if _utc(obj["LastModified"]) >= older_than:
                 continue
-            state = sessions.get(upload_id)
-            live_tail = (state.get("tail") or {}).get("key") if state is not None else None
+            state = live.get(upload_id)
+            live_tail = (state.driver_state.get("tail") or {}).get("key") if state is not None else None
             if state is None or (name.startswith("tail-") and obj["Key"] != live_tail):
                 self.client.delete_object(Bucket=self.bucket, Key=obj["Key"])
                 count, freed = count + 1, freed + obj["Size"]
@@ -317,11 +346,11 @@ class S3Store(BlobStore):
             self.client.complete_multipart_upload(Bucket=self.bucket, Key=key, UploadId=ds["mpu"],
                                                   MultipartUpload={"Parts": parts})
         except self.client.exceptions.ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
+            code = _code(exc)
             done = self._head(key)
             if code == "NoSuchUpload" and done is not None and done["ContentLength"] == state.size:
                 return key  # completed by an earlier attempt that did not get to record it
-            if code in ("InvalidPart", "NoSuchUpload"):
+            if code in ("InvalidPart", "NoSuchUpload"):  # what was recorded is not what S3 has: no retry can help
                 raise UploadCorrupted(f"upload {upload_id}: the stored parts no longer match what was recorded "
                                      "(a concurrent request replaced one, or the upload was purged); start the upload again") from exc
             raise
@@ -340,7 +369,7 @@ class S3Store(BlobStore):
         try:
             return self.client.head_object(Bucket=self.bucket, Key=key)
         except self.client.exceptions.ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _code(exc) in _MISSING:
                 return None
             raise
 
@@ -361,10 +390,7 @@ class S3Store(BlobStore):
                 raise
 
 
-class UploadCorrupted(BlobUploadInvalid):
-    """A part of a multipart upload no longer holds the bytes that were recorded for it (400)."""
-
-
+@guard(_translate)
 class _S3Writer(UploadWriter):
     """One request's bytes: whole parts go to the multipart upload, the rest to a staged tail object."""
 
@@ -384,9 +410,13 @@ class _S3Writer(UploadWriter):
         """The staged bytes of earlier requests go in front of this one's (read when the first byte comes)."""
         if self.tail:
             s = self.store
-            data = s.client.get_object(Bucket=s.bucket, Key=self.tail["key"])["Body"].read()
+            try:
+                data = s.client.get_object(Bucket=s.bucket, Key=self.tail["key"])["Body"].read()
+            except s.client.exceptions.NoSuchKey:
+                raise UploadCorrupted(f"upload {self.upload_id}: its staged bytes are gone from the bucket; "
+                                      "start the upload again") from None
             if len(data) != self.tail["size"]:
-                raise OSError(f"upload {self.upload_id}: staged object has {len(data)} bytes, not {self.tail['size']}")
+                raise UploadCorrupted(f"upload {self.upload_id}: staged object has {len(data)} bytes, not {self.tail['size']}")
             self.buf += data
 
     def write(self, data: bytes) -> None:
@@ -405,7 +435,7 @@ class _S3Writer(UploadWriter):
     def _flush_part(self) -> None:
         s, n = self.store, (self.parts[-1]["n"] + 1 if self.parts else 1)
         if n >= MAX_PARTS:  # keep the last number free for the tail
-            raise TooLarge(f"upload {self.upload_id}: over {MAX_PARTS} parts of {s.part_bytes} bytes; "
+            raise UploadTooLarge(f"upload {self.upload_id}: over {MAX_PARTS} parts of {s.part_bytes} bytes; "
                            "the registry's PARAMDELTA_S3_PART_BYTES is too small for this blob")
         if self.mpu is None:
             self.mpu = s.client.create_multipart_upload(Bucket=s.bucket, Key=self.base + "data")["UploadId"]
@@ -430,6 +460,14 @@ class _S3Writer(UploadWriter):
         return UploadState(self.size, state)
 
 
+_MISSING = ("404", "NoSuchKey", "NotFound")
+
+
+def _code(exc: Any) -> str | None:
+    """A botocore ClientError's S3 error code."""
+    return exc.response.get("Error", {}).get("Code")
+
+
 def _stream(body: Any) -> Iterator[bytes]:
     try:
         yield from body.iter_chunks(READ_CHUNK)
@@ -437,8 +475,9 @@ def _stream(body: Any) -> Iterator[bytes]:
         body.close()
 
 
-def _naive_utc(t: datetime) -> datetime:
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+def _utc(t: datetime) -> datetime:
+    """S3's times as aware UTC (botocore gives them aware; a naive one is UTC already)."""
+    return t.astimezone(timezone.utc) if t.tzinfo else t.replace(tzinfo=timezone.utc)
 
 
 def parse_location(location: str) -> tuple[str, str]:
