@@ -11,7 +11,6 @@ kill still pulls and verifies, running the interrupted pushes again succeeds, an
 from __future__ import annotations
 
 import hashlib
-import socket
 import subprocess
 import sys
 import threading
@@ -28,6 +27,7 @@ from deltaformat import client
 from deltaformat.artifact import blob_path, open_artifact
 from deltaformat.cache import Cache
 from deltaformat.client import RegistryClient, sha256_digest
+from paramdelta_dev.loopback_proxy import LoopbackProxy
 from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
@@ -38,7 +38,7 @@ WHOLE = 32 << 20  # the client's default: blobs up to this size go in one reques
 IN_FLIGHT = 3  # pushes the kill interrupts
 
 
-class SlowProxy:
+class SlowProxy(LoopbackProxy):
     """A loopback TCP proxy to ``port`` that paces what clients send, until ``unthrottle``.
 
     It keeps listening while the server behind it is down (connections then close at once),
@@ -46,49 +46,15 @@ class SlowProxy:
     """
 
     def __init__(self, port: int, rate: int):
-        self.port, self.rate = port, rate
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.host = f"127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.rate = rate
+        super().__init__(port)
 
     def unthrottle(self) -> None:
         self.rate = 0
 
-    def close(self) -> None:
-        self.listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            try:
-                upstream = socket.create_connection(("127.0.0.1", self.port))
-            except OSError:  # the server is down: the client sees its connection closed
-                conn.close()
-                continue
-            both = (conn, upstream)
-            threading.Thread(target=self._pump, args=(conn, upstream, True, both), daemon=True).start()
-            threading.Thread(target=self._pump, args=(upstream, conn, False, both), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, paced: bool, both: tuple) -> None:
-        try:
-            while data := src.recv(16 << 10):
-                dst.sendall(data)
-                if paced and self.rate:
-                    time.sleep(len(data) / self.rate)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-        finally:
-            if not paced:  # the server's side ended (or was reset by the kill): end the client's too
-                for s in both:
-                    try:  # shutdown, not just close: it wakes the other pump's blocked recv and tells the client
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-                    s.close()
+    def on_data(self, way: str, data: bytes) -> None:
+        if way == "up" and self.rate:
+            time.sleep(len(data) / self.rate)
 
 
 class Models:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import socket
 import threading
 from pathlib import Path
 
@@ -17,68 +16,38 @@ from deltaformat.cache import Cache
 from deltaformat.client import RegistryClient, _endpoint
 from deltaformat.errors import RegistryError
 from deltaformat.oci import CHUNK_MEDIA_TYPE, Descriptor, parse_reference
+from paramdelta_dev.loopback_proxy import LoopbackProxy
 from paramdelta_dev.renamed import renamed
 from paramdelta_dev.serve import RegistryServer
 
 pytestmark = pytest.mark.usefixtures("client_env")
 
 
-class CuttingProxy:
+class CuttingProxy(LoopbackProxy):
     """A loopback TCP proxy that can cut the next connection after N bytes in one direction.
 
     Everything clients send is recorded in ``sent``, so a test can see the requests made.
     """
 
     def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
         self.sent = bytearray()
         self._plan: tuple[str, int] | None = None
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(target_port)
 
     def cut_next(self, direction: str, after: int) -> None:
         """Cut the next connection once ``after`` bytes went ``up`` (to the server) or ``down``."""
         self._plan = (direction, after)
 
-    def close(self) -> None:
-        self.listener.close()
+    def next_cut(self) -> tuple[str, int] | None:
+        with self._lock:
+            plan, self._plan = self._plan, None
+        return plan
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
+    def on_data(self, way: str, data: bytes) -> None:
+        if way == "up":
             with self._lock:
-                plan, self._plan = self._plan, None
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            for src, dst, way in ((conn, upstream, "up"), (upstream, conn, "down")):
-                limit = plan[1] if plan and plan[0] == way else None
-                threading.Thread(target=self._pump, args=(src, dst, way, limit, (conn, upstream)), daemon=True).start()
-
-    def _pump(self, src: socket.socket, dst: socket.socket, way: str, limit: int | None, both: tuple) -> None:
-        count = 0
-        try:
-            while data := src.recv(65536):
-                if way == "up":
-                    with self._lock:
-                        self.sent += data
-                if limit is not None and count + len(data) > limit:
-                    dst.sendall(data[: limit - count])
-                    for s in both:  # the cut: both sides see the connection drop
-                        s.shutdown(socket.SHUT_RDWR)
-                    return
-                dst.sendall(data)
-                count += len(data)
-            dst.shutdown(socket.SHUT_WR)
-        except OSError:
-            for s in both:
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                self.sent += data
 
 
 @pytest.fixture
