@@ -272,7 +272,11 @@ class ModelFolder:
         """A reader opened ``rel``: that shard's chunks start being computed ahead; any other file
         starts the first shard's, as a reader of a model folder (from_pretrained, vLLM) reads
         config.json and the index, builds the model, and only then opens the shards."""
-        ahead = self._ahead.get(rel) or (next(iter(self._ahead.values()), None) if rel not in self._ahead else None)
+        self.compute_ahead(rel if rel in self._ahead else None)
+
+    def compute_ahead(self, shard: str | None = None) -> None:
+        """Start computing ``shard``'s chunks ahead (None: the first shard's), within the cache's room."""
+        ahead = self._ahead[shard] if shard is not None else next(iter(self._ahead.values()), None)
         if ahead is not None and not ahead.active:
             with self._cond:
                 ahead.active = True

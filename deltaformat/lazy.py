@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from deltaformat._parallel import scratch
+from deltaformat._parallel import release_free_memory, scratch
 from deltaformat.apply import prepare
 from deltaformat.arith import combine
 from deltaformat.artifact import Artifact
@@ -49,6 +49,9 @@ if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
 
 FRAMEWORKS = ("pt", "np")
+# After computing a tensor this big, its chunks' decoding buffers (about twice a chunk) are handed
+# back to the system; below it they are small, and glibc reuses them for the next tensors.
+RELEASE_AFTER_BYTES = 1 << 20
 # safetensors dtypes numpy represents (BF16 and the F8s it has no type for).
 _NUMPY_DTYPES = {
     "BOOL": np.bool_, "U8": np.uint8, "I8": np.int8, "I16": np.int16, "U16": np.uint16, "F16": np.float16,
@@ -150,6 +153,10 @@ class LazyModel(Mapping[str, Any]):  # torch tensors or numpy arrays: the framew
         else:
             for index in range(len(chunk_ranges(t.numel))):
                 self.chunk_bits(t.name, index, into=bits)
+        if bits.nbytes >= RELEASE_AFTER_BYTES:
+            # Freed, their pages would stay in the process under the tensors allocated next, and
+            # the caller keeps every tensor: measured 1.33x the model's bytes at the peak for MiniLM, 1.21x with this.
+            release_free_memory()
         return bits
 
     def chunk_bits(self, name: str, index: int, into: np.ndarray | None = None) -> np.ndarray:

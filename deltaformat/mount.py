@@ -169,6 +169,10 @@ def mount(artifacts: Sequence[str | os.PathLike[str] | Artifact], base: str | os
         def ready() -> None:
             mounted.set()
             folder.on_computed = filler
+            # A reader starts after the mount is up (a new process: Python, torch and transformers
+            # imported, seconds): the workers compute the first shard meanwhile, as far as the cache
+            # holds, and its first reads find the chunks computed and in the kernel's page cache.
+            folder.compute_ahead()
             # On its own thread: until this returns, the kernel holds every request to the mount.
             threading.Thread(target=_widen_read_ahead, args=(point,), daemon=True).start()
             if not quiet:
@@ -281,14 +285,11 @@ def _reuse_big_buffers() -> None:
     folder's few workers bounds what their heaps keep: about 50 MiB more at the peak than
     with 1 MiB, for a 128 MiB cache.
     """
-    import ctypes.util
+    from deltaformat._parallel import libc  # numpy with it: only when mounting, not for the CLI's parser
 
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or not name:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (a fixed value also stops its adjustment)
+    lib = libc()
+    if lib is not None and hasattr(lib, "mallopt"):
+        lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (a fixed value also stops its adjustment)
 
 
 def mount_in_background(argv: list[str], mountpoint: str | os.PathLike[str], log: Path, timeout: float = 120.0) -> int:
