@@ -47,6 +47,9 @@ REPO = Path(__file__).resolve().parent.parent
 PARAMDELTA = [sys.executable, "-m", "deltaformat.cli"]
 SHARD = "2GB"
 RANDOM_PAGES = 2000
+# The goals of issue #13, checked against each run's numbers in the section written.
+GOAL_MOUNT_OVER_APPLY = 1.0  # mount + load over apply + load, wall time
+GOAL_LAZY_PEAK_OVER_MODEL = 1.2  # the lazy loader's peak RSS growth over the model's bytes
 
 
 # -- workers (each run in a fresh process: `python bench/lazy.py --worker KIND ...`) ----------------
@@ -315,17 +318,43 @@ def render(results: list[dict], cache: str, started: str, repeat: int) -> str:
                  f"{spread([r['pages_mount'] for r in rounds], '{:,.0f}')} / {spread([r['pages_applied'] for r in rounds], '{:,.0f}')} | "
                  f"{mib(max(r['mount_random']['peak_rss'] for r in rounds))} |")
     L.append("")
-    L.append(NOTES)
+    L += goals(results)
+    L.append("")
+    from deltaformat.manifest import CHUNK_ELEMENTS
+
+    L.append(NOTES.format(chunk_mi=CHUNK_ELEMENTS // 2**20))
     return "\n".join(L)
 
 
+def mount_over_apply(rounds: list[dict]) -> float:
+    """The median over rounds of (mount start + load) / (apply + load), each round's ratio taken within it."""
+    return statistics.median((r["mount_start_s"] + r["mount_load"]["seconds"]) / r["apply_load"]["seconds"] for r in rounds)
+
+
+def lazy_peak_over_model(rounds: list[dict]) -> float:
+    """The largest of the rounds' lazy peak RSS growth over the model's bytes."""
+    return max(r["lazy"]["peak_growth"] / r["lazy"]["model_bytes"] for r in rounds)
+
+
+def goals(results: list[dict]) -> list[str]:
+    """One line per model: this run's two ratios against the issue's goals."""
+    lines = []
+    for res in results:
+        mount, lazy = mount_over_apply(res["rounds"]), lazy_peak_over_model(res["rounds"])
+        lines.append(f"- Goals, {res['label']}: mount + load / apply + load {mount:.2f}x "
+                     f"({'met' if mount <= GOAL_MOUNT_OVER_APPLY else 'not met'}: at most {GOAL_MOUNT_OVER_APPLY:.1f}x); "
+                     f"lazy peak RSS growth / model {lazy:.2f}x "
+                     f"({'met' if lazy <= GOAL_LAZY_PEAK_OVER_MODEL else 'not met'}: at most {GOAL_LAZY_PEAK_OVER_MODEL:.1f}x).")
+    return lines
+
+
 NOTES = """\
-- *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` (its Python start-up and imports included) until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first, per round (goal: at most 1.0). The mount computes on one worker per core from the moment a file of the folder is opened, readers' chunks first, the rest ahead in file order, and hands each computed chunk to the kernel's page cache; apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
+- *apply + load*: apply into a folder, then from_pretrained of it; *mount + load*: from starting `paramdelta mount` (its Python start-up and imports included) until from_pretrained of the mountpoint has every parameter; the ratio is the second over the first, per round (goal: at most 1.0). Each loader imports torch and transformers before its clock starts, on both sides; the mount computes ahead meanwhile, as it would while any reader starts. The mount computes on one worker per core from the moment it is mounted (the first shard, as far as the cache holds, while the reader starts), readers' chunks first, the rest ahead in file order, and hands each computed chunk to the kernel's page cache; apply computes on its workers and writes to the page cache, which is not on disk yet either when the load starts.
 - *load of applied folder*: from_pretrained alone, the folder already written and in the page cache: the floor both ways share.
 - Bytes written: what the processes wrote (write_bytes in /proc/PID/io) or, for apply, the folder's size when larger (its writes may not have reached the disk). The mount and the lazy loader write nothing.
-- Mount peak RSS: the mount process, the largest of the rounds; "when mounted" is before any read. Bounded by the cache (`--cache-size`) plus, per worker (one per core), the chunk being computed with its buffers and one more a reader is waiting for, plus a reply buffer per concurrent FUSE request; not by the model's size. The pages handed to the kernel are page cache, not the process's memory.
-- Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; each chunk is computed in its place in the tensor, so the excess is one chunk's decoding (not the model twice, nor a chunk-sized copy), and the ratio falls as models grow.
-- Random pages: on a fresh mount the first page touched in a chunk costs that chunk's computation (4M elements), after which the whole chunk is in the kernel's page cache: each chunk is computed about once even with a cache smaller than the shard, as here, and the rate is bounded by computing the shard once. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
+- Mount peak RSS: the mount process, the largest of the rounds; "when mounted" is as the mount appears, before any read (computing ahead has just begun). Bounded by the cache (`--cache-size`) plus, per worker (one per core), the chunk being computed with its buffers and one more a reader is waiting for, plus a reply buffer per concurrent FUSE request; not by the model's size. The pages handed to the kernel are page cache, not the process's memory.
+- Lazy peak RSS growth / model: VmHWM growth while building the model (code imported before), over the model's bytes; each chunk is computed in its place in the tensor, so the excess is one chunk's decoding (not the model twice, nor a chunk-sized copy) and the model built on the meta device, and the ratio falls as models grow. Decoding buffers freed after each tensor are handed back to the system (glibc's malloc_trim), not kept under the tensors allocated next.
+- Random pages: on a fresh mount (computing the first shard ahead from the start, as every mount does) the first page touched in a chunk costs that chunk's computation ({chunk_mi}Mi elements), after which the whole chunk is in the kernel's page cache: each chunk is computed about once even with a cache smaller than the shard, as here, and the rate is bounded by computing the shard once. Sequential reads through the mount a second time come from the kernel's page cache (files are opened with keep_cache).
 """
 
 

@@ -46,6 +46,14 @@ PLACEHOLDER_DIGEST = "sha256:" + "0" * 64  # same length as any digest: sizes pa
 Key = tuple[str, int]  # (tensor name, chunk index)
 
 
+@dataclass
+class _Fresh:
+    """A cached chunk not spent yet, and how many of its bytes were served so far."""
+
+    bits: np.ndarray
+    served: int = 0
+
+
 class ChunkCache:
     """Computed chunks (raw bits), at most ``max_bytes`` in all.
 
@@ -59,7 +67,7 @@ class ChunkCache:
     def __init__(self, max_bytes: int, slack: int = 0):
         self.max_bytes = max_bytes
         self.slack = slack
-        self._fresh: OrderedDict[Key, list] = OrderedDict()  # key -> [bits, bytes served so far]
+        self._fresh: OrderedDict[Key, _Fresh] = OrderedDict()
         self._spent: OrderedDict[Key, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._fresh_bytes = 0
@@ -67,12 +75,14 @@ class ChunkCache:
 
     def get(self, key: Key) -> np.ndarray | None:
         with self._lock:
-            for items in (self._fresh, self._spent):
-                entry = items.get(key)
-                if entry is not None:
-                    items.move_to_end(key)
-                    return entry[0] if items is self._fresh else entry
-            return None
+            fresh = self._fresh.get(key)
+            if fresh is not None:
+                self._fresh.move_to_end(key)
+                return fresh.bits
+            spent = self._spent.get(key)
+            if spent is not None:
+                self._spent.move_to_end(key)
+            return spent
 
     def __contains__(self, key: Key) -> bool:  # no change to the order of use
         return key in self._fresh or key in self._spent
@@ -84,7 +94,7 @@ class ChunkCache:
             return False
         with self._lock:
             self._drop(key)
-            self._fresh[key] = [bits, 0]
+            self._fresh[key] = _Fresh(bits)
             self._bytes += bits.nbytes
             self._fresh_bytes += bits.nbytes
             while self._bytes > self.max_bytes and self._spent:
@@ -99,8 +109,8 @@ class ChunkCache:
             entry = self._fresh.get(key)
             if entry is None:
                 return False
-            entry[1] += nbytes
-            if entry[1] < entry[0].nbytes:
+            entry.served += nbytes
+            if entry.served < entry.bits.nbytes:
                 return False
             self._spend(key)
             return True
@@ -111,13 +121,13 @@ class ChunkCache:
                 self._spend(key)
 
     def _spend(self, key: Key) -> None:
-        bits = self._fresh.pop(key)[0]
+        bits = self._fresh.pop(key).bits
         self._fresh_bytes -= bits.nbytes
         self._spent[key] = bits
 
     def _drop(self, key: Key) -> None:
         if key in self._fresh:
-            bits = self._fresh.pop(key)[0]
+            bits = self._fresh.pop(key).bits
             self._fresh_bytes -= bits.nbytes
         elif key in self._spent:
             bits = self._spent.pop(key)
@@ -175,6 +185,7 @@ class _Job:
         self.done.wait()
         if self.error is not None:
             raise self.error
+        assert self.bits is not None  # done without an error: the worker set it
         return self.bits
 
 
@@ -206,6 +217,7 @@ class ModelFolder:
         self._tensor_locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
         self._provenance_lock = threading.Lock()
+        self._provenance_data: bytes | None = None
         # Where each chunk lies (for on_computed), and each shard's chunks in file order (computing ahead).
         self._where: dict[Key, tuple[str, int, int]] = {}
         self._ahead: dict[str, _Ahead] = {}
@@ -260,7 +272,11 @@ class ModelFolder:
         """A reader opened ``rel``: that shard's chunks start being computed ahead; any other file
         starts the first shard's, as a reader of a model folder (from_pretrained, vLLM) reads
         config.json and the index, builds the model, and only then opens the shards."""
-        ahead = self._ahead.get(rel) or (next(iter(self._ahead.values()), None) if rel not in self._ahead else None)
+        self.compute_ahead(rel if rel in self._ahead else None)
+
+    def compute_ahead(self, shard: str | None = None) -> None:
+        """Start computing ``shard``'s chunks ahead (None: the first shard's), within the cache's room."""
+        ahead = self._ahead[shard] if shard is not None else next(iter(self._ahead.values()), None)
         if ahead is not None and not ahead.active:
             with self._cond:
                 ahead.active = True
@@ -309,7 +325,7 @@ class ModelFolder:
         parts = []
         spent = False
         for index in range(lo // chunk_bytes, (hi - 1) // chunk_bytes + 1):
-            raw = memoryview(self.chunk(span.name, index)).cast("B")
+            raw = self.chunk(span.name, index).data.cast("B")
             first = index * chunk_bytes
             part = raw[max(lo, first) - first : min(hi, first + len(raw)) - first]
             parts.append(part)
@@ -343,14 +359,12 @@ class ModelFolder:
     def _work(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not self._wanted and (ahead := self._next_ahead()) is None:
+                task = None
+                while not self._closed and (task := self._next_task()) is None:
                     self._cond.wait()
-                if self._closed:
+                if self._closed or task is None:
                     return
-                if self._wanted:
-                    key, nbytes = self._wanted.popleft(), 0
-                else:
-                    key, nbytes = ahead
+                key, nbytes = task
                 job = self._jobs[key]
             try:
                 job.bits = self._load(*key, wanted=not nbytes)
@@ -364,6 +378,12 @@ class ModelFolder:
             if job.error is None and self.on_computed is not None and key in self.cache:
                 self.on_computed(*self._where[key])
                 self.cache.spend(key)  # its pages are on their way to the page cache
+
+    def _next_task(self) -> tuple[Key, int] | None:
+        """A chunk a reader waits for (no bytes counted ahead), else the next one ahead (called holding ``_cond``)."""
+        if self._wanted:
+            return self._wanted.popleft(), 0
+        return self._next_ahead()
 
     def _next_ahead(self) -> tuple[Key, int] | None:
         """The next chunk to compute ahead (called holding ``_cond``): the first in file order of an
@@ -436,9 +456,8 @@ class ModelFolder:
         """paramdelta.json as apply writes it. Its size is known without hashing once the output
         cannot be exact (digests have one length); else, and for its bytes, every shard is hashed."""
         with self._provenance_lock:
-            cached = getattr(self, "_provenance_data", None)
-            if cached is not None:
-                return cached
+            if self._provenance_data is not None:
+                return self._provenance_data
             if sized_only and not self.lazy.exact_possible:
                 return self._provenance_record({s.name: PLACEHOLDER_DIGEST for s in self.shards}, False)
             digests = {s.name: self._shard_digest(s) for s in self.shards}
@@ -451,7 +470,7 @@ class ModelFolder:
             entry = self.files[rel]
             if isinstance(entry, ShardPlan):
                 files[rel] = {"sha256": shard_digests[rel], "size": entry.size}
-            else:
+            elif entry is not None:  # None: paramdelta.json, left out above
                 files[rel] = {"sha256": "sha256:" + hashlib.sha256(entry).hexdigest(), "size": len(entry)}
         lazy = self.lazy
         return provenance_bytes(lazy.artifacts, lazy.alphas, lazy.base, verified, files)
@@ -463,7 +482,7 @@ class ModelFolder:
         sha = hashlib.sha256(shard.head)
         for span in self._spans[shard.name]:
             for index in range(span.chunks):
-                sha.update(memoryview(self.chunk(span.name, index)).cast("B"))
+                sha.update(self.chunk(span.name, index).data.cast("B"))
                 self.cache.spend((span.name, index))  # hashed: room for the next ones
         with self._cond:
             self._cond.notify_all()

@@ -26,8 +26,10 @@ whether the output is exact is still open) computes the whole model once.
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import errno
+import importlib
 import os
 import queue
 import shutil
@@ -36,13 +38,19 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from types import ModuleType
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 from deltaformat.errors import FileSystemError, ParamDeltaError
 
 if TYPE_CHECKING:
+    from deltaformat.artifact import Artifact
     from deltaformat.folder import ModelFolder
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 DEFAULT_CACHE = "512MiB"
 MAX_THREADS = 16  # FUSE request threads (concurrent readers); they copy out of the cache, the folder's workers compute
@@ -54,11 +62,11 @@ APPLY_HINT = "use `paramdelta apply --out DIR` to write the model instead"
 # -- FUSE ------------------------------------------------------------------------------------
 
 
-def load_fuse():
+def load_fuse() -> ModuleType:
     """mfusepy over libfuse 3 (libfuse 2 where only it is found); a clear error where FUSE cannot run."""
     os.environ.setdefault("FUSE_LIBRARY_NAME", "fuse3")  # mfusepy would take libfuse 2 first where both exist
     try:
-        import mfusepy
+        mfusepy = importlib.import_module("mfusepy")  # typed as a module: mfusepy ships no type information
     except ImportError:
         raise FileSystemError(f"mounting needs mfusepy: pip install 'paramdelta[mount]'; or {APPLY_HINT}") from None
     except OSError as exc:  # mfusepy loads libfuse on import
@@ -70,7 +78,7 @@ def load_fuse():
     return mfusepy
 
 
-def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
+def _operations(folder: ModelFolder, fuse: ModuleType, on_ready: Callable[[], None], own_threads: set[int]) -> object:
     """The read-only filesystem: directories and the folder's files; every write is EROFS.
     Requests from ``own_threads`` (this process's, by thread id) are the page cache being filled."""
     now = time.time_ns()
@@ -79,24 +87,27 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
 
     def by_us() -> bool:
         """A request this process caused (the page cache being filled), not a reader's."""
-        return fuse.fuse_get_context()[2] in own_threads  # FUSE passes the calling thread's id
+        pid: int = fuse.fuse_get_context()[2]  # FUSE passes the calling thread's id
+        return pid in own_threads
 
-    def served(fn, *args):
+    def served(fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return fn(*args)
+            return fn(*args, **kwargs)
         except ParamDeltaError as exc:  # a reader sees EIO; the reason goes to the mount's log, one line
             print(f"paramdelta mount: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
             raise fuse.FuseOSError(errno.EIO) from None
 
-    class ReadOnlyModel(fuse.Operations):
+    # mfusepy ships no type information, and the base class is an attribute of a module object: Any to mypy. The methods' argument
+    # types are mfusepy's (raw_fi: ``fi`` is libfuse's fuse_file_info, a ctypes structure).
+    class ReadOnlyModel(fuse.Operations):  # type: ignore[misc,name-defined]
         use_ns = True
 
-        def init_with_config(self, conn, config):
+        def init_with_config(self, conn: ctypes.Structure | None, config: ctypes.Structure | None) -> None:
             if config is not None:  # libfuse 3: nothing changes while mounted, so the kernel need not ask again
                 config.attr_timeout = config.entry_timeout = config.negative_timeout = FOREVER_S
             on_ready()
 
-        def getattr(self, path, fh=None):
+        def getattr(self, path: str, fh: int | None = None) -> dict[str, int]:
             rel = path.lstrip("/")
             if rel == "" or rel in folder.dirs:
                 return {**owner, "st_mode": stat.S_IFDIR | 0o555, "st_nlink": 2}
@@ -104,12 +115,12 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
                 raise fuse.FuseOSError(errno.ENOENT)
             return {**owner, "st_mode": stat.S_IFREG | 0o444, "st_nlink": 1, "st_size": served(folder.size, rel)}
 
-        def readdir(self, path, fh):
+        def readdir(self, path: str, fh: int) -> list[str]:
             rel = path.lstrip("/")
             parent = PurePosixPath(rel) if rel else PurePosixPath(".")
             return [".", "..", *sorted(PurePosixPath(e).name for e in entries if PurePosixPath(e).parent == parent)]
 
-        def open(self, path, fi):
+        def open(self, path: str, fi: ctypes.Structure) -> int:
             if fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_TRUNC | os.O_CREAT):
                 raise fuse.FuseOSError(errno.EROFS)
             rel = path.lstrip("/")
@@ -120,14 +131,14 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
                 folder.open(rel)
             return 0
 
-        def read(self, path, size, offset, fh):
+        def read(self, path: str, size: int, offset: int, fh: int) -> bytes | memoryview | ctypes.Array[ctypes.c_char]:
             parts = served(folder.read_parts, path.lstrip("/"), offset, size, not by_us())
             if len(parts) == 1 and isinstance(parts[0], memoryview) and not parts[0].readonly:
                 # A slice of one cached chunk: mfusepy copies it into libfuse's buffer straight from the chunk.
                 return (ctypes.c_char * len(parts[0])).from_buffer(parts[0])
             return parts[0] if len(parts) == 1 else b"".join(parts)
 
-        def statfs(self, path):
+        def statfs(self, path: str) -> dict[str, int]:
             blocks = sum(s.size for s in folder.shards) // 4096
             return {"f_bsize": 4096, "f_frsize": 4096, "f_blocks": blocks, "f_bfree": 0, "f_bavail": 0,
                     "f_files": len(entries), "f_ffree": 0, "f_namemax": 255}
@@ -135,8 +146,9 @@ def _operations(folder: ModelFolder, fuse, on_ready, own_threads: set[int]):
     return ReadOnlyModel()
 
 
-def mount(artifacts, base, mountpoint, *, alphas=None, cache_size: int | str = DEFAULT_CACHE,
-          shard_size: int | str = "5GB", quiet: bool = False) -> None:
+def mount(artifacts: Sequence[str | os.PathLike[str] | Artifact], base: str | os.PathLike[str], mountpoint: str | os.PathLike[str], *,
+          alphas: Sequence[float] | None = None, cache_size: int | str = DEFAULT_CACHE, shard_size: int | str = "5GB",
+          quiet: bool = False) -> None:
     """Serve base + Σ alphas[i] * Δ[i] at ``mountpoint`` until it is unmounted (``paramdelta umount``,
     Ctrl-C or SIGTERM: libfuse unmounts before this returns)."""
     fuse = load_fuse()
@@ -157,6 +169,10 @@ def mount(artifacts, base, mountpoint, *, alphas=None, cache_size: int | str = D
         def ready() -> None:
             mounted.set()
             folder.on_computed = filler
+            # A reader starts after the mount is up (a new process: Python, torch and transformers
+            # imported, seconds): the workers compute the first shard meanwhile, as far as the cache
+            # holds, and its first reads find the chunks computed and in the kernel's page cache.
+            folder.compute_ahead()
             # On its own thread: until this returns, the kernel holds every request to the mount.
             threading.Thread(target=_widen_read_ahead, args=(point,), daemon=True).start()
             if not quiet:
@@ -194,10 +210,12 @@ class _PageCacheFiller:
 
     def __init__(self, point: Path):
         self._point = point
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[tuple[str, int, int] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="paramdelta-page-cache", daemon=True)
         self._thread.start()
-        self.thread_id: int = self._thread.native_id  # what FUSE reports as the pid of the reads it causes
+        native_id = self._thread.native_id  # set by start(), which waits for the thread to run
+        assert native_id is not None
+        self.thread_id = native_id  # what FUSE reports as the pid of the reads it causes
 
     def __call__(self, rel: str, start: int, end: int) -> None:
         self._queue.put((rel, start, end))
@@ -267,17 +285,14 @@ def _reuse_big_buffers() -> None:
     folder's few workers bounds what their heaps keep: about 50 MiB more at the peak than
     with 1 MiB, for a 128 MiB cache.
     """
-    import ctypes.util
+    from deltaformat._parallel import libc  # numpy with it: only when mounting, not for the CLI's parser
 
-    name = ctypes.util.find_library("c")
-    if not sys.platform.startswith("linux") or not name:
-        return
-    libc = ctypes.CDLL(name)
-    if hasattr(libc, "mallopt"):
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (a fixed value also stops its adjustment)
+    lib = libc()
+    if lib is not None and hasattr(lib, "mallopt"):
+        lib.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (a fixed value also stops its adjustment)
 
 
-def mount_in_background(argv: list[str], mountpoint: str | os.PathLike, log: Path, timeout: float = 120.0) -> int:
+def mount_in_background(argv: list[str], mountpoint: str | os.PathLike[str], log: Path, timeout: float = 120.0) -> int:
     """Run ``paramdelta mount ARGV --foreground`` detached (its output in ``log``); return its pid once
     ``mountpoint`` is mounted, or raise with its last message if it stopped first.
 
@@ -300,7 +315,7 @@ def mount_in_background(argv: list[str], mountpoint: str | os.PathLike, log: Pat
     return proc.pid
 
 
-def unmount(mountpoint: str | os.PathLike) -> None:
+def unmount(mountpoint: str | os.PathLike[str]) -> None:
     """Unmount a paramdelta mount (the serving process then exits)."""
     point = os.fspath(mountpoint)
     if not os.path.ismount(point):
@@ -322,7 +337,7 @@ def unmount(mountpoint: str | os.PathLike) -> None:
 # -- the CLI verbs (argument handling only; deltaformat/cli.py calls these) ----------------------
 
 
-def cli_mount(a) -> int:
+def cli_mount(a: argparse.Namespace) -> int:
     """``paramdelta mount``: foreground (until Ctrl-C, SIGTERM or umount) or, by default, in the background."""
     if a.foreground:
         mount(a.artifacts, a.base, a.mountpoint, alphas=a.alpha, cache_size=a.cache_size, shard_size=a.shard_size,
@@ -338,12 +353,12 @@ def cli_mount(a) -> int:
     return 0
 
 
-def cli_umount(a) -> int:
+def cli_umount(a: argparse.Namespace) -> int:
     unmount(a.mountpoint)
     return 0
 
 
-def add_verbs(sub) -> None:
+def add_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The ``mount`` and ``umount`` subcommands."""
     mt = sub.add_parser("mount", help="serve new base + deltas as a read-only model folder (FUSE), computed on read")
     mt.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
