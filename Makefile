@@ -24,6 +24,7 @@ test-fast:       ## the tests that need no backing services
 bench:           ## measure, and write BENCHMARKS.md
 	scripts/setup.sh bench
 	.venv/bin/python -m bench.run
+	.venv/bin/python -m bench.arith_bench
 	.venv/bin/python -m bench.startup
 
 schema:          ## regenerate spec/manifest.schema.json from the pydantic models
