@@ -10,13 +10,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deltaformat import environment
 from deltaformat.errors import EXIT_CODES, EXIT_INTERRUPTED, EXIT_USAGE, ParamDeltaError, from_os_error, invalid_field
+
+# deltaformat.mount.DEFAULT_CACHE, written out so that building the parser does not import the mount (a test checks)
+MOUNT_CACHE_HELP = "512MiB"
 
 if TYPE_CHECKING:  # for annotations only: at run time each is imported by the verb that needs it
     from deltaformat.manifest import LossyErrors
@@ -191,6 +196,32 @@ def _login(a: argparse.Namespace) -> int:
     user, password = _read_credentials(a, "login") or ("", "")
     host = check_login(a.host, user, password)  # refused credentials are never stored
     print(f"login succeeded for {host}; stored in {credentials.store(host, user, password)}")
+    return 0
+
+
+def _mount(a: argparse.Namespace) -> int:
+    """``paramdelta mount``: foreground (until Ctrl-C, SIGTERM or umount) or, by default, in the background."""
+    from deltaformat.mount import DEFAULT_CACHE, mount, mount_in_background
+
+    cache_size = a.cache_size or DEFAULT_CACHE
+    if a.foreground:
+        mount(a.artifacts, a.base, a.mountpoint, alphas=a.alpha, cache_size=cache_size, shard_size=a.shard_size,
+              quiet=a.quiet)
+        return 0
+    argv = [*a.artifacts, "--base", str(a.base), str(a.mountpoint), "--cache-size", str(cache_size),
+            "--shard-size", str(a.shard_size), *(["--alpha", *map(str, a.alpha)] if a.alpha else []),
+            *(["--quiet"] if a.quiet else [])]
+    log = Path(a.log) if a.log else Path(os.environ.get("TMPDIR", "/tmp")) / f"paramdelta-mount-{os.getpid()}.log"
+    pid = mount_in_background(argv, a.mountpoint, log)
+    print(f"mounted the ParamΔ model at {a.mountpoint} (process {pid}, log {log}); "
+          f"unmount with `paramdelta umount {a.mountpoint}`")
+    return 0
+
+
+def _umount(a: argparse.Namespace) -> int:
+    from deltaformat.mount import unmount
+
+    unmount(a.mountpoint)
     return 0
 
 
@@ -412,9 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     lo.add_argument("host", metavar="HOST[:PORT]")
     lo.set_defaults(func=_logout)
 
-    from deltaformat.mount import add_verbs as add_mount_verbs  # mount, umount (issue #13)
-
-    add_mount_verbs(sub)
+    # mount, umount (issue #13); the handlers import deltaformat.mount, so building the parser does not
+    mt = sub.add_parser("mount", help="serve new base + deltas as a read-only model folder (FUSE), computed on read")
+    mt.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
+    mt.add_argument("--base", required=True, help="new base model folder or Hub id")
+    mt.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
+    mt.add_argument("--alpha", type=float, nargs="+", help="scale per artifact (default 1)")
+    mt.add_argument("--cache-size", help=f"computed chunks kept in memory (default {MOUNT_CACHE_HELP})")
+    mt.add_argument("--shard-size", default="5GB", help="shard size of the folder presented, as apply's (default 5GB)")
+    mt.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C, SIGTERM or umount")
+    mt.add_argument("--log", help="the background server's log file (default: a file in $TMPDIR, printed)")
+    mt.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    mt.set_defaults(func=_mount)
+    um = sub.add_parser("umount", help="unmount a `paramdelta mount` (its process exits)")
+    um.add_argument("mountpoint", metavar="MOUNTPOINT")
+    um.set_defaults(func=_umount)
 
     for cmd in (pu, pl, se, sg):
         cmd.add_argument("--registry", help="registry URL (default: $PARAMDELTA_REGISTRY)")

@@ -26,7 +26,6 @@ whether the output is exact is still open) computes the whole model once.
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import errno
 import importlib
@@ -335,42 +334,3 @@ def unmount(mountpoint: str | os.PathLike[str]) -> None:
 
 
 # -- the CLI verbs (argument handling only; deltaformat/cli.py calls these) ----------------------
-
-
-def cli_mount(a: argparse.Namespace) -> int:
-    """``paramdelta mount``: foreground (until Ctrl-C, SIGTERM or umount) or, by default, in the background."""
-    if a.foreground:
-        mount(a.artifacts, a.base, a.mountpoint, alphas=a.alpha, cache_size=a.cache_size, shard_size=a.shard_size,
-              quiet=a.quiet)
-        return 0
-    argv = [*a.artifacts, "--base", str(a.base), str(a.mountpoint), "--cache-size", str(a.cache_size),
-            "--shard-size", str(a.shard_size), *(["--alpha", *map(str, a.alpha)] if a.alpha else []),
-            *(["--quiet"] if a.quiet else [])]
-    log = Path(a.log) if a.log else Path(os.environ.get("TMPDIR", "/tmp")) / f"paramdelta-mount-{os.getpid()}.log"
-    pid = mount_in_background(argv, a.mountpoint, log)
-    print(f"mounted the ParamΔ model at {a.mountpoint} (process {pid}, log {log}); "
-          f"unmount with `paramdelta umount {a.mountpoint}`")
-    return 0
-
-
-def cli_umount(a: argparse.Namespace) -> int:
-    unmount(a.mountpoint)
-    return 0
-
-
-def add_verbs(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The ``mount`` and ``umount`` subcommands."""
-    mt = sub.add_parser("mount", help="serve new base + deltas as a read-only model folder (FUSE), computed on read")
-    mt.add_argument("artifacts", nargs="+", metavar="ARTIFACT", help="artifact folder or registry reference NS/NAME[:VERSION]")
-    mt.add_argument("--base", required=True, help="new base model folder or Hub id")
-    mt.add_argument("mountpoint", metavar="MOUNTPOINT", help="an existing empty folder")
-    mt.add_argument("--alpha", type=float, nargs="+", help="scale per artifact (default 1)")
-    mt.add_argument("--cache-size", default=DEFAULT_CACHE, help=f"computed chunks kept in memory (default {DEFAULT_CACHE})")
-    mt.add_argument("--shard-size", default="5GB", help="shard size of the folder presented, as apply's (default 5GB)")
-    mt.add_argument("--foreground", action="store_true", help="serve in this process until Ctrl-C, SIGTERM or umount")
-    mt.add_argument("--log", help="the background server's log file (default: a file in $TMPDIR, printed)")
-    mt.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    mt.set_defaults(func=cli_mount)
-    um = sub.add_parser("umount", help="unmount a `paramdelta mount` (its process exits)")
-    um.add_argument("mountpoint", metavar="MOUNTPOINT")
-    um.set_defaults(func=cli_umount)

@@ -167,6 +167,14 @@ def test_help_loads_neither_numpy_nor_pydantic_nor_the_server_stack(tmp_path):
     assert run.code == 0
     assert run.modules & (HEAVY_MODULES | {"numpy", "pydantic", "httpx"}) == set(), "--help should start with argparse only"
     assert set(SERVER_VERBS) <= listed_verbs(run.out)  # the registry is installed here
+    assert "deltaformat.mount" not in run.modules, "only `paramdelta mount` and `umount` need the FUSE server"
+
+
+def test_mount_help_states_the_mounts_own_default_cache_size(tmp_path):
+    from deltaformat.mount import DEFAULT_CACHE
+
+    run = paramdelta_here(["mount", "--help"], tmp_path)
+    assert run.code == 0 and f"(default {DEFAULT_CACHE})" in " ".join(run.out.split())
 
 
 def test_inspect_loads_neither_torch_nor_the_server_stack(artifacts, tmp_path):
