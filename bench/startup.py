@@ -78,7 +78,8 @@ def make_inputs(root: Path) -> tuple[Path, Path]:
 
     base, post, newbase = make_trio(root)
     delta = root / "delta"
-    deltaformat.extract(base, post, delta, name="bench/startup", version="1", quiet=True)
+    # format_version 1 (exact, still read and written): the *before* tree reads no other, and both trees get the same artifact
+    deltaformat.extract(base, post, delta, name="bench/startup", version="1", quiet=True, format_version=1)
     return delta, newbase
 
 
