@@ -66,9 +66,15 @@ def _clean_env(tmp: Path) -> dict[str, str]:
     return env | {"PARAMDELTA_CACHE": str(tmp / "cache"), "PARAMDELTA_QUIET": "1"}
 
 
-def _run(cmd: list[str], tmp: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], tmp: Path, timeout: float = 120, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     # cwd is a scratch folder: `python -c` puts its cwd on sys.path, and the repository root would shadow the install.
-    return subprocess.run(cmd, cwd=tmp, env=_clean_env(tmp), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cmd, cwd=tmp, env=env or _clean_env(tmp), capture_output=True, text=True, timeout=timeout)
+
+
+def _here_env(tmp: Path) -> dict[str, str]:
+    """For a run in this environment: this checkout's code first on the path, as in this test process
+    (pytest's ``pythonpath``), not whatever checkout the environment has installed (editable or not)."""
+    return _clean_env(tmp) | {"PYTHONPATH": str(ROOT)}
 
 
 def _dockerfile_lines() -> list[str]:
@@ -153,7 +159,7 @@ class Run:
 def paramdelta_here(args: list[str], tmp_path: Path, hide: tuple[str, ...] = ()) -> Run:
     """`paramdelta ARGS` in this environment, with the modules in ``hide`` as if not installed."""
     report = tmp_path / "loaded.json"
-    done = _run([sys.executable, "-c", WRAPPER, str(report), ",".join(hide), *args], tmp_path)
+    done = _run([sys.executable, "-c", WRAPPER, str(report), ",".join(hide), *args], tmp_path, env=_here_env(tmp_path))
     result = json.loads(report.read_text())
     modules = set(result["modules"])
     return Run(result["code"], modules | {name.split(".")[0] for name in modules}, done.stdout, done.stderr)
@@ -242,7 +248,7 @@ def test_library_gpu_apply_without_torch_names_the_extra(artifacts, tmp_path):
             f"    deltaformat.apply([{str(artifacts.delta)!r}], {str(artifacts.newbase)!r}, {str(out)!r}, device='cuda', quiet=True)\n"
             f"except ParamDeltaError as exc:\n"
             f"    print(exc)\n")
-    done = _run([sys.executable, "-c", code], tmp_path)
+    done = _run([sys.executable, "-c", code], tmp_path, env=_here_env(tmp_path))
     assert done.returncode == 0, done.stderr
     assert "pip install 'paramdelta[torch]'" in done.stdout, done.stdout
     assert not out.exists()
