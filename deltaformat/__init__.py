@@ -29,7 +29,7 @@ _EXPORTS: dict[str, str] = {
     "Source": "deltaformat.resolve",
     "ApplyResult": "deltaformat.apply",
     "verify": "deltaformat.verify",
-    "inspect": "deltaformat.verify",
+    "inspect": "deltaformat.summary",
     "VerifyReport": "deltaformat.verify",
     "open_model": "deltaformat.lazy",
     "LazyModel": "deltaformat.lazy",
@@ -57,8 +57,8 @@ if TYPE_CHECKING:
     from deltaformat.manifest import Manifest as Manifest
     from deltaformat.resolve import Source as Source
     from deltaformat.resolve import resolve as resolve
+    from deltaformat.summary import inspect as inspect
     from deltaformat.verify import VerifyReport as VerifyReport
-    from deltaformat.verify import inspect as inspect
     from deltaformat.verify import verify as verify
 
 __all__ = ["__version__", *_EXPORTS]

@@ -20,8 +20,8 @@ import numpy as np
 
 from deltaformat._parallel import scratch
 from deltaformat.codec.base import Decoded, Materialized
-from deltaformat.dtypes import UINT_FOR_ITEMSIZE, uint_dtype
 from deltaformat.errors import ParamDeltaError
+from deltaformat.rawbits import UINT_FOR_ITEMSIZE, uint_dtype
 
 if TYPE_CHECKING:
     import torch

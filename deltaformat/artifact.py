@@ -17,14 +17,16 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from deltaformat.codec import get_codec
-from deltaformat.codec.base import Decoded
 from deltaformat.digests import blob_digest, hex_of
 from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import CorruptBlobError, FormatError
 from deltaformat.fsutil import write_file_atomic
 from deltaformat.manifest import MAX_MANIFEST_BYTES, CarriedFile, Chunk, Manifest, Stream, decode_carried, dump_manifest, parse_manifest
+
+if TYPE_CHECKING:
+    from deltaformat.codec.base import Decoded
 
 MANIFEST_FILE = "manifest.json"
 DIGEST_FILE = "manifest.json.sha256"
@@ -118,6 +120,10 @@ class Artifact:
         ``.fill`` hands them out block by block (see ``codec.base.Decoded``).
         """
         chunk = stream.chunks[index]
+        # Imported here: the codecs are numpy, and the readers of manifests and blobs alone (inspect,
+        # pull, push, search) start without it. Once loaded, the import is a lookup (~0.4 us a chunk).
+        from deltaformat.codec import get_codec
+
         numel = min(stream.chunk_elements, stream.numel - index * stream.chunk_elements)
         codec = get_codec(stream.codec)
         if codec.lossy != (stream.lossy is not None):  # a lossy blob is never read as exact, nor the reverse

@@ -20,12 +20,12 @@ from deltaformat.artifact import Artifact
 from deltaformat.chunking import chunk_ranges
 from deltaformat.codec.base import Decoded
 from deltaformat.digests import chunk_hash
-from deltaformat.dtypes import uint_dtype
 from deltaformat.errors import VerificationError
 from deltaformat.manifest import Stream
 from deltaformat.plan import OutTensor, PatchArrays, Term
 from deltaformat.progress import progress
 from deltaformat.proof import HashMode, Proof, base_chunk_hash, probe_other_base, proof_mode
+from deltaformat.rawbits import uint_dtype
 from deltaformat.writer import ShardedWriter
 
 

@@ -35,13 +35,13 @@ from deltaformat.arith import combine
 from deltaformat.artifact import Artifact
 from deltaformat.chunking import chunk_ranges
 from deltaformat.digests import chunk_hash
-from deltaformat.dtypes import uint_dtype
 from deltaformat.engine import compute_chunk, delta_range
 from deltaformat.errors import FormatError, ModelError, VerificationError
 from deltaformat.manifest import check_carried_content
 from deltaformat.models import ModelSource
 from deltaformat.plan import OutTensor
 from deltaformat.proof import HashMode, Proof, base_chunk_hash, probe_other_base
+from deltaformat.rawbits import uint_dtype
 from deltaformat.sidefiles import output_config
 
 if TYPE_CHECKING:

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pydantic_core
 
-from deltaformat.dtypes import ITEMSIZE, uint_dtype
+from deltaformat.dtypes import ITEMSIZE
 from deltaformat.errors import ModelError
 from deltaformat.manifest import CARRIED_DIRS, CARRIED_FILES, MAX_DIMS, MAX_MANIFEST_BYTES, MAX_TENSOR_ELEMENTS
+from deltaformat.rawbits import uint_dtype
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 INDEX_FILE = "model.safetensors.index.json"

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import zstandard
 
-from deltaformat.dtypes import UINT_FOR_ITEMSIZE
 from deltaformat.errors import CorruptBlobError
+from deltaformat.rawbits import UINT_FOR_ITEMSIZE
 
 
 def encode_patch(indices: np.ndarray, base_bits: np.ndarray, post_bits: np.ndarray) -> bytes:

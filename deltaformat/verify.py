@@ -1,10 +1,13 @@
-"""verify and inspect: prove an artifact intact, and optionally the round trip on its base."""
+"""verify: prove an artifact intact, and optionally the round trip on its base.
+
+``inspect`` lives in deltaformat.summary, which starts without numpy; it is re-exported here.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from deltaformat._parallel import ordered_map
 from deltaformat.artifact import Artifact
@@ -17,6 +20,7 @@ from deltaformat.models import ModelSource, TensorRef, open_model
 from deltaformat.patch import decode_patch
 from deltaformat.progress import progress
 from deltaformat.resolve import DeltaRef, Source, resolve
+from deltaformat.summary import inspect
 
 if TYPE_CHECKING:
     from deltaformat.sidefiles import LossyRecord  # the module itself is loaded only for a lossy artifact
@@ -90,7 +94,7 @@ def _check_streams(art: Artifact, m: Manifest, quiet: bool, workers: int | None)
 def _round_trip(art: Artifact, model: ModelSource, quiet: bool, workers: int | None) -> None:
     """Recompute base + Δ and prove every tensor equals the post model's; else say the base is another."""
     # Loaded here: the arithmetic and the proof are needed only for a round trip, and
-    # inspect (in this module) starts without them.
+    # verify without a base starts without them.
     from deltaformat.engine import compute
     from deltaformat.plan import plan_outputs
 
@@ -128,22 +132,6 @@ def _tensor_digest(ref: TensorRef) -> str:
 def _decode_job(art: Artifact, name: str, s: Stream, i: int) -> tuple[Stream, bytes, int]:
     bits = art.decode_chunk(s, i, f"tensor {name!r}").array()
     return s, chunk_hash(bits), bits.size
-
-
-def inspect(artifact: DeltaRef | Source) -> dict[str, Any]:
-    """A summary of an artifact: names, models, sizes, tensor kinds, codecs, files."""
-    art = resolve(artifact).materialize()
-    m = art.manifest
-    return {
-        "location": art.location,
-        "source": art.source,
-        "manifest_digest": art.digest,
-        "name": m.name, "version": m.version, "description": m.description, "license": m.license,
-        "format_version": m.format_version, "created_at": m.created_at.isoformat(), "tool": m.tool.model_dump(),
-        "base": m.base.model_dump(mode="json"), "post": m.post.model_dump(mode="json"),
-        "codec": m.codec.model_dump(), **m.summary(),
-        "lossy_tensors": {e.name: e.delta.lossy.model_dump() for e in m.tensors if e.delta is not None and e.delta.lossy is not None},
-    }
 
 
 __all__ = ["verify", "inspect", "VerifyReport"]

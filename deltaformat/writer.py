@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
-from deltaformat.dtypes import ITEMSIZE, UINT_FOR_ITEMSIZE
+from deltaformat.dtypes import ITEMSIZE
 from deltaformat.fsutil import start_writeback
 from deltaformat.models import INDEX_FILE, SINGLE_FILE
+from deltaformat.rawbits import UINT_FOR_ITEMSIZE
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?i?B)?\s*$", re.IGNORECASE)
 HASH_BACKLOG = 8  # chunks queued for the hashing thread at most (bounds the memory they hold)

@@ -155,3 +155,12 @@ def test_inspect_and_preflight_load_none_of_the_apply_stack(code: str):
     loaded = _loaded(code)
     assert "deltaformat.artifact" in loaded  # the reader is there
     assert sorted(m for m in loaded if m in APPLY_STACK or m in ("torch", "httpx")) == []
+
+
+@pytest.mark.parametrize("code", ["import deltaformat; deltaformat.inspect", "from deltaformat.summary import inspect",
+                                  "from deltaformat.client import pull, push, search"])
+def test_the_manifest_and_registry_readers_load_no_numpy(code: str):
+    """inspect, pull, push and search read manifests, JSON and blobs: numpy (the codecs, the arithmetic) stays unloaded."""
+    loaded = _loaded(code)
+    assert "deltaformat.artifact" in loaded
+    assert sorted(m for m in loaded if m == "numpy" or m.startswith(("numpy.", "deltaformat.codec"))) == []

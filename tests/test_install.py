@@ -183,10 +183,10 @@ def test_mount_help_states_the_mounts_own_default_cache_size(tmp_path):
     assert run.code == 0 and f"(default {DEFAULT_CACHE})" in " ".join(run.out.split())
 
 
-def test_inspect_loads_neither_torch_nor_the_server_stack(artifacts, tmp_path):
+def test_inspect_loads_neither_numpy_torch_nor_the_server_stack(artifacts, tmp_path):
     run = paramdelta_here(["inspect", str(artifacts.delta)], tmp_path)
     assert run.code == 0, run.err
-    assert run.modules & HEAVY_MODULES == set()
+    assert run.modules & (HEAVY_MODULES | {"numpy"}) == set(), "inspect reads a manifest: no numpy, no codec"
 
 
 @pytest.mark.parametrize("verb", ["extract", "verify", "apply"])
@@ -202,7 +202,7 @@ def test_the_cpu_arithmetic_verbs_load_neither_torch_nor_the_server_stack(verb, 
 
 
 @pytest.mark.parametrize("verb", ["search", "pull", "push"])
-def test_registry_client_verbs_load_neither_the_arithmetic_nor_the_server_stack(verb, artifacts, registry, tmp_path):
+def test_registry_client_verbs_load_neither_numpy_the_arithmetic_nor_the_server_stack(verb, artifacts, registry, tmp_path):
     args = {
         "search": ["search", "tiny", "--json"],
         "pull": ["pull", "acme/tiny-chat:1.0", "--out", str(tmp_path / "pulled")],
@@ -210,7 +210,7 @@ def test_registry_client_verbs_load_neither_the_arithmetic_nor_the_server_stack(
     }[verb]
     run = paramdelta_here([*args, "--registry", registry.url], tmp_path)
     assert run.code == 0, run.err
-    assert run.modules & (HEAVY_MODULES | {"deltaformat.arith", "deltaformat.extract"}) == set()
+    assert run.modules & (HEAVY_MODULES | {"numpy", "deltaformat.arith", "deltaformat.extract"}) == set(), "manifests, JSON and blobs only"
 
 
 def test_server_verbs_are_hidden_when_the_registry_extra_is_missing(tmp_path):

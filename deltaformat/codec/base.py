@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from deltaformat.dtypes import UINT_FOR_ITEMSIZE as UINT_FOR_ITEMSIZE  # the format's table; codecs import it from here
+from deltaformat.rawbits import UINT_FOR_ITEMSIZE as UINT_FOR_ITEMSIZE  # the format's table; codecs import it from here
 
 
 class Decoded:
