@@ -59,9 +59,12 @@ class ChunkCache:
 
     A chunk is *spent* once as many bytes of it were served as it holds, or once it was
     handed to the kernel's page cache (``spend``): readers then find its pages there.
-    Spent chunks are dropped first, least recently used first; then unspent ones. A chunk
-    a reader waits for may take the cache up to ``slack`` bytes past ``max_bytes`` rather
-    than drop an unspent one (computed ahead and not read yet, it would be computed again).
+    Spent chunks are dropped first, least recently used first; then unspent ones, only past
+    ``max_bytes + slack``. The slack holds the chunks readers wait for: computing ahead keeps
+    within ``max_bytes`` by itself (it reserves room before it starts a chunk), but a chunk a
+    reader asked for meanwhile is not in that reservation, and dropping an unspent chunk to make
+    room for either would have it computed again (a reader part-way through it, or one
+    computed ahead and not read yet).
     """
 
     def __init__(self, max_bytes: int, slack: int = 0):
@@ -87,9 +90,8 @@ class ChunkCache:
     def __contains__(self, key: Key) -> bool:  # no change to the order of use
         return key in self._fresh or key in self._spent
 
-    def put(self, key: Key, bits: np.ndarray, wanted: bool = False) -> bool:
-        """Keep ``bits``, dropping others as needed (within the slack for a chunk a reader is
-        ``wanted``); False (not kept) when bigger than the whole cache."""
+    def put(self, key: Key, bits: np.ndarray) -> bool:
+        """Keep ``bits``, dropping others as needed; False (not kept) when bigger than the whole cache."""
         if bits.nbytes > self.max_bytes:
             return False
         with self._lock:
@@ -99,7 +101,7 @@ class ChunkCache:
             self._fresh_bytes += bits.nbytes
             while self._bytes > self.max_bytes and self._spent:
                 self._drop(next(iter(self._spent)))
-            while self._bytes > self.max_bytes + (self.slack if wanted else 0):
+            while self._bytes > self.max_bytes + self.slack:
                 self._drop(next(iter(self._fresh)))
         return True
 
@@ -367,7 +369,7 @@ class ModelFolder:
                 key, nbytes = task
                 job = self._jobs[key]
             try:
-                job.bits = self._load(*key, wanted=not nbytes)
+                job.bits = self._load(*key)
             except BaseException as exc:  # handed to the readers waiting; a chunk computed ahead is not tried again ahead
                 job.error = exc
             with self._cond:
@@ -405,7 +407,7 @@ class ModelFolder:
                 return key, nbytes
         return None
 
-    def _load(self, name: str, index: int, wanted: bool = True) -> np.ndarray:
+    def _load(self, name: str, index: int) -> np.ndarray:
         key = (name, index)
         if self.lazy.needs_proof(name):
             with self._tensor_lock(name):
@@ -415,7 +417,7 @@ class ModelFolder:
             if bits is not None:
                 return bits
         bits = self.lazy.chunk_bits(name, index)
-        self.cache.put(key, bits, wanted)
+        self.cache.put(key, bits)
         return bits
 
     def close(self) -> None:
