@@ -36,7 +36,7 @@ from typing import Any
 from sqlalchemy import delete, exists, select, update
 from sqlalchemy.orm import Session, aliased
 
-from registry.db import Database, utcnow
+from registry.db import Database, as_stored, utcnow
 from registry.db.models import Blob, Manifest, ManifestBlob, RepositoryBlob, UploadSession, Version
 from registry.locks import lock_digest
 from registry.storage import BlobStore, UploadState
@@ -126,7 +126,7 @@ def _sweep_blobs(db: Database, store: BlobStore, cutoff: datetime, report: GcRep
         referenced = set(s.scalars(q))
         rows = {d: (size, created) for d, size, created in s.execute(select(Blob.digest, Blob.size, Blob.created_at))}
     # Naive UTC, as the database's times: the store's write time decides for bytes that have no row.
-    stored = {b.digest: (b.size, _naive(b.modified)) for b in store.blobs()}
+    stored = {b.digest: (b.size, as_stored(b.modified)) for b in store.blobs()}
     report.blobs_referenced = len(referenced & (set(rows) | set(stored)))
     for digest in sorted((set(rows) | set(stored)) - referenced):
         size = rows[digest][0] if digest in rows else stored[digest][0]
@@ -178,6 +178,3 @@ def _purge_uploads(db: Database, store: BlobStore, now: datetime, older_than: da
     report.upload_bytes_purged += purged.bytes
 
 
-def _naive(t: datetime) -> datetime:
-    """An aware time as the database keeps times: naive UTC."""
-    return t.astimezone(timezone.utc).replace(tzinfo=None)

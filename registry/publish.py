@@ -19,7 +19,6 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from sqlalchemy import select
@@ -33,7 +32,7 @@ from deltaformat.oci import LATEST, OCI_IMAGE_MANIFEST, OciManifest, base_archit
 from registry.auth import Principal
 from registry.blobs import DIGEST_RE, algorithm_of, check_name, check_reference, digest_bytes
 from registry.content import Content, read_content
-from registry.db import Database, utcnow
+from registry.db import Database, as_stored, utcnow
 from registry.db.models import Manifest, ManifestBlob, ManifestTensor, RepositoryBlob, Version
 from registry.db.queries import (
     ensure_repository,
@@ -423,7 +422,7 @@ def _index_fields(delta: DeltaManifest, summary: dict[str, Any]) -> dict:
         "model_type": delta.base.architecture.model_type,
         "post_id": delta.post.id, "post_revision": delta.post.revision, "post_fingerprint": delta.post.fingerprint,
         "codec": delta.codec.delta, "tensors": summary["tensors"], "post_parameters": summary["post_parameters"],
-        "stored_bytes": summary["stored_bytes"], "artifact_created_at": _naive_utc(delta.created_at),
+        "stored_bytes": summary["stored_bytes"], "artifact_created_at": as_stored(delta.created_at),
     }
 
 
@@ -479,8 +478,6 @@ def _holds_deltas(s: Session, repo_id: int) -> bool:
         Version.repository_id == repo_id, Manifest.is_delta).limit(1)) is not None
 
 
-def _naive_utc(t: datetime) -> datetime:
-    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
 
 
 def _parse(data: bytes) -> OciManifest:

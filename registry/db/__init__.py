@@ -1,6 +1,6 @@
 """Metadata: SQLAlchemy models (models.py) and the database handle (session.py)."""
 
-from registry.db.models import Base, utcnow
+from registry.db.models import Base, as_stored, utcnow
 from registry.db.session import Database
 
-__all__ = ["Base", "Database", "utcnow"]
+__all__ = ["Base", "Database", "as_stored", "utcnow"]

@@ -21,6 +21,11 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
+def as_stored(t: datetime) -> datetime:
+    """``t`` as the database keeps times: naive UTC (a naive ``t`` is taken to be UTC already)."""
+    return t.astimezone(timezone.utc).replace(tzinfo=None) if t.tzinfo else t
+
+
 class Base(DeclarativeBase):
     # Named constraints, so Alembic can alter them on every backend.
     metadata = MetaData(naming_convention={
